@@ -1,0 +1,179 @@
+"""`observe-r1` command line. Each subcommand is a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+console = Console()
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+# ------------------------------------------------------------------ synth
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from observe_r1.data.synth import LEVELS, write_dataset
+
+    levels = tuple(int(x) for x in args.levels.split(",")) if args.levels else tuple(LEVELS)
+    unknown = [lv for lv in levels if lv not in LEVELS]
+    if unknown:
+        console.print(f"[red]unknown level(s) {unknown}; levels are {sorted(LEVELS)}")
+        return 2
+    with progress_bar() as bar:
+        task = bar.add_task("rendering", total=args.train + args.test)
+        paths = write_dataset(
+            args.out,
+            args.train,
+            args.test,
+            seed=args.seed,
+            image_size=args.image_size,
+            levels=levels,
+            progress=lambda: bar.advance(task),
+        )
+    console.print(f"wrote {paths['train']} ({args.train} rows) and {paths['test']} ({args.test} rows)")
+    return 0
+
+
+# ------------------------------------------------------------------ tiny-model
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from observe_r1.models.tiny import build_tiny_vlm, count_parameters
+
+    out = build_tiny_vlm(args.out_dir, size=args.size, seed=args.seed)
+    from transformers import AutoModelForImageTextToText
+
+    n = count_parameters(AutoModelForImageTextToText.from_pretrained(out))
+    console.print(f"wrote a {args.size} Qwen2.5-VL ({n:,} parameters) to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------ data check
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from observe_r1.data.dataset import load_dataset, read_rows
+    from observe_r1.data.prompts import system_prompt
+
+    encoder = None
+    if args.model:
+        from observe_r1.models.inputs import ChatEncoder
+
+        encoder = ChatEncoder.from_pretrained(
+            args.model,
+            max_prompt_length=args.max_prompt_length,
+            min_pixels=args.min_pixels,
+            max_pixels=args.max_pixels,
+        )
+    total = sum(1 for p in args.paths if Path(p).is_file() for _ in read_rows(Path(p)))
+    with progress_bar() as bar:
+        task = bar.add_task("checking", total=total)
+        result = load_dataset(
+            args.paths, encoder, system_prompt(args.system_prompt), on_row=lambda: bar.advance(task)
+        )
+    _print_report(result, checked_length=encoder is not None)
+    return 1 if result.problems else 0
+
+
+def _print_report(result, checked_length: bool) -> None:
+    table = Table(title=f"{result.rows} rows: {len(result.samples)} good, {len(result.problems)} bad")
+    table.add_column("group")
+    table.add_column("value")
+    table.add_column("rows", justify="right")
+    for fmt, n in sorted(result.formats.items()):
+        table.add_row("format", fmt, str(n))
+    for key in ("level", "skill"):
+        counts = Counter(s.metadata.get(key) for s in result.samples if key in s.metadata)
+        for value, n in sorted(counts.items(), key=lambda kv: str(kv[0])):
+            table.add_row(key, str(value), str(n))
+    for kind, n in Counter(p.kind for p in result.problems).most_common():
+        table.add_row("problem", kind, str(n))
+    console.print(table)
+    for p in result.problems:
+        console.print(f"[red]{p}", highlight=False, soft_wrap=True)
+    if not checked_length:
+        console.print(
+            "[dim]prompt lengths not checked: pass --model DIR (and --max-prompt-length) to check them"
+        )
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="observe-r1", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="generate the synthetic visual-reasoning ladder dataset")
+    p.add_argument("--out", required=True, help="output directory (train.jsonl, test.jsonl, images/)")
+    p.add_argument("--train", type=int, default=2000, help="training rows (default 2000)")
+    p.add_argument("--test", type=int, default=300, help="held-out rows (default 300)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=112, help="square image side in pixels (default 112)")
+    p.add_argument("--levels", default="", help="comma-separated levels to draw from (default all: 1-6)")
+    p.set_defaults(fn=cmd_synth)
+
+    p = sub.add_parser("tiny-model", help="build a randomly initialised tiny Qwen2.5-VL with its tokenizer")
+    p.add_argument("out_dir")
+    p.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_tiny_model)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(
+        dest="data_command", required=True, metavar="ACTION"
+    )
+    p = data.add_parser("check", help="validate dataset files and list every bad row with its line")
+    p.add_argument("paths", nargs="+", help="jsonl or parquet files")
+    p.add_argument("--model", help="checkpoint directory; enables the prompt-length check")
+    p.add_argument("--max-prompt-length", type=int, default=9216)
+    p.add_argument("--min-pixels", type=int, default=None)
+    p.add_argument("--max-pixels", type=int, default=None)
+    p.add_argument("--system-prompt", default="observe", help="preset (observe, think, none) or literal text")
+    p.set_defaults(fn=cmd_data_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    try:
+        return args.fn(args)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

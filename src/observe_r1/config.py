@@ -1,0 +1,309 @@
+"""The configuration schema: nested dataclasses, overridden by YAML, overridden by `a.b=c` arguments.
+
+Every field has a default that reproduces the Observe-R1 paper (spec section 1) unless said otherwise,
+so `Config()` is the paper's recipe. Unknown keys, wrong types and inconsistent values are errors
+that name the key (`ConfigError`), never silent fallbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type, or contradicts another key."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # HF directory of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint; "" = build a tiny one
+    tiny_size: Literal["tiny", "small"] = "tiny"  # size built when path is ""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    attn_implementation: str = "sdpa"
+    freeze_vision: bool = False  # the paper trains the vision tower too
+    gradient_checkpointing: bool = False
+    lora_rank: int = 0  # 0 = full fine-tuning
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(
+        default_factory=list
+    )  # jsonl / parquet files (native, Observe-R1 or EasyR1 rows)
+    test: list[str] = field(default_factory=list)
+    system_prompt: str = "observe"  # a preset name (observe, think, none) or the literal text
+    max_prompt_length: int = 9216  # tokens, image tokens included; longer prompts are rejected, never cut
+    min_pixels: int = 3136
+    max_pixels: int = 2_560_000
+    sampler: Literal["sequential", "shuffled"] = "sequential"  # sequential = NeuraLadder order
+    max_bad_row_fraction: float = 0.5  # refuse a dataset where more rows than this are bad
+
+
+@dataclass
+class RolloutConfig:
+    backend: Literal["hf"] = "hf"
+    n: int = 8  # responses per prompt (the group)
+    prompts_per_step: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 8192
+
+
+@dataclass
+class RewardTerm:
+    name: str  # accuracy, observe_format, think_format, ... or "path/file.py:fn" / "package.module:fn"
+    weight: float = 1.0
+
+
+@dataclass
+class RewardConfig:
+    terms: list[RewardTerm] = field(
+        default_factory=lambda: [RewardTerm("accuracy", 1.0), RewardTerm("observe_format", 0.5)]
+    )
+    bonus_coef: float = 0.2  # Observe-R1 bonus for the shortest correct response of a group; 0 = off
+    bonus_min_length: int = 100  # tokens; the shortest correct response must be longer than this
+    answer_fallback: bool = False  # without <answer> tags, grade the whole completion
+    timeout_s: float = 5.0  # per math-verify call
+
+
+@dataclass
+class AlgorithmConfig:
+    estimator: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
+    difficulty_weighting: bool = True  # Observe-R1 f(d) = 4 * sigma * d * (1 - d)
+    sigma: float = 1.8
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float = 0.0  # 0 = off; else the dual-clip constant c > 1
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    kl_mode: Literal["off", "loss", "reward"] = "reward"  # the paper: per-token penalty inside the reward
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_coef: float = 0.01
+    entropy_coef: float = 0.0
+    mask_truncated: bool = False
+    dynamic_sampling: bool = False  # DAPO: drop zero-variance groups and refill
+    dynamic_sampling_max_tries: int = 3
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_ratio: float = 0.03
+    min_lr: float = 1e-7
+    mini_batch_size: int = 64  # responses per optimiser step
+    micro_batch_size: int = 2  # responses per forward/backward
+    ppo_epochs: int = 1
+    epochs: int = 1
+    max_steps: int = 0  # rollout steps; 0 = as many as the data and epochs give
+
+
+@dataclass
+class LoggingConfig:
+    output_dir: str = "runs/observe-r1"
+    log_every: int = 1
+    tensorboard: bool = True
+    wandb: bool = False
+    dump_rollouts_every: int = 10
+    eval_every: int = 0  # rollout steps; 0 = only at the end
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 50  # rollout steps
+    keep_last: int = 2
+    resume: str = "auto"  # auto (newest complete checkpoint in output_dir), none, or a checkpoint path
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self) -> Config:
+        """Cross-field rules. Raises ConfigError naming the key; returns self for chaining."""
+        checks = [
+            (self.rollout.n >= 2, "rollout.n", "a group needs at least 2 responses"),
+            (self.rollout.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1"),
+            (self.rollout.temperature > 0, "rollout.temperature", "must be > 0"),
+            (0 < self.rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]"),
+            (self.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1"),
+            (self.data.max_prompt_length >= 1, "data.max_prompt_length", "must be >= 1"),
+            (
+                0 < self.data.min_pixels <= self.data.max_pixels,
+                "data.min_pixels",
+                "must be in (0, max_pixels]",
+            ),
+            (0 <= self.data.max_bad_row_fraction <= 1, "data.max_bad_row_fraction", "must be in [0, 1]"),
+            (len(self.reward.terms) >= 1, "reward.terms", "needs at least one term"),
+            (self.reward.bonus_coef >= 0, "reward.bonus_coef", "must be >= 0"),
+            (
+                self.algorithm.clip_low >= 0 and self.algorithm.clip_high >= 0,
+                "algorithm.clip_low",
+                "must be >= 0",
+            ),
+            (
+                self.algorithm.dual_clip == 0 or self.algorithm.dual_clip > 1,
+                "algorithm.dual_clip",
+                "0 or > 1",
+            ),
+            (self.algorithm.sigma >= 0, "algorithm.sigma", "must be >= 0"),
+            (self.optim.lr > 0, "optim.lr", "must be > 0"),
+            (0 <= self.optim.min_lr <= self.optim.lr, "optim.min_lr", "must be in [0, optim.lr]"),
+            (0 <= self.optim.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)"),
+            (self.optim.micro_batch_size >= 1, "optim.micro_batch_size", "must be >= 1"),
+            (
+                self.optim.mini_batch_size % self.optim.micro_batch_size == 0,
+                "optim.mini_batch_size",
+                f"must be a multiple of optim.micro_batch_size ({self.optim.micro_batch_size})",
+            ),
+            (
+                (self.rollout.prompts_per_step * self.rollout.n) % self.optim.mini_batch_size == 0,
+                "optim.mini_batch_size",
+                "must divide rollout.prompts_per_step * rollout.n (responses per rollout step)",
+            ),
+            (self.model.lora_rank >= 0, "model.lora_rank", "must be >= 0"),
+            (self.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1"),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {why}")
+        return self
+
+
+def from_dict(cls: Any, data: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a plain dict, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {_join(prefix, unknown[0])} (valid: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(hints[k], v, _join(prefix, k)) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required field without default is missing
+        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check (and gently convert: int -> float, list -> tuple) `value` against the annotation `tp`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null")
+        return None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if isinstance(value, bool) and tp is not bool:
+            raise ConfigError(f"{key}: expected {tp.__name__}, got a boolean")
+        if not isinstance(value, tp):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a schema bug
+
+
+def parse_override(arg: str) -> tuple[list[str], Any]:
+    """`optim.lr=1e-5` -> (["optim", "lr"], 1e-5). The value is parsed as YAML (numbers, lists, bools)."""
+    if "=" not in arg:
+        raise ConfigError(f"override {arg!r} must look like key.sub=value")
+    key, raw = arg.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- YAML file <- `a.b=c` overrides, then validate()."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = loaded or {}
+    for arg in overrides:
+        keys, value = parse_override(arg)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {arg!r}: {k} is not a section")
+        node[keys[-1]] = value
+    # YAML gives floats like 1e-6 as strings (YAML 1.1); accept them where a float is expected.
+    return from_dict(Config, _floats_from_strings(Config, data)).validate()
+
+
+def _floats_from_strings(cls: Any, data: Any) -> Any:
+    if not isinstance(data, dict):
+        return data
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for k, v in data.items():
+        tp = hints.get(k)
+        if tp is float and isinstance(v, str):
+            with contextlib.suppress(ValueError):  # else reported as a type error by from_dict
+                v = float(v)
+        elif tp is not None and dataclasses.is_dataclass(tp):
+            v = _floats_from_strings(tp, v)
+        out[k] = v
+    return out
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    d = to_dict(cfg)
+    d["optim"]["betas"] = list(d["optim"]["betas"])
+    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))

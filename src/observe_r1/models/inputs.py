@@ -1,0 +1,171 @@
+"""Chat messages + PIL images -> batched model inputs for Qwen2-VL / Qwen2.5-VL / Qwen3-VL.
+
+Why not `AutoProcessor`: in transformers 5 the Qwen-VL processors construct a video processor that
+needs torchvision, which has no CPU build on PyPI. The pieces we need are the tokenizer (with its chat
+template) and the image processor's PIL backend, which exist everywhere; the processor's only other job
+is expanding each `<|image_pad|>` placeholder to the image's number of tokens, done here. The same code
+runs on GPU machines that do have torchvision, so CPU tests cover the production path.
+
+The pre-flight length check is the point of owning this step: a prompt longer than
+`max_prompt_length` (image tokens included) is rejected with the sample id, instead of being truncated
+through its image tokens into "Image features and image tokens do not match" hours into a run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoTokenizer
+
+
+class PromptError(ValueError):
+    """A prompt cannot be encoded (too long, placeholders and images disagree, bad image); names the sample."""
+
+
+@dataclass
+class EncodedPrompt:
+    sample_id: str
+    input_ids: list[int]
+    pixel_values: torch.Tensor | None  # [patches, channels * temporal_patch * patch * patch]
+    image_grid_thw: torch.Tensor | None  # [images, 3]
+    image_tokens: list[int]  # image tokens per image, in prompt order
+
+
+class ChatEncoder:
+    """Tokenizer + image processor of one checkpoint; encodes prompts, collates batches, decodes outputs."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        image_processor: Any,
+        max_prompt_length: int | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.max_prompt_length = max_prompt_length
+        size = dict(image_processor.size)
+        self.min_pixels: int = min_pixels or size.get("shortest_edge") or size["min_pixels"]
+        self.max_pixels: int = max_pixels or size.get("longest_edge") or size["max_pixels"]
+        self.merge_size = int(getattr(image_processor, "merge_size", 2))
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> ChatEncoder:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.chat_template is None:  # some checkpoints keep it beside the processor config
+            tokenizer.chat_template = _read_chat_template(Path(path))
+        image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+        return cls(tokenizer, image_processor, **kwargs)
+
+    # ------------------------------------------------------------ images
+
+    def tokens_per_image(self, width: int, height: int) -> int:
+        """Image tokens the processor will produce for a width x height image, without processing it."""
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        patch = int(self.image_processor.patch_size)
+        h, w = smart_resize(height, width, patch * self.merge_size, self.min_pixels, self.max_pixels)
+        return (h // patch) * (w // patch) // self.merge_size**2
+
+    def process_images(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        size = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
+        out = self.image_processor(
+            images=[im.convert("RGB") for im in images], size=size, return_tensors="pt"
+        )
+        return out["pixel_values"], out["image_grid_thw"]
+
+    # ------------------------------------------------------------ prompts
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def expand_image_tokens(self, text: str, tokens_per_image: list[int], sample_id: str = "?") -> str:
+        pieces = text.split(self.image_token)
+        if len(pieces) - 1 != len(tokens_per_image):
+            raise PromptError(
+                f"sample {sample_id}: the prompt has {len(pieces) - 1} image placeholder(s) "
+                f"but {len(tokens_per_image)} image(s)"
+            )
+        out = [pieces[0]]
+        for n, piece in zip(tokens_per_image, pieces[1:], strict=True):
+            out += [self.image_token * n, piece]
+        return "".join(out)
+
+    def prompt_length(
+        self, messages: list[dict], image_sizes: list[tuple[int, int]], sample_id: str = "?"
+    ) -> int:
+        """Token length of the prompt with image tokens expanded, from (width, height) of each image only."""
+        counts = [self.tokens_per_image(w, h) for w, h in image_sizes]
+        text = self.expand_image_tokens(self.render(messages), counts, sample_id)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode(
+        self,
+        messages: list[dict],
+        images: Sequence[Image.Image] = (),
+        sample_id: str = "?",
+        add_generation_prompt: bool = True,
+    ) -> EncodedPrompt:
+        images = list(images)
+        pixel_values = grid = None
+        counts: list[int] = []
+        if images:
+            try:
+                pixel_values, grid = self.process_images(images)
+            except Exception as e:  # noqa: BLE001 - PIL and the processor raise many types; name the sample
+                raise PromptError(f"sample {sample_id}: image processing failed: {e}") from e
+            counts = [int(g.prod()) // self.merge_size**2 for g in grid]
+        text = self.expand_image_tokens(self.render(messages, add_generation_prompt), counts, sample_id)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.max_prompt_length is not None and len(ids) > self.max_prompt_length:
+            raise PromptError(
+                f"sample {sample_id}: prompt is {len(ids)} tokens ({sum(counts)} of them image tokens), "
+                f"over max_prompt_length={self.max_prompt_length}; lower max_pixels or raise max_prompt_length"
+            )
+        return EncodedPrompt(sample_id, ids, pixel_values, grid, counts)
+
+    def collate(self, prompts: list[EncodedPrompt], padding_side: str = "left") -> dict[str, torch.Tensor]:
+        """Pad to a batch: left padding for generation (the default), right padding for training."""
+        width = max(len(p.input_ids) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            span = (
+                slice(width - len(p.input_ids), width)
+                if padding_side == "left"
+                else slice(0, len(p.input_ids))
+            )
+            ids[i, span] = torch.tensor(p.input_ids, dtype=torch.long)
+            mask[i, span] = 1
+        batch = {"input_ids": ids, "attention_mask": mask}
+        pixels = [p.pixel_values for p in prompts if p.pixel_values is not None]
+        grids = [p.image_grid_thw for p in prompts if p.image_grid_thw is not None]
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels)
+            batch["image_grid_thw"] = torch.cat(grids)
+        return batch
+
+    def decode(self, ids: torch.Tensor | list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def _read_chat_template(path: Path) -> str | None:
+    for name in ("chat_template.jinja", "chat_template.json"):
+        f = path / name
+        if f.exists():
+            return json.loads(f.read_text())["chat_template"] if f.suffix == ".json" else f.read_text()
+    return None

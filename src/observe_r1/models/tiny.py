@@ -1,0 +1,174 @@
+"""Tiny but real Qwen2.5-VL models, built locally (random weights + a locally trained tokenizer).
+
+Nothing is downloaded: the architecture is transformers' own `Qwen2_5_VLForConditionalGeneration`,
+the tokenizer is a byte-level BPE trained with the `tokenizers` library on the synthetic task text,
+and the image processor is Qwen2-VL's. The output directory loads with
+`AutoModelForImageTextToText.from_pretrained` and `AutoTokenizer.from_pretrained` like a hub checkpoint.
+
+Sizes: `tiny` (~0.6M parameters, for tests) and `small` (~4M, big enough to learn the synthetic tasks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from observe_r1.data.synth import corpus
+
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+TAG_TOKENS = ["<observe>", "</observe>", "<think>", "</think>", "<answer>", "</answer>"]
+
+# Qwen2-VL's chat layout: each image part becomes <|vision_start|><|image_pad|><|vision_end|>; the
+# adapter (observe_r1.models.inputs) expands <|image_pad|> to the image's number of tokens.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        text=dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            mrope_section=[4, 6, 6],
+        ),
+        vision=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, fullatt_block_indexes=[1]),
+        vocab_size=512,
+    ),
+    "small": dict(
+        text=dict(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            mrope_section=[8, 12, 12],
+        ),
+        vision=dict(
+            depth=4, hidden_size=128, intermediate_size=256, num_heads=4, fullatt_block_indexes=[1, 3]
+        ),
+        vocab_size=768,
+    ),
+}
+
+MIN_PIXELS = 56 * 56
+MAX_PIXELS = 224 * 224
+
+
+def train_tokenizer(vocab_size: int, seed: int = 0) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (any text is encodable) with single-digit tokens and the tags as single tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus(seed=seed), trainer=trainer)
+    # Tags are ordinary (non-special) added tokens: decoding keeps them, rewards can read them.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=32768,
+        padding_side="left",
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_start_token": "<|vision_start|>",
+            "vision_end_token": "<|vision_end|>",
+        },
+    )
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast, size: str = "tiny") -> Qwen2_5_VLConfig:
+    if size not in SIZES:
+        raise ValueError(f"unknown tiny model size {size!r}; choose from {', '.join(SIZES)}")
+    spec = SIZES[size]
+    text = dict(spec["text"])
+    ids: dict[str, int] = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}  # type: ignore[misc]
+    text_config = dict(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        rope_scaling={
+            "rope_type": "default",
+            "mrope_section": text.pop("mrope_section"),
+            "rope_theta": 10000.0,
+        },
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=True,
+        **text,
+    )
+    vision_config = dict(
+        in_channels=3,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        out_hidden_size=text_config["hidden_size"],
+        **spec["vision"],
+    )
+    return Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+
+
+def build_tiny_vlm(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Write a randomly initialised tiny Qwen2.5-VL + tokenizer + image processor to `out_dir`."""
+    out = Path(out_dir)
+    tokenizer = train_tokenizer(SIZES[size]["vocab_size"] if size in SIZES else 0, seed=seed)
+    config = tiny_config(tokenizer, size)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    text = config.get_text_config()
+    model.generation_config.eos_token_id = text.eos_token_id
+    model.generation_config.pad_token_id = text.pad_token_id
+    model.generation_config.bos_token_id = text.bos_token_id
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS).save_pretrained(out)
+    return out
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny model and a small synthetic dataset, built once per test session (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+
+from observe_r1.data.synth import write_dataset
+from observe_r1.models.tiny import build_tiny_vlm
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny-model"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    write_dataset(out, train=60, test=20, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def encoder(tiny_model_dir):
+    from observe_r1.models.inputs import ChatEncoder
+
+    return ChatEncoder.from_pretrained(tiny_model_dir, max_prompt_length=1024)

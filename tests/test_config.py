@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pytest
+
+from observe_r1.config import Config, ConfigError, RewardTerm, dump_config, load_config
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_the_paper_and_valid():
+    cfg = Config().validate()
+    assert cfg.rollout.n == 8 and cfg.rollout.prompts_per_step == 128
+    assert cfg.optim.lr == 1e-6 and cfg.optim.betas == (0.9, 0.95) and cfg.optim.mini_batch_size == 64
+    assert cfg.algorithm.sigma == 1.8 and cfg.algorithm.kl_coef == 0.01 and cfg.algorithm.kl_mode == "reward"
+    assert cfg.reward.terms == [RewardTerm("accuracy", 1.0), RewardTerm("observe_format", 0.5)]
+    assert (cfg.reward.bonus_coef, cfg.reward.bonus_min_length) == (0.2, 100)
+    assert (cfg.data.min_pixels, cfg.data.max_pixels, cfg.data.max_prompt_length) == (3136, 2_560_000, 9216)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_yaml_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+
+
+def test_there_are_shipped_configs():
+    assert len(CONFIGS) >= 2
+
+
+def test_yaml_then_command_line_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 1.0e-5\nrollout:\n  n: 4\n")
+    cfg = load_config(f, ["rollout.n=16", "optim.betas=[0.8, 0.9]", "data.train=[a.jsonl, b.jsonl]"])
+    assert cfg.optim.lr == 1e-5 and cfg.rollout.n == 16
+    assert cfg.optim.betas == (0.8, 0.9) and cfg.data.train == ["a.jsonl", "b.jsonl"]
+
+
+def test_reward_terms_from_yaml(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("reward:\n  terms:\n    - {name: accuracy}\n    - {name: my.py:fn, weight: 2}\n")
+    terms = load_config(f).reward.terms
+    assert terms == [RewardTerm("accuracy", 1.0), RewardTerm("my.py:fn", 2.0)]
+
+
+def test_yaml_float_written_without_dot_is_accepted(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 1e-5\n")  # YAML 1.1 reads this as a string
+    assert load_config(f).optim.lr == 1e-5
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lrr=1", "unknown key optim.lrr"),
+        ("nonsense.x=1", "unknown key nonsense"),
+        ("rollout.n=eight", "rollout.n: expected int"),
+        ("rollout.n=true", "rollout.n: expected int, got a boolean"),
+        ("algorithm.estimator=ppo", "algorithm.estimator: 'ppo' is not one of"),
+        ("optim.betas=[0.9]", "optim.betas: expected a list of 2"),
+        ("rollout.n=1", "rollout.n: a group needs at least 2"),
+        ("optim.micro_batch_size=3", "optim.mini_batch_size: must be a multiple"),
+        ("optim.min_lr=1", "optim.min_lr"),
+        ("data.min_pixels=0", "data.min_pixels"),
+        ("reward.terms=[]", "reward.terms"),
+        ("reward.terms=[{weight: 1}]", "reward.terms[0]"),
+        ("model", "must look like key.sub=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, [override])
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(None, ["optim.lr=3e-6", "seed=7"])
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg

@@ -1,0 +1,182 @@
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from observe_r1.cli import main
+from observe_r1.data import dataset as ds
+from observe_r1.data.dataset import load_dataset, load_samples
+
+
+@pytest.fixture
+def img(tmp_path):
+    path = tmp_path / "img.png"
+    Image.new("RGB", (112, 112), (255, 0, 0)).save(path)
+    return path
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_native_synth_rows_load(synth_dir):
+    result = load_dataset(synth_dir / "train.jsonl")
+    assert not result.problems and len(result.samples) == 60 and result.formats == {"native": 60}
+    s = result.samples[0]
+    assert s.id == "train-000000" and s.messages[0]["content"][0] == {"type": "image"}
+    assert s.metadata["level"] in range(1, 7) and "solution" in s.metadata
+    assert s.source.endswith("train.jsonl:1") and s.image_sizes == [(112, 112)]
+    assert s.load_images()[0].size == (112, 112)
+
+
+def test_original_observe_r1_rows(tmp_path, img):
+    message = [
+        {"role": "system", "content": "Answer in tags."},
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": f"file://{img}"}, {"type": "text", "text": "What?"}],
+        },
+    ]
+    path = write_jsonl(tmp_path / "o.jsonl", [{"message": json.dumps(message), "answer": "$3$"}])
+    (s,) = load_dataset(path).samples
+    assert s.format == "observe-r1" and s.images == [str(img)] and s.answer == "$3$"
+    assert s.messages[0]["role"] == "system" and s.question == "What?" and s.id == "o:1"
+
+
+def test_easyr1_rows_with_several_images_and_numbers_as_answers(tmp_path, img):
+    row = {
+        "problem": "<image>Compare with <image>. Which is bigger?",
+        "answer": 2,
+        "images": [img.name, str(img)],
+    }
+    (s,) = load_dataset(write_jsonl(tmp_path / "e.jsonl", [row])).samples
+    assert s.format == "easyr1" and s.answer == "2" and len(s.images) == 2
+    assert [p["type"] for p in s.messages[0]["content"]] == ["image", "text", "image", "text"]
+
+
+def test_text_only_rows(tmp_path):
+    (s,) = load_dataset(write_jsonl(tmp_path / "t.jsonl", [{"problem": "1+1?", "answer": "2"}])).samples
+    assert s.images == [] and s.question == "1+1?"
+
+
+def test_parquet_with_image_bytes(tmp_path, img):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table(
+        {
+            "problem": ["<image>How many?"],
+            "answer": ["3"],
+            "images": [[{"bytes": img.read_bytes(), "path": "x.png"}]],
+            "level": [2],
+        }
+    )
+    pq.write_table(table, tmp_path / "d.parquet")
+    (s,) = load_dataset(tmp_path / "d.parquet").samples
+    assert (
+        isinstance(s.images[0], bytes) and s.load_images()[0].size == (112, 112) and s.metadata["level"] == 2
+    )
+
+
+def bad_rows(tmp_path, img):
+    """One row per kind of problem; returns (path, {line: kind})."""
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(img.read_bytes()[:60])  # truncated PNG
+    good = {"problem": "<image>How many?", "answer": "3", "images": [str(img)]}
+    rows = [
+        good,  # 1
+        "{not json",  # 2
+        {"question": "no known columns", "answer": "1"},  # 3
+        {**good, "answer": None},  # 4
+        {**good, "problem": "<image>   "},  # 5
+        {**good, "images": [str(tmp_path / "nope.png")]},  # 6
+        {**good, "images": [str(corrupt)]},  # 7
+        {**good, "images": [str(img), str(img)]},  # 8: more images than placeholders
+        {**good, "problem": "<image><image>Two?"},  # 9: more placeholders than images
+        {**good, "problem": 42},  # 10
+        {"id": "dup", **good},  # 11
+        {"id": "dup", **good},  # 12
+        {**good, "problem": "<image>" + "describe every pixel " * 40},  # 13: too long with a model
+        {"message": [{"role": "user", "content": "x"}], "answer": "1"},  # 14: message must be a JSON string
+        "[1, 2]",  # 15
+        {**good, "answer": ""},  # 16
+        {**good, "images": "img.png"},  # 17
+        {"messages": [{"role": "robot", "content": "hi"}], "answer": "1"},  # 18
+    ]
+    expected = {
+        2: ds.MALFORMED,
+        3: ds.UNKNOWN_FORMAT,
+        4: ds.MISSING_ANSWER,
+        5: ds.EMPTY_QUESTION,
+        6: ds.MISSING_IMAGE,
+        7: ds.UNREADABLE_IMAGE,
+        8: ds.IMAGE_COUNT,
+        9: ds.IMAGE_COUNT,
+        10: ds.WRONG_TYPE,
+        12: ds.DUPLICATE_ID,
+        13: ds.TOO_LONG,
+        14: ds.WRONG_TYPE,
+        15: ds.MALFORMED,
+        16: ds.MISSING_ANSWER,
+        17: ds.WRONG_TYPE,
+        18: ds.WRONG_TYPE,
+    }
+    return write_jsonl(tmp_path / "bad.jsonl", rows), expected
+
+
+def test_every_bad_row_is_reported_with_its_line_and_kind(tmp_path, img, encoder):
+    path, expected = bad_rows(tmp_path, img)
+    encoder.max_prompt_length = 100
+    try:
+        result = load_dataset(path, encoder=encoder)
+    finally:
+        encoder.max_prompt_length = 1024
+    assert {p.line: p.kind for p in result.problems} == expected
+    assert len(set(expected.values())) >= 8
+    assert {s.source.rsplit(":", 1)[1] for s in result.samples} == {"1", "11"}
+    assert all(p.file == str(path) for p in result.problems)
+
+
+def test_data_check_cli_lists_each_bad_row(tmp_path, img, tiny_model_dir, capsys):
+    path, expected = bad_rows(tmp_path, img)
+    code = main(
+        [
+            "data",
+            "check",
+            str(path),
+            "--model",
+            str(tiny_model_dir),
+            "--max-prompt-length",
+            "100",
+            "--system-prompt",
+            "none",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    for line, kind in expected.items():
+        assert f"bad.jsonl:{line}" in out and kind in out
+    assert "18 rows: 2 good, 16 bad" in out
+
+
+def test_data_check_cli_on_clean_synth_data(synth_dir, tiny_model_dir, capsys):
+    assert main(["data", "check", str(synth_dir / "train.jsonl"), "--model", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "60 rows: 60 good, 0 bad" in out and "filter_count" in out
+
+
+def test_training_load_skips_and_counts_bad_rows(tmp_path, img, caplog):
+    path, expected = bad_rows(tmp_path, img)
+    shutil.copy(path, tmp_path / "copy.jsonl")
+    with caplog.at_level("WARNING"):
+        samples = load_samples(path, max_bad_row_fraction=0.9)
+    assert len(samples) == 3  # the long row passes without a model
+    assert "skipped 15 of 18 rows" in caplog.text and "missing_image: 1" in caplog.text
+    with pytest.raises(ValueError, match="15 of 18 rows .* are bad"):
+        load_samples(path, max_bad_row_fraction=0.5)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset file not found"):
+        load_dataset(tmp_path / "nope.jsonl")

@@ -1,0 +1,153 @@
+import logging
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+from observe_r1.models.inputs import ChatEncoder, PromptError
+from observe_r1.models.tiny import TAG_TOKENS, build_tiny_vlm, count_parameters
+
+
+def user(n_images, text="How many shapes?"):
+    return [{"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}]
+
+
+def image(w, h, colour=(200, 30, 30)):
+    im = Image.new("RGB", (w, h), (255, 255, 255))
+    im.paste(Image.new("RGB", (w // 2, h // 2), colour), (w // 4, h // 4))
+    return im
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return AutoModelForImageTextToText.from_pretrained(tiny_model_dir).eval()
+
+
+def test_loads_with_auto_classes_and_no_token_id_warnings(tiny_model_dir):
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+            tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    finally:
+        logger.removeHandler(handler)
+    messages = [r.getMessage() for r in records if r.levelno >= logging.WARNING] + [
+        str(w.message) for w in caught
+    ]
+    assert not [m for m in messages if "token" in m.lower() and "id" in m.lower()], messages
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert count_parameters(model) < 1_000_000
+    vocab = model.config.text_config.vocab_size
+    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        assert 0 <= getattr(model.config.text_config, name) < vocab
+    assert model.config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
+
+
+def test_tokenizer_has_single_token_tags_and_digits(tiny_model_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for tag in TAG_TOKENS:
+        assert tok.tokenize(tag) == [tag]
+    pieces = tok.tokenize("12345")
+    assert pieces == list("12345")
+    text = "<observe>\nred circle at (1,2)\n</observe>\n<think>\n3 + 4 = 7\n</think>\n<answer>7</answer>"
+    assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text  # tags survive decoding
+
+
+def test_build_is_deterministic_for_a_seed(tmp_path):
+    a = load_file(build_tiny_vlm(tmp_path / "a", seed=3) / "model.safetensors")
+    b = load_file(build_tiny_vlm(tmp_path / "b", seed=3) / "model.safetensors")
+    c = load_file(build_tiny_vlm(tmp_path / "c", seed=4) / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (
+        tmp_path / "b" / "tokenizer.json"
+    ).read_bytes()
+
+
+def test_small_size_has_a_few_million_parameters(tmp_path):
+    model = AutoModelForImageTextToText.from_pretrained(build_tiny_vlm(tmp_path, size="small"))
+    assert 2_000_000 < count_parameters(model) < 10_000_000
+
+
+def test_unknown_size_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown tiny model size"):
+        build_tiny_vlm(tmp_path, size="huge")
+
+
+@pytest.mark.parametrize("n_images", [0, 1, 2])
+def test_generate_on_adapter_inputs(model, encoder, n_images):
+    images = [image(112, 112), image(168, 84)][:n_images]
+    long_text = "How many red shapes are there in this picture?"
+    batch = encoder.collate(
+        [encoder.encode(user(n_images, long_text), images, "s0"), encoder.encode(user(0), [], "s1")]
+    )
+    assert batch["attention_mask"][1, 0] == 0 and batch["attention_mask"][1, -1] == 1  # left padding
+    width = batch["input_ids"].shape[1]
+    out = model.generate(**batch, max_new_tokens=5, do_sample=False)
+    assert width < out.shape[1] <= width + 5
+    assert torch.equal(out[:, :width], batch["input_ids"])
+    assert len(encoder.decode(out[:, width:])) == 2
+
+
+@pytest.mark.parametrize(
+    "sizes, min_pixels, max_pixels",
+    [
+        ([(112, 112)], None, None),
+        ([(224, 224), (50, 300)], None, None),
+        ([(640, 480)], 3136, 200 * 200),  # downscaled by max_pixels
+        ([(20, 20), (30, 90)], 112 * 112, None),  # upscaled by min_pixels
+        ([(300, 100), (100, 300), (57, 57)], 56 * 56, 150 * 150),
+    ],
+)
+def test_image_tokens_equal_image_features(model, tiny_model_dir, sizes, min_pixels, max_pixels):
+    enc = ChatEncoder.from_pretrained(tiny_model_dir, min_pixels=min_pixels, max_pixels=max_pixels)
+    images = [image(w, h) for w, h in sizes]
+    p = enc.encode(user(len(images)), images, "s")
+    n_tokens = sum(t == enc.image_token_id for t in p.input_ids)
+    with torch.no_grad():
+        features = model.model.get_image_features(p.pixel_values, p.image_grid_thw).pooler_output
+    assert n_tokens == sum(f.shape[0] for f in features) == sum(p.image_tokens)
+    # the cheap estimate used by the pre-flight check agrees with the processor
+    assert [enc.tokens_per_image(w, h) for w, h in sizes] == p.image_tokens
+    assert enc.prompt_length(user(len(images)), sizes) == len(p.input_ids)
+    if max_pixels:
+        assert all(int(g[1] * g[2]) * 14 * 14 <= max_pixels for g in p.image_grid_thw)
+    if min_pixels:
+        assert all(int(g[1] * g[2]) * 14 * 14 >= min_pixels for g in p.image_grid_thw)
+    model(**enc.collate([p]))  # the full forward pass accepts it
+
+
+def test_preflight_rejects_too_long_prompt_naming_the_sample(tiny_model_dir):
+    enc = ChatEncoder.from_pretrained(tiny_model_dir, max_prompt_length=25)
+    assert len(enc.encode(user(0), [], "short-one").input_ids) <= 25
+    with pytest.raises(
+        PromptError, match=r"sample big-one: prompt is \d+ tokens \(16 of them image tokens\)"
+    ):
+        enc.encode(user(1), [image(112, 112)], "big-one")
+
+
+def test_placeholder_and_image_count_must_agree(encoder):
+    with pytest.raises(PromptError, match="sample x: the prompt has 1 image placeholder"):
+        encoder.encode(user(1), [image(112, 112), image(112, 112)], "x")
+
+
+def test_system_and_assistant_messages_render(encoder):
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        *user(1),
+        {"role": "assistant", "content": "<answer>3</answer>"},
+    ]
+    p = encoder.encode(messages, [image(112, 112)], "chat", add_generation_prompt=False)
+    text = encoder.tokenizer.decode(p.input_ids)
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>") and text.endswith(
+        "<answer>3</answer><|im_end|>\n"
+    )
