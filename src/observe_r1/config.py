@@ -75,6 +75,7 @@ class RewardConfig:
     terms: list[RewardTerm] = field(
         default_factory=lambda: [RewardTerm("accuracy", 1.0), RewardTerm("observe_format", 0.5)]
     )
+    correct_term: str = "accuracy"  # the term whose value 1 means "correct" (for the bonus and f(d))
     bonus_coef: float = 0.2  # Observe-R1 bonus for the shortest correct response of a group; 0 = off
     bonus_min_length: int = 100  # tokens; the shortest correct response must be longer than this
     answer_fallback: bool = False  # without <answer> tags, grade the whole completion
@@ -160,6 +161,11 @@ class Config:
             ),
             (0 <= self.data.max_bad_row_fraction <= 1, "data.max_bad_row_fraction", "must be in [0, 1]"),
             (len(self.reward.terms) >= 1, "reward.terms", "needs at least one term"),
+            (
+                self.reward.correct_term in [t.name.rsplit(":", 1)[-1] for t in self.reward.terms],
+                "reward.correct_term",
+                f"{self.reward.correct_term!r} must name one of reward.terms",
+            ),
             (self.reward.bonus_coef >= 0, "reward.bonus_coef", "must be >= 0"),
             (
                 self.algorithm.clip_low >= 0 and self.algorithm.clip_high >= 0,

@@ -1,0 +1,19 @@
+"""Rewards: verifiable accuracy, tag-layout formats, and their weighted combination with plug-ins."""
+
+from observe_r1.rewards.accuracy import Grade, accuracy_reward, extract_answer, grade
+from observe_r1.rewards.compose import RewardBatch, Rewarder, RewardFunctionError, RewardResult, load_function
+from observe_r1.rewards.format import LAYOUTS, format_reward
+
+__all__ = [
+    "LAYOUTS",
+    "Grade",
+    "RewardBatch",
+    "RewardFunctionError",
+    "RewardResult",
+    "Rewarder",
+    "accuracy_reward",
+    "extract_answer",
+    "format_reward",
+    "grade",
+    "load_function",
+]

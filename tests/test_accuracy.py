@@ -1,0 +1,131 @@
+import time
+
+import pytest
+
+from observe_r1.rewards.accuracy import accuracy_reward, classify_gold, extract_answer, grade
+
+
+def a(text):
+    return f"<observe>x</observe><think>y</think><answer>{text}</answer>"
+
+
+CASES = [
+    # --- numbers: integers, decimals, fractions, LaTeX, \boxed, units, degrees
+    (a("3"), "3", 1.0),
+    (a("3"), "$3$", 1.0),
+    (a("3.0"), "3", 1.0),
+    (a("4"), "3", 0.0),
+    (a("3.5"), "3", 0.0),
+    (a("0.25"), r"$\frac{1}{4}$", 1.0),
+    (a("0.25"), r"$\frac14$", 1.0),
+    (a(r"\frac{1}{4}"), "0.25", 1.0),
+    (a("1/4"), "0.25", 1.0),
+    (a(r"$\frac{1}{3}$"), "0.25", 0.0),
+    (a("30°"), "$30$", 1.0),
+    (a(r"30^\circ"), "30", 1.0),
+    (a("30 degrees"), r"$30^{\circ}$", 1.0),
+    (a("12 cm"), "12", 1.0),
+    (a(r"\boxed{12}"), "$12$", 1.0),
+    (a("−3"), "-3", 1.0),  # Unicode minus
+    (a("1,000"), "1000", 1.0),
+    (a(r"$\sqrt{2}$"), r"$\sqrt{2}$", 1.0),
+    (a("x = 2"), "2", 1.0),
+    (a("50%"), "50", 1.0),
+    (a("B"), "12", 0.0),
+    # --- multiple choice, A-J
+    (a("B"), "B", 1.0),
+    (a("(B)"), "B", 1.0),
+    (a("B."), "B", 1.0),
+    (a("B) 12 cm"), "B", 1.0),
+    (a("(B) 12 cm"), "B", 1.0),
+    (a("The answer is B"), "B", 1.0),
+    (a("Answer: B"), "B", 1.0),
+    (a(r"\boxed{B}"), "B", 1.0),
+    (a("C"), "B", 0.0),
+    (a("B"), "(B)", 1.0),  # the original could not parse (B) as a gold
+    (a("E"), "E", 1.0),  # ... nor E, F (math-verify reads E as Euler's number)
+    (a("e"), "E", 0.0),
+    (a("F"), "F", 1.0),
+    (a("(J)"), "J", 1.0),
+    (a("A or B"), "B", 0.0),  # naming two options is wrong
+    (a("B and C"), "B", 0.0),
+    (a("(A) (B)"), "B", 0.0),
+    (a("A, B"), "A", 0.0),
+    (a("I think it is B"), "B", 1.0),
+    (a("A"), "A", 1.0),
+    (a("A. red"), "A", 1.0),
+    (a("I"), "I", 1.0),
+    (a("12 cm"), "B", 0.0),
+    # --- yes / no
+    (a("Yes"), "Yes", 1.0),  # the original could not parse Yes as a gold
+    (a("yes."), "yes", 1.0),
+    (a("Yes, there are two."), "yes", 1.0),
+    (a("no"), "Yes", 0.0),
+    (a("yes or no"), "yes", 0.0),
+    (a("No"), "no", 1.0),
+    # --- short free text: case, whitespace, punctuation
+    (a("Red"), "red", 1.0),
+    (a("  the  RED circle! "), "the red circle", 1.0),
+    (a("blue"), "red", 0.0),
+    # --- answers over several lines (the original's regex missed them)
+    ("<think>t</think><answer>\nThe sum is\n12\n</answer>", "12", 1.0),
+    ("<think>t</think><answer>\n(B)\n</answer>", "B", 1.0),
+    # --- tags: missing, several
+    ("The answer is 3", "3", 0.0),
+    ("<answer>3", "3", 0.0),
+    ("<answer>2</answer> then <answer>3</answer>", "3", 1.0),  # the last answer counts
+    (a(""), "3", 0.0),
+]
+
+
+@pytest.mark.parametrize("completion, gold, expected", CASES)
+def test_accuracy_table(completion, gold, expected):
+    assert accuracy_reward(completion, gold) == expected
+
+
+def test_table_is_big_enough():
+    assert len(CASES) >= 40
+
+
+def test_unparseable_gold_never_gives_everything_credit():
+    gold = "???"
+    assert classify_gold(gold)[0] == "text"
+    wrong = [a("3"), a("B"), a("yes"), a(""), "no tags"]
+    assert [accuracy_reward(c, gold) for c in wrong] == [0.0] * 5
+    assert grade(a("???"), gold).unparsed_gold
+
+
+def test_verify_is_called_gold_first(monkeypatch):
+    import observe_r1.rewards.accuracy as acc
+
+    calls = []
+    real = acc.verify
+
+    def spy(gold, target, **kw):
+        calls.append((gold, target))
+        return real(gold, target, **kw)
+
+    monkeypatch.setattr(acc, "verify", spy)
+    acc.accuracy_reward(a("0.5"), r"$\frac{1}{2}$")
+    ((gold, target),) = calls
+    assert "\\frac{1}{2}" in [str(x) for x in gold] and "0.5" in [str(x) for x in target]
+
+
+def test_fallback_without_tags_is_a_switch():
+    assert accuracy_reward("The answer is 3", "3") == 0.0
+    assert accuracy_reward("3", "3", fallback=True) == 1.0
+    assert extract_answer("<think>x</think> 3", fallback=True) == "x  3"
+
+
+def test_slow_grading_times_out_scores_zero_and_is_flagged(monkeypatch):
+    import observe_r1.rewards.accuracy as acc
+
+    def slow(*args, **kwargs):
+        time.sleep(2)
+        return True
+
+    monkeypatch.setattr(acc, "verify", slow)
+    start = time.perf_counter()
+    g = acc.grade(a("3"), "3", timeout_s=0.2)
+    assert time.perf_counter() - start < 1.5
+    assert g.score == 0.0 and g.timed_out and g.kind == "timeout"

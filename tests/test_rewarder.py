@@ -1,0 +1,147 @@
+import json
+
+import pytest
+from PIL import Image
+
+from observe_r1.rewards import RewardBatch, Rewarder, RewardFunctionError
+
+GOOD = "<observe>a red square</observe><think>one</think><answer>{}</answer>"
+
+
+def batch(completions, answers=None, **columns):
+    n = len(completions)
+    red = Image.new("RGB", (28, 28), (220, 40, 40))
+    return RewardBatch(
+        completions=completions,
+        completion_ids=[[1, 2, 3]] * n,
+        completion_lengths=[3] * n,
+        prompts=[[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}]] * n,
+        images=[[red]] * n,
+        answers=answers or ["1"] * n,
+        group_ids=[i // 2 for i in range(n)],
+        columns=columns,
+    )
+
+
+def test_default_terms_reproduce_the_paper():
+    r = Rewarder([("accuracy", 1.0), ("observe_format", 0.5)])
+    out = r(batch([GOOD.format(1), GOOD.format(2), "<answer>1</answer>", "nothing"]))
+    assert out.total.tolist() == [1.5, 0.5, 1.0, 0.0]
+    assert out.correct.tolist() == [True, False, True, False]
+    assert out.metrics["reward/accuracy/mean"] == 0.5 and out.metrics["reward/observe_format/rate_1"] == 0.5
+    assert out.metrics["reward/total/mean"] == 0.75 and out.metrics["reward/errors"] == 0.0
+    assert out.metrics["reward/unparsed_gold"] == 0.0
+
+
+def test_unparsed_gold_is_counted():
+    out = Rewarder([("accuracy", 1.0)])(batch([GOOD.format("x")] * 2, answers=["???", "1"]))
+    assert out.metrics["reward/unparsed_gold"] == 0.5
+
+
+PLUGIN = """
+SEEN = {}
+
+def spy(completions, images, group_ids, prompts, answers, completion_ids, completion_lengths, **columns):
+    SEEN.update(images=images, group_ids=group_ids, columns=columns, prompts=prompts)
+    return [1.0 if images[i][0].getpixel((0, 0)) == (220, 40, 40) else 0.0 for i in range(len(completions))]
+
+def maybe(completions, **kw):
+    return [None if "skip" in c else 2.0 for c in completions]
+
+def parts(completions, **kw):
+    return [{"style": 0.5, "length": None if i else 0.25} for i in range(len(completions))]
+
+def flaky(completions, **kw):
+    if any("boom" in c for c in completions):
+        if len(completions) > 1:
+            raise RuntimeError("batch failed")
+        raise ValueError("cannot score " + completions[0])
+    return [1.0] * len(completions)
+
+def short(completions, **kw):
+    return [1.0]
+
+def strings(completions, **kw):
+    return ["good"] * len(completions)
+"""
+
+
+@pytest.fixture
+def plugin(tmp_path):
+    path = tmp_path / "my_rewards.py"
+    path.write_text(PLUGIN)
+    return path
+
+
+def test_plugin_from_file_sees_image_group_and_columns(plugin):
+    r = Rewarder([("accuracy", 1.0), (f"{plugin}:spy", 0.5)])
+    out = r(batch([GOOD.format(1)] * 4, level=[1, 2, 3, 4], skill=["a"] * 4))
+    import sys
+
+    module = next(m for name, m in sys.modules.items() if name.startswith("observe_r1_reward_my_rewards"))
+    seen = module.SEEN
+    assert seen["group_ids"] == [0, 0, 1, 1]
+    assert seen["images"][0][0].size == (28, 28)
+    assert seen["columns"] == {"level": [1, 2, 3, 4], "skill": ["a"] * 4}
+    assert seen["prompts"][0][0]["role"] == "user"
+    assert out.total.tolist() == [1.5] * 4 and out.metrics["reward/spy/mean"] == 1.0
+
+
+def test_plugin_from_module_path():
+    r = Rewarder([("accuracy", 1.0), ("examples.reward_plugin:observe_mentions_colours", 1.0)])
+    out = r(batch([GOOD.format(1), "<observe>blue things</observe>"]))
+    assert out.terms["observe_mentions_colours"].tolist() == [1.0, -0.125]
+
+
+def test_none_is_not_applicable(plugin):
+    out = Rewarder([("accuracy", 1.0), (f"{plugin}:maybe", 1.0)])(batch([GOOD.format(1), "skip"]))
+    assert out.total.tolist() == [3.0, 0.0]
+    assert out.metrics["reward/maybe/mean"] == 2.0  # the None is left out of the mean
+
+
+def test_dict_sub_scores_are_summed_and_logged(plugin):
+    out = Rewarder([("accuracy", 1.0), (f"{plugin}:parts", 1.0)])(batch([GOOD.format(1), GOOD.format(1)]))
+    assert out.terms["parts"].tolist() == [0.75, 0.5]
+    assert out.metrics["reward/parts/style/mean"] == 0.5 and out.metrics["reward/parts/length/mean"] == 0.25
+
+
+def test_a_raising_reward_scores_that_sample_zero_and_is_counted(plugin, caplog):
+    r = Rewarder([("accuracy", 1.0), (f"{plugin}:flaky", 1.0)])
+    completions = [GOOD.format(1), "boom 1", GOOD.format(1), "boom 2"]
+    with caplog.at_level("WARNING"):
+        out = r(batch(completions))
+        r(batch(completions))  # the same error again is not logged again
+    assert out.terms["flaky"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert out.metrics["reward/errors"] == 2.0
+    assert caplog.text.count("Traceback") == 2  # one per distinct error message
+    assert "cannot score boom 1" in caplog.text and "cannot score boom 2" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "fn, message", [("short", "must return a list of 2 values"), ("strings", "returned 'good'")]
+)
+def test_wrong_length_or_type_fails_fast_naming_the_function(plugin, fn, message):
+    r = Rewarder([("accuracy", 1.0), (f"{plugin}:{fn}", 1.0)])
+    with pytest.raises(RewardFunctionError, match=f"reward function {fn} {message}"):
+        r(batch([GOOD.format(1)] * 2))
+
+
+def test_bad_references_are_clear(tmp_path, plugin):
+    with pytest.raises(FileNotFoundError, match="nope.py not found"):
+        Rewarder([("accuracy", 1.0), (f"{tmp_path}/nope.py:fn", 1.0)])
+    with pytest.raises(ValueError, match="has no callable 'missing'"):
+        Rewarder([("accuracy", 1.0), (f"{plugin}:missing", 1.0)])
+    with pytest.raises(ValueError, match="not a built-in"):
+        Rewarder([("accuracy", 1.0), ("acuracy", 1.0)])
+    with pytest.raises(ValueError, match="correct_term 'accuracy' is not one of"):
+        Rewarder([("observe_format", 1.0)])
+
+
+def test_from_config(tmp_path):
+    from observe_r1.config import load_config
+
+    cfg = load_config(None, ["reward.terms=[{name: accuracy}, {name: think_format, weight: 0.5}]"])
+    r = Rewarder.from_config(cfg.reward)
+    out = r(batch(["<think>x</think><answer>1</answer>", GOOD.format(1)]))
+    assert out.total.tolist() == [1.5, 1.0]
+    json.dumps(out.metrics)  # plain floats, loggable
