@@ -35,6 +35,13 @@ def test_yaml_then_command_line_overrides(tmp_path):
     assert cfg.optim.betas == (0.8, 0.9) and cfg.data.train == ["a.jsonl", "b.jsonl"]
 
 
+def test_yaml_off_is_the_string_off(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("algorithm:\n  kl_mode: off\n")
+    assert load_config(f).algorithm.kl_mode == "off"
+    assert load_config(None, ["algorithm.kl_mode=off"]).algorithm.kl_mode == "off"
+
+
 def test_reward_terms_from_yaml(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("reward:\n  terms:\n    - {name: accuracy}\n    - {name: my.py:fn, weight: 2}\n")

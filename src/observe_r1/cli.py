@@ -124,6 +124,19 @@ def _print_report(result, checked_length: bool) -> None:
         )
 
 
+# ------------------------------------------------------------------ train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from observe_r1.config import load_config
+    from observe_r1.recipes.grpo import train
+
+    overrides = list(args.overrides) + ([f"logging.output_dir={args.output_dir}"] if args.output_dir else [])
+    out = train(load_config(args.config, overrides))
+    console.print(f"done: checkpoints and metrics in {out}")
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -147,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_tiny_model)
 
+    p = sub.add_parser("train", help="GRPO training with the Observe-R1 recipe")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=1e-5")
+    p.add_argument("--output-dir", help="shorthand for logging.output_dir=...")
+    p.set_defaults(fn=cmd_train)
+
     data = sub.add_parser("data", help="dataset tools").add_subparsers(
         dest="data_command", required=True, metavar="ACTION"
     )
@@ -162,7 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `key=value` overrides may follow options such as --output-dir
+        if getattr(args, "overrides", None) is None or any("=" not in x or x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
@@ -170,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.fn(args)
-    except (FileNotFoundError, ValueError, ImportError) as e:
-        console.print(f"[red]error:[/red] {e}")
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
+        if args.verbose:
+            raise
+        console.print(f"[red]error:[/red] {e}  [dim](-v shows the traceback)")
         return 2
 
 

@@ -51,6 +51,8 @@ class DataConfig:
     max_pixels: int = 2_560_000
     sampler: Literal["sequential", "shuffled"] = "sequential"  # sequential = NeuraLadder order
     max_bad_row_fraction: float = 0.5  # refuse a dataset where more rows than this are bad
+    synth_train: int = 512  # when `train` is empty: rows of synthetic data to generate into the output dir
+    synth_test: int = 64
 
 
 @dataclass
@@ -62,6 +64,7 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 8192
+    chunk_size: int = 0  # sequences per generate call (bounds rollout memory); 0 = all at once
 
 
 @dataclass
@@ -114,6 +117,7 @@ class OptimConfig:
     ppo_epochs: int = 1
     epochs: int = 1
     max_steps: int = 0  # rollout steps; 0 = as many as the data and epochs give
+    max_nonfinite_steps: int = 5  # consecutive skipped (NaN/inf) optimiser steps before the run stops
 
 
 @dataclass
@@ -131,6 +135,7 @@ class CheckpointConfig:
     every: int = 50  # rollout steps
     keep_last: int = 2
     resume: str = "auto"  # auto (newest complete checkpoint in output_dir), none, or a checkpoint path
+    merge_lora: bool = False  # with LoRA: also write the merged full model to OUTPUT/merged at the end
 
 
 @dataclass
@@ -194,6 +199,10 @@ class Config:
             ),
             (self.model.lora_rank >= 0, "model.lora_rank", "must be >= 0"),
             (self.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1"),
+            (self.checkpoint.every >= 1, "checkpoint.every", "must be >= 1"),
+            (self.optim.ppo_epochs >= 1, "optim.ppo_epochs", "must be >= 1"),
+            (self.rollout.chunk_size >= 0, "rollout.chunk_size", "must be >= 0"),
+            (self.optim.max_nonfinite_steps >= 1, "optim.max_nonfinite_steps", "must be >= 1"),
         ]
         for ok, key, why in checks:
             if not ok:
@@ -227,6 +236,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads off/no/on/yes as booleans
+            spelled = [
+                a
+                for a in args
+                if str(a).lower() in (("on", "yes", "true") if value else ("off", "no", "false"))
+            ]
+            value = spelled[0] if spelled else value
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value

@@ -1,5 +1,35 @@
 """The RL algorithm as pure tensor functions (no config objects, no I/O)."""
 
+from observe_r1.algos.advantages import (
+    Estimator,
+    difficulty_weights,
+    group_advantages,
+    kl_reward_advantages,
+    zero_variance_groups,
+)
 from observe_r1.algos.bonus import apply_length_bonus
+from observe_r1.algos.loss import (
+    KLEstimator,
+    LossAgg,
+    LossStats,
+    aggregate,
+    kl_divergence,
+    loss_denominator,
+    policy_loss,
+)
 
-__all__ = ["apply_length_bonus"]
+__all__ = [
+    "Estimator",
+    "KLEstimator",
+    "LossAgg",
+    "LossStats",
+    "aggregate",
+    "apply_length_bonus",
+    "difficulty_weights",
+    "group_advantages",
+    "kl_divergence",
+    "kl_reward_advantages",
+    "loss_denominator",
+    "policy_loss",
+    "zero_variance_groups",
+]

@@ -20,7 +20,7 @@ import io
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,7 +302,7 @@ def check_prompt_length(sample: Sample, encoder: Any, system_prompt: str = "") -
 
 
 def load_dataset(
-    paths: list[str | Path] | str | Path,
+    paths: Sequence[str | Path] | str | Path,
     encoder: Any = None,
     system_prompt: str = "",
     check_image_files: bool = True,
@@ -344,7 +344,7 @@ def load_dataset(
 
 
 def load_samples(
-    paths: list[str | Path] | str | Path,
+    paths: Sequence[str | Path] | str | Path,
     encoder: Any = None,
     system_prompt: str = "",
     max_bad_row_fraction: float = 0.5,

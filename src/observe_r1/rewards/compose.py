@@ -185,7 +185,7 @@ class Rewarder:
             value = torch.tensor([_term_value(x) for x in raw], dtype=torch.float32)
             values[name] = value
             total += weight * torch.nan_to_num(value, nan=0.0)
-            metrics.update(_term_metrics(name, raw, value))
+            metrics.update(term_metrics(name, raw, value))
             metrics.update(getattr(fn, "last_metrics", {}))
         metrics["reward/total/mean"] = float(total.mean()) if len(batch) else 0.0
         metrics["reward/errors"] = float(errors)
@@ -241,7 +241,7 @@ def _term_value(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
-def _term_metrics(name: str, raw: list, value: torch.Tensor) -> dict[str, float]:
+def term_metrics(name: str, raw: list, value: torch.Tensor) -> dict[str, float]:
     present = value[~value.isnan()]
     metrics = {
         f"reward/{name}/mean": float(present.mean()) if len(present) else math.nan,
@@ -251,3 +251,22 @@ def _term_metrics(name: str, raw: list, value: torch.Tensor) -> dict[str, float]
         sub = [float(x[key]) for x in raw if isinstance(x, dict) and x.get(key) is not None]
         metrics[f"reward/{name}/{key}/mean"] = sum(sub) / len(sub) if sub else math.nan
     return metrics
+
+
+def merge_results(parts: list[tuple[RewardResult, list[int]]]) -> RewardResult:
+    """The chosen rows of several RewardResults as one (dynamic sampling keeps groups from several tries).
+    Term means are recomputed over the kept rows; error and timeout counts add up over all tries."""
+
+    def cat(get) -> torch.Tensor:
+        return torch.cat([get(r)[rows] for r, rows in parts])
+
+    first = parts[0][0]
+    terms = {name: cat(lambda r, name=name: r.terms[name]) for name in first.terms}
+    total = cat(lambda r: r.total)
+    metrics = dict(first.metrics)
+    for name, value in terms.items():
+        metrics.update(term_metrics(name, [], value))
+    for key in ("reward/errors", "reward/timeouts"):
+        metrics[key] = sum(r.metrics.get(key, 0.0) for r, _ in parts)
+    metrics["reward/total/mean"] = float(total.mean()) if len(total) else 0.0
+    return RewardResult(total, terms, cat(lambda r: r.correct), metrics)

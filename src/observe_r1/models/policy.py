@@ -1,0 +1,118 @@
+"""Loading the policy (full fine-tune or LoRA, frozen or trained vision tower) and the frozen reference,
+and computing log-probabilities of completion tokens in micro-batches with their images."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from transformers import AutoModelForImageTextToText
+
+from observe_r1.models.inputs import ChatEncoder
+from observe_r1.rollout.base import Rollout
+
+
+def load_model(path: str, attn_implementation: str = "sdpa") -> torch.nn.Module:
+    """fp32 master weights everywhere; bf16 happens under autocast on GPU (see `compute_dtype`).
+    (lr 1e-6 updates vanish when added to bf16 weights.)"""
+    return AutoModelForImageTextToText.from_pretrained(
+        path, dtype=torch.float32, attn_implementation=attn_implementation
+    )
+
+
+def vision_tower(model: Any) -> torch.nn.Module:
+    inner = getattr(model, "model", model)
+    return getattr(inner, "visual", None) or model.get_submodule("model.visual")
+
+
+def prepare_policy(model: Any, cfg: Any) -> Any:
+    """Apply `ModelConfig`: frozen vision tower, LoRA adapters, gradient checkpointing."""
+    if cfg.freeze_vision:
+        vision_tower(model).requires_grad_(False)
+    if cfg.lora_rank > 0:
+        from peft import LoraConfig, get_peft_model
+
+        # Adapters go on the language model only (the vision tower has modules of the same names); the
+        # tower is trained in full or frozen, as `freeze_vision` says.
+        names = "|".join(cfg.lora_target_modules)
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=rf"^(?!.*\bvisual\b).*\.({names})$",
+        )
+        model = get_peft_model(model, lora)
+        if not cfg.freeze_vision:  # LoRA freezes every base weight; the vision tower was asked to train
+            vision_tower(model.base_model.model).requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
+        if cfg.lora_rank > 0:
+            model.enable_input_require_grads()
+    return model
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Activation (gradient) checkpointing; transformers 5.2x renamed the method and its keyword, and the old
+    name warns there, so use whichever this version has."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def frozen(model: torch.nn.Module) -> torch.nn.Module:
+    model.requires_grad_(False)
+    return model.eval()
+
+
+@contextlib.contextmanager
+def reference_of(policy: torch.nn.Module, reference: torch.nn.Module | None) -> Iterator[torch.nn.Module]:
+    """The reference model: a frozen copy, or the policy's base weights with its LoRA adapters disabled."""
+    if reference is not None:
+        yield reference
+        return
+    with policy.disable_adapter():  # type: ignore[operator]
+        yield policy
+
+
+def sequence_inputs(rollout: Rollout, index: list[int], encoder: ChatEncoder) -> dict[str, torch.Tensor]:
+    """Model inputs for sequences `index`: [left-padded prompt | right-padded completion], trimmed to the
+    longest completion among them (so micro-batches of short responses stay short)."""
+    width = int(rollout.lengths[index].max())
+    batch = encoder.collate([rollout.prompts[rollout.prompt_index[i]] for i in index], padding_side="left")
+    completion = rollout.completion_ids[index, :width]
+    completion_mask = rollout.completion_mask[index, :width]
+    batch["input_ids"] = torch.cat([batch["input_ids"], completion], dim=1)
+    batch["attention_mask"] = torch.cat([batch["attention_mask"], completion_mask], dim=1)
+    batch["completion_ids"], batch["completion_mask"] = completion, completion_mask
+    return batch
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    temperature: float = 1.0,
+    entropy: bool = False,
+    entropy_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[b, T] log-probs of the completion tokens (at the sampling temperature), and optionally the
+    per-token entropy of the policy. Only the completion positions' logits are materialised."""
+    device = next(model.parameters()).device
+    completion = inputs["completion_ids"].to(device)
+    model_inputs = {
+        k: v.to(device) for k, v in inputs.items() if k not in ("completion_ids", "completion_mask")
+    }
+    width = completion.shape[1]
+    logits = model(**model_inputs, logits_to_keep=width + 1, use_cache=False).logits[:, :-1].float()
+    logits = logits / temperature
+    log_norm = torch.logsumexp(logits, dim=-1)  # [b, T]
+    logp = logits.gather(-1, completion.unsqueeze(-1)).squeeze(-1) - log_norm
+    ent = None
+    if entropy:  # with a gradient only when an entropy bonus is in the loss
+        with contextlib.nullcontext() if entropy_grad else torch.no_grad():
+            probs = torch.softmax(logits, dim=-1)
+            ent = log_norm - (probs * logits).sum(-1)
+    return logp, ent

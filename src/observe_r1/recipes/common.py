@@ -1,0 +1,230 @@
+"""What every training recipe (GRPO, SFT) shares: the run directory and its inputs, the accelerator,
+the policy and optimiser, resuming, checkpointing and the non-finite-step guard."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+
+from observe_r1.config import Config, dump_config, to_dict
+from observe_r1.data.dataset import Sample, load_samples
+from observe_r1.data.prompts import system_prompt, with_system_prompt
+from observe_r1.models.inputs import ChatEncoder, EncodedPrompt, PromptError
+from observe_r1.models.policy import load_model, prepare_policy
+from observe_r1.recipes import checkpoint as ckpt
+from observe_r1.recipes.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_accelerator() -> Accelerator:
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=False)
+    return Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+
+
+def prepare_model(acc: Accelerator, model: torch.nn.Module, optimizer, samples: list[Sample]):
+    """DDP-wrap the model. A text-only prompt leaves the vision tower without gradients, which DDP must be
+    told about (it costs an extra graph traversal, so only then)."""
+    if acc.ddp_handler is not None:
+        acc.ddp_handler.find_unused_parameters = any(not s.images for s in samples)
+    return acc.prepare(model, optimizer)
+
+
+def prepare_inputs(cfg: Config, accelerator: Accelerator) -> Config:
+    """Build what the config leaves out, into the output dir: a tiny model when `model.path` is "", and
+    synthetic data when `data.train` is empty. Returns the config with those paths filled in."""
+    out = Path(cfg.logging.output_dir)
+    model_path, train, test = cfg.model.path, cfg.data.train, cfg.data.test
+    if not model_path:
+        model_path = str(out / "base-model")
+    if not train:
+        train, test = [str(out / "data" / "train.jsonl")], [str(out / "data" / "test.jsonl")]
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (Path(model_path) / "config.json").is_file() and not cfg.model.path:
+            from observe_r1.models.tiny import build_tiny_vlm
+
+            build_tiny_vlm(model_path, size=cfg.model.tiny_size, seed=cfg.seed)
+        if not cfg.data.train and not Path(train[0]).is_file():
+            from observe_r1.data.synth import write_dataset
+
+            write_dataset(out / "data", cfg.data.synth_train, cfg.data.synth_test, seed=cfg.seed)
+    accelerator.wait_for_everyone()
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, path=model_path),
+        data=dataclasses.replace(cfg.data, train=train, test=test),
+    )
+    if accelerator.is_main_process:
+        dump_config(cfg, out / "config.yaml")
+    return cfg
+
+
+def load_encoder(cfg: Config) -> ChatEncoder:
+    return ChatEncoder.from_pretrained(
+        cfg.model.path,
+        max_prompt_length=cfg.data.max_prompt_length,
+        min_pixels=cfg.data.min_pixels,
+        max_pixels=cfg.data.max_pixels,
+    )
+
+
+def load_data(cfg: Config, encoder: ChatEncoder) -> tuple[list[Sample], list[Sample]]:
+    system = system_prompt(cfg.data.system_prompt)
+    train = load_samples(cfg.data.train, encoder, system, cfg.data.max_bad_row_fraction)
+    test = (
+        load_samples(cfg.data.test, encoder, system, cfg.data.max_bad_row_fraction) if cfg.data.test else []
+    )
+    return train, test
+
+
+def encode_prompts(
+    samples: list[Sample], encoder: ChatEncoder, system: str
+) -> tuple[list[EncodedPrompt], list, int]:
+    """Encode each sample's prompt. One that fails now (an image deleted since validation, say) is replaced
+    by the previous good prompt of the batch and counted, so batch shapes and processes stay in step."""
+    prompts: list[EncodedPrompt | None] = []
+    images, bad = [], 0
+    for s in samples:
+        try:
+            imgs = s.load_images()
+            prompts.append(encoder.encode(with_system_prompt(s.messages, system), imgs, s.id))
+            images.append(imgs)
+        except (OSError, PromptError) as e:
+            log.warning("prompt %s skipped at training time: %s", s.id, e)
+            prompts.append(None)
+            images.append([])
+            bad += 1
+    good = [i for i, p in enumerate(prompts) if p is not None]
+    if not good:
+        raise RuntimeError(f"every prompt of this batch failed to encode: {[s.id for s in samples]}")
+    for i, p in enumerate(prompts):
+        if p is None:
+            j = max([g for g in good if g < i], default=good[0])
+            prompts[i], images[i], samples[i] = prompts[j], images[j], samples[j]
+    return prompts, images, bad  # type: ignore[return-value]
+
+
+def build_policy(cfg: Config) -> torch.nn.Module:
+    return prepare_policy(load_model(cfg.model.path, cfg.model.attn_implementation), cfg.model)
+
+
+def build_optimizer(
+    cfg: Config, model: torch.nn.Module, total_steps: int
+) -> tuple[torch.optim.Optimizer, Any]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    warmup = math.ceil(o.warmup_ratio * total_steps)
+    if o.schedule == "cosine":
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, warmup, max(total_steps, 1), min_lr=o.min_lr
+        )
+    else:
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+    return optimizer, scheduler
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """bf16 compute on GPU by default (weights stay fp32); fp32 on CPU."""
+    low = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if dtype == "auto" and device.type == "cuda":
+        low = torch.bfloat16
+    return torch.autocast(device.type, dtype=low) if low is not None else contextlib.nullcontext()
+
+
+@dataclass
+class RunState:
+    step: int = 0  # the next rollout/training step to run
+    history: list[dict] = dataclasses.field(default_factory=list)
+    nonfinite_streak: int = 0
+
+
+class Checkpointer:
+    """Resume at start-up, save every `checkpoint.every` steps and at the end."""
+
+    def __init__(self, cfg: Config, accelerator: Accelerator, model, optimizer, scheduler, sampler, encoder):
+        self.cfg, self.acc = cfg, accelerator
+        self.model, self.optimizer, self.scheduler, self.sampler, self.encoder = (
+            model,
+            optimizer,
+            scheduler,
+            sampler,
+            encoder,
+        )
+
+    def resume(self) -> RunState:
+        path = ckpt.resolve_resume(self.cfg.checkpoint.resume, self.cfg.logging.output_dir)
+        if path is None:
+            return RunState()
+        state = ckpt.load_trainer_state(path, self.acc.process_index)
+        ckpt.load_weights(self.acc.unwrap_model(self.model), path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        if "rng" in state:
+            ckpt.set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d", path, state["step"])
+        return RunState(state["step"], state["history"], state.get("nonfinite_streak", 0))
+
+    def save(self, run: RunState) -> Path:
+        state = {
+            "step": run.step,
+            "history": run.history,
+            "nonfinite_streak": run.nonfinite_streak,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "config": to_dict(self.cfg),
+        }
+        c = self.cfg.checkpoint
+        return ckpt.save_checkpoint(
+            self.cfg.logging.output_dir, run.step, self.model, self.encoder, state, c.keep_last, self.acc
+        )
+
+    def export_merged(self) -> Path | None:
+        """With LoRA and `checkpoint.merge_lora`: the merged full model in OUTPUT/merged."""
+        if not (self.cfg.model.lora_rank and self.cfg.checkpoint.merge_lora and self.acc.is_main_process):
+            return None
+        import copy
+
+        merged = copy.deepcopy(self.acc.unwrap_model(self.model)).merge_and_unload()
+        out = Path(self.cfg.logging.output_dir) / "merged"
+        merged.save_pretrained(out)
+        self.encoder.tokenizer.save_pretrained(out)
+        self.encoder.image_processor.save_pretrained(out)
+        return out
+
+
+def make_tracker(cfg: Config, run: RunState, accelerator: Accelerator) -> Tracker | None:
+    if not accelerator.is_main_process:
+        return None
+    return Tracker(
+        cfg.logging.output_dir, run.history, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg)
+    )
+
+
+def mean_across_processes(metrics: dict[str, float], accelerator: Accelerator) -> dict[str, float]:
+    if accelerator.num_processes == 1:
+        return metrics
+    keys = sorted(metrics)
+    t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    t = accelerator.reduce(t, reduction="mean")
+    return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}

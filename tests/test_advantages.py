@@ -1,0 +1,73 @@
+import math
+
+import pytest
+import torch
+
+from observe_r1.algos import difficulty_weights, group_advantages, kl_reward_advantages, zero_variance_groups
+
+
+def naive(rows, estimator):
+    out = []
+    for r in rows:
+        n = len(r)
+        mean = sum(r) / n
+        if estimator == "grpo":
+            std = math.sqrt(sum((x - mean) ** 2 for x in r) / (n - 1))
+            out.append([(x - mean) / (std + 1e-6) for x in r])
+        elif estimator == "dr_grpo":
+            out.append([x - mean for x in r])
+        else:
+            out.append([x - (sum(r) - x) / (n - 1) for x in r])
+    return out
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo"])
+@pytest.mark.parametrize("seed", range(5))
+def test_group_advantages_match_a_python_loop(estimator, seed):
+    gen = torch.Generator().manual_seed(seed)
+    rewards = torch.randint(0, 4, (6, 8), generator=gen).float() * 0.5 + torch.rand(6, 8, generator=gen) * (
+        seed % 2
+    )
+    got = group_advantages(rewards, estimator)
+    torch.testing.assert_close(got, torch.tensor(naive(rewards.tolist(), estimator)), rtol=1e-5, atol=1e-5)
+
+
+def test_grpo_by_hand():
+    # rewards 1.5, 0.5, 0, 0: mean 0.5, unbiased std sqrt((1 + 0 + .25 + .25) / 3) = sqrt(0.5)
+    got = group_advantages(torch.tensor([[1.5, 0.5, 0.0, 0.0]]), "grpo")
+    s = math.sqrt(0.5) + 1e-6
+    torch.testing.assert_close(got, torch.tensor([[1.0 / s, 0.0, -0.5 / s, -0.5 / s]]))
+
+
+def test_equal_rewards_give_zero_advantage():
+    for est in ("grpo", "dr_grpo", "rloo"):
+        assert torch.equal(group_advantages(torch.full((2, 4), 1.5), est), torch.zeros(2, 4))
+    assert zero_variance_groups(torch.tensor([[1.0, 1.0], [1.0, 0.0]])).tolist() == [True, False]
+
+
+def test_difficulty_weight_table_from_the_spec():
+    # n = 8, sigma = 1.8: f = 0, 0.7875, 1.35, 1.6875, 1.8, 1.6875, 1.35, 0.7875, 0 for 0..8 correct
+    correct = torch.tensor([[j < k for j in range(8)] for k in range(9)])
+    want = torch.tensor([0, 0.7875, 1.35, 1.6875, 1.8, 1.6875, 1.35, 0.7875, 0])
+    torch.testing.assert_close(difficulty_weights(correct, 1.8), want)
+
+
+def test_difficulty_weights_depend_on_the_count_not_the_positions():
+    a = torch.tensor([[1, 1, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    b = torch.tensor([[0, 0, 0, 1, 0, 0, 1, 0]], dtype=torch.bool)
+    assert torch.equal(difficulty_weights(a), difficulty_weights(b))
+    torch.testing.assert_close(difficulty_weights(a, sigma=1.0), torch.tensor([4 * 0.25 * 0.75]))
+
+
+def test_kl_in_reward_is_minus_coef_times_the_kl_still_to_come():
+    adv = torch.tensor([1.0, -0.5])
+    kl = torch.tensor([[0.1, 0.2, 0.3, 9.0], [0.5, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.float32)
+    got = kl_reward_advantages(adv, kl, mask, coef=0.01)
+    want = torch.zeros(2, 4)
+    for i in range(2):
+        for t in range(4):
+            if mask[i, t]:
+                future = sum(float(kl[i, u] * mask[i, u]) for u in range(t, 4))
+                want[i, t] = adv[i] - 0.01 * future
+    torch.testing.assert_close(got, want)

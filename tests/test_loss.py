@@ -1,0 +1,97 @@
+import math
+
+import pytest
+import torch
+
+from observe_r1.algos import aggregate, kl_divergence, loss_denominator, policy_loss
+
+
+def naive_token_losses(logp, old, adv, clip_low, clip_high, dual_clip):
+    out = []
+    for lp, ol, a in zip(logp, old, adv, strict=True):
+        row = []
+        for x, y, z in zip(lp, ol, a, strict=True):
+            ratio = math.exp(x - y)
+            loss = max(-z * ratio, -z * min(max(ratio, 1 - clip_low), 1 + clip_high))
+            if dual_clip and z < 0:
+                loss = min(loss, -z * dual_clip)
+            row.append(loss)
+        out.append(row)
+    return out
+
+
+def naive_aggregate(per_token, mask, mode, max_len):
+    if mode == "token_mean":
+        return sum(
+            x * m for r, mr in zip(per_token, mask, strict=True) for x, m in zip(r, mr, strict=True)
+        ) / sum(map(sum, mask))
+    if mode == "seq_mean_token_mean":
+        return sum(
+            sum(x * m for x, m in zip(r, mr, strict=True)) / sum(mr)
+            for r, mr in zip(per_token, mask, strict=True)
+        ) / len(mask)
+    return sum(x * m for r, mr in zip(per_token, mask, strict=True) for x, m in zip(r, mr, strict=True)) / (
+        len(mask) * max_len
+    )
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+@pytest.mark.parametrize(
+    "clip_low, clip_high, dual_clip", [(0.2, 0.2, 0.0), (0.2, 0.28, 0.0), (0.2, 0.28, 3.0)]
+)
+def test_policy_loss_matches_a_python_loop(mode, clip_low, clip_high, dual_clip):
+    gen = torch.Generator().manual_seed(0)
+    logp = -torch.rand(4, 6, generator=gen) * 3
+    old = logp + (torch.rand(4, 6, generator=gen) - 0.5) * 1.5  # ratios well outside the clip range too
+    adv = torch.randn(4, 1, generator=gen).expand(4, 6).contiguous() * 2
+    mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3, [1] * 5 + [0], [1] + [0] * 5], dtype=torch.float32)
+    denom = loss_denominator([mask[:2], mask[2:]], mode, max_len=6)
+    loss, stats = policy_loss(logp, old, adv, mask, clip_low, clip_high, dual_clip, mode, denom)
+    per_token = naive_token_losses(logp.tolist(), old.tolist(), adv.tolist(), clip_low, clip_high, dual_clip)
+    want = naive_aggregate(per_token, mask.tolist(), mode, 6)
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+    assert 0 < stats.clip_fraction < 1 and stats.ratio_min < 1 < stats.ratio_max
+
+
+def test_on_policy_ratio_is_one_and_gradient_is_reinforce():
+    logp = torch.log(torch.tensor([[0.5, 0.25]])).requires_grad_()
+    loss, stats = policy_loss(
+        logp, logp.detach(), torch.tensor([[2.0, 2.0]]), torch.ones(1, 2), denominator=2.0
+    )
+    loss.backward()
+    assert stats.clip_fraction == 0 and stats.ratio_mean == 1.0 and stats.approx_kl == 0.0
+    torch.testing.assert_close(logp.grad, torch.tensor([[-1.0, -1.0]]))  # -A / tokens
+
+
+def test_dual_clip_bounds_negative_advantage_loss():
+    logp, old = torch.tensor([[2.0]]), torch.tensor([[0.0]])  # ratio e^2 = 7.39
+    adv, mask = torch.tensor([[-1.0]]), torch.ones(1, 1)
+    plain, _ = policy_loss(logp, old, adv, mask)
+    dual, _ = policy_loss(logp, old, adv, mask, dual_clip=3.0)
+    assert plain.item() == pytest.approx(math.exp(2)) and dual.item() == pytest.approx(3.0)
+
+
+def test_clip_higher_uses_the_high_epsilon_for_positive_advantages():
+    logp, old, mask = torch.tensor([[math.log(1.5)]]), torch.zeros(1, 1), torch.ones(1, 1)
+    loss, _ = policy_loss(logp, old, torch.tensor([[1.0]]), mask, clip_low=0.2, clip_high=0.28)
+    assert loss.item() == pytest.approx(-1.28)
+
+
+def test_kl_estimators():
+    logp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
+    torch.testing.assert_close(kl_divergence(logp, ref, "k1"), torch.tensor([[0.5, -1.0]]))
+    k3 = [math.exp(r - p) - (r - p) - 1 for p, r in [(-1.0, -1.5), (-2.0, -1.0)]]
+    torch.testing.assert_close(kl_divergence(logp, ref, "k3"), torch.tensor([k3]))
+    assert (kl_divergence(logp, ref, "k3") >= 0).all()
+
+
+def test_aggregation_splits_across_micro_batches_exactly():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 5, generator=gen)
+    mask = (torch.rand(8, 5, generator=gen) > 0.3).float()
+    mask[:, 0] = 1
+    for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
+        whole = aggregate(x, mask, mode, loss_denominator([mask], mode, 5))
+        denom = loss_denominator([mask[i : i + 1] for i in range(8)], mode, 5)
+        parts = sum(aggregate(x[i : i + 1], mask[i : i + 1], mode, denom) for i in range(8))
+        torch.testing.assert_close(whole, parts)

@@ -1,0 +1,120 @@
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText
+
+from observe_r1.rollout.base import PromptBatch, SamplingParams, select_groups
+from observe_r1.rollout.hf import VISION_TOKENS, GumbelSampler, HFRollout, gumbel_noise, sequence_seeds
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir, encoder):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    return HFRollout(model, encoder)
+
+
+def prompt(encoder, text, colour=(200, 30, 30), size=112):
+    img = Image.new("RGB", (size, size), colour)
+    return encoder.encode(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}], [img]
+    )
+
+
+@pytest.fixture(scope="module")
+def prompts(encoder):
+    return [prompt(encoder, "How many?"), prompt(encoder, "What colour is the big shape on the left?", (0, 90, 200), 140),
+            prompt(encoder, "Sum?", (10, 200, 10))]  # fmt: skip
+
+
+def test_rollout_shapes_masks_and_group_order(backend, prompts):
+    sampling = SamplingParams(n=4, max_new_tokens=12)
+    r = backend.generate(PromptBatch(prompts, [10, 11, 12], seed=1), sampling)
+    assert (
+        len(r) == 12
+        and r.prompt_index == [0] * 4 + [1] * 4 + [2] * 4
+        and r.group_ids == [10] * 4 + [11] * 4 + [12] * 4
+    )
+    assert r.completion_ids.shape == r.completion_mask.shape and r.completion_ids.shape[1] <= 12
+    assert torch.equal(r.completion_mask.sum(1), r.lengths)
+    eos = torch.tensor(backend.eos_token_ids)
+    for i in range(12):
+        row = r.completion_ids[i, : r.lengths[i]]
+        ends = torch.isin(row, eos)
+        assert bool(r.truncated[i]) == (not ends.any())
+        if ends.any():  # the end token is the last counted token
+            assert ends.nonzero()[0].item() == r.lengths[i] - 1
+        else:
+            assert r.lengths[i] == 12
+
+
+def test_same_prompt_same_responses_alone_batched_or_chunked(backend, prompts):
+    sampling = SamplingParams(n=4, max_new_tokens=10)
+    batched = backend.generate(PromptBatch(prompts, [5, 6, 7], seed=3), sampling)
+    alone = backend.generate(PromptBatch(prompts[1:2], [6], seed=3), sampling)
+    chunked = backend.generate(
+        PromptBatch(prompts, [5, 6, 7], seed=3), SamplingParams(n=4, max_new_tokens=10, chunk_size=3)
+    )
+    assert batched.texts[4:8] == alone.texts
+    assert batched.texts == chunked.texts
+    other_seed = backend.generate(PromptBatch(prompts, [5, 6, 7], seed=4), sampling)
+    assert other_seed.texts != batched.texts
+    assert len(set(batched.texts[:4])) > 1  # the n responses of a group differ
+
+
+def test_vision_placeholders_are_never_generated(backend, prompts, encoder):
+    vocab = encoder.tokenizer.get_vocab()
+    banned = torch.tensor([vocab[t] for t in VISION_TOKENS])
+    r = backend.generate(
+        PromptBatch(prompts, [1, 2, 3], seed=0), SamplingParams(n=8, max_new_tokens=24, temperature=3.0)
+    )
+    assert not torch.isin(r.completion_ids * r.completion_mask, banned[banned != 0]).any()
+
+
+def test_greedy_is_one_deterministic_response(backend, prompts):
+    a = backend.generate(PromptBatch(prompts, [0, 1, 2]), SamplingParams(n=8, greedy=True, max_new_tokens=8))
+    b = backend.generate(
+        PromptBatch(prompts, [7, 8, 9], seed=5), SamplingParams(greedy=True, max_new_tokens=8)
+    )
+    assert len(a) == 3 and a.texts == b.texts
+
+
+def test_gumbel_max_samples_the_softmax_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5]])
+    seeds = sequence_seeds(0, list(range(20000)), 1)
+    sampler = GumbelSampler(seeds, prompt_width=0, sampling=SamplingParams(temperature=1.0))
+    picks = sampler(torch.zeros(20000, 3, dtype=torch.long), logits.expand(20000, 5)).argmax(-1)
+    freq = torch.bincount(picks, minlength=5).float() / 20000
+    torch.testing.assert_close(freq, torch.softmax(logits[0], -1), atol=0.012, rtol=0)
+
+
+def test_top_k_and_temperature_are_applied():
+    logits = torch.tensor([[3.0, 2.9, 0.0, -1.0]]).expand(5000, 4)
+    seeds = sequence_seeds(1, list(range(5000)), 1)
+    topk = GumbelSampler(seeds, 0, SamplingParams(top_k=2))(
+        torch.zeros(5000, 1, dtype=torch.long), logits
+    ).argmax(-1)
+    assert set(topk.tolist()) == {0, 1}
+    cold = GumbelSampler(seeds, 0, SamplingParams(temperature=0.05))(
+        torch.zeros(5000, 1, dtype=torch.long), logits
+    ).argmax(-1)
+    assert (cold == 0).float().mean() > 0.8
+
+
+def test_noise_is_a_pure_function_of_seed_position_and_token():
+    seeds = sequence_seeds(0, [1, 2], 2)
+    assert len(set(seeds.tolist())) == 4
+    a = gumbel_noise(seeds, 3, 50, torch.device("cpu"))
+    assert torch.equal(a, gumbel_noise(seeds, 3, 50, torch.device("cpu")))
+    assert torch.equal(a[2:], gumbel_noise(seeds[2:], 3, 50, torch.device("cpu")))
+    assert not torch.equal(a, gumbel_noise(seeds, 4, 50, torch.device("cpu")))
+
+
+def test_select_groups_keeps_group_major_order(backend, prompts):
+    r = backend.generate(PromptBatch(prompts, [0, 1, 2], seed=2), SamplingParams(n=2, max_new_tokens=6))
+    s = select_groups([(r, [2]), (r, [0])], 2, pad_token_id=0)
+    assert (
+        s.texts == r.texts[4:6] + r.texts[0:2]
+        and s.group_ids == [2, 2, 0, 0]
+        and s.prompt_index == [0, 0, 1, 1]
+    )
+    assert torch.equal(s.lengths, torch.cat([r.lengths[4:6], r.lengths[0:2]]))

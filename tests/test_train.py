@@ -1,0 +1,237 @@
+"""End-to-end GRPO runs of the tiny model on synthetic data (CPU, seconds each)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText
+
+from observe_r1.config import load_config
+from observe_r1.recipes.grpo import train
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "tiny_cpu.yaml"
+# A random policy is never correct, so f(d) would zero every advantage: these runs shape the reward with a
+# plug-in (share of digits) and turn difficulty weighting off, to get a gradient.
+SHAPING = "def digits(completions, **kw):\n    return [sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions]\n"
+
+STEP_METRICS = [
+    "reward/accuracy/mean", "reward/accuracy/rate_1", "reward/observe_format/mean", "reward/digits/mean",
+    "reward/total/mean", "reward/errors", "reward/unparsed_gold", "reward/timeouts", "accuracy", "format_rate",
+    "bonus/group_rate", "response/length_mean", "response/length_max", "response/truncated_rate",
+    "difficulty/correct_0", "difficulty/correct_4", "advantage/zero_weight_groups", "advantage/zero_variance_groups",
+    "actor/clip_fraction", "actor/approx_kl", "actor/kl_ref", "actor/entropy", "actor/grad_norm", "actor/loss",
+    "actor/ratio_max", "optim/lr", "perf/tokens_per_s", "time/rollout", "time/old_logprob", "time/ref",
+    "time/advantage", "time/update",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shaping(tmp_path_factory):
+    path = tmp_path_factory.mktemp("reward") / "shaping.py"
+    path.write_text(SHAPING)
+    return path
+
+
+def overrides(shaping, out, *extra):
+    terms = f"reward.terms=[{{name: accuracy}}, {{name: observe_format, weight: 0.5}}, {{name: '{shaping}:digits'}}]"
+    return [terms, "algorithm.difficulty_weighting=false", f"logging.output_dir={out}", *extra]
+
+
+def run(shaping, out, *extra):
+    return train(load_config(TINY, overrides(shaping, out, *extra)))
+
+
+def metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path):
+    return load_file(Path(path) / "model.safetensors")
+
+
+def test_three_steps_train_log_and_checkpoint(shaping, tmp_path):
+    out = run(shaping, tmp_path / "run")
+    rows = metrics(out)
+    steps = [r for r in rows if "actor/loss" in r]
+    assert [r["step"] for r in steps] == [0, 1, 2]
+    for r in steps:
+        missing = [k for k in STEP_METRICS if k not in r]
+        assert not missing, missing
+        assert r["actor/loss"] is not None and abs(r["actor/loss"]) < 1e3
+    assert "eval/accuracy" in rows[-1] and "eval/accuracy/level_1" in rows[-1]
+    assert any(r["actor/grad_norm"] > 0 for r in steps)
+    base, final = weights(out / "base-model"), weights(out / "checkpoints" / "step-000003")
+    assert any(not torch.equal(base[k], final[k]) for k in base)  # parameters changed
+    model = AutoModelForImageTextToText.from_pretrained(out / "checkpoints" / "step-000003")
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == [
+        "step-000002",
+        "step-000003",
+    ]  # keep_last 2
+    dumped = [json.loads(x) for x in (out / "rollouts" / "step-000001.jsonl").read_text().splitlines()]
+    assert (
+        len(dumped) == 16
+        and {"question", "images", "response", "reward", "terms", "advantage"} <= dumped[0].keys()
+    )
+    assert any((out / "tensorboard").iterdir())
+
+
+def fake_engine(micro, tiny_model_dir, encoder):
+    from accelerate import Accelerator
+
+    cfg = load_config(TINY, ["algorithm.kl_mode=off", "optim.grad_clip=0"])
+    return SimpleNamespace(
+        cfg=cfg, acc=Accelerator(cpu=True), encoder=encoder, sampling=SimpleNamespace(temperature=1.0),
+        plan=SimpleNamespace(mini=8, micro=micro, world=1),
+    )  # fmt: skip
+
+
+class GradRecorder:
+    """An optimiser that keeps the gradients it is asked to apply."""
+
+    def __init__(self, params):
+        self.params, self.grads = list(params), None
+        self.param_groups = [{"params": self.params}]
+
+    def step(self):
+        self.grads = [p.grad.clone() for p in self.params]
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.params:
+            p.grad = None
+
+
+def test_gradient_accumulation_1x8_equals_8x1(tiny_model_dir, encoder):
+    from observe_r1.recipes.common import RunState
+    from observe_r1.recipes.grpo import update
+    from observe_r1.rollout.base import PromptBatch, SamplingParams
+    from observe_r1.rollout.hf import HFRollout
+    from tests.test_rollout import prompt
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    prompts = [
+        prompt(encoder, "How many?"),
+        prompt(encoder, "What is the sum of the numbers?", (0, 0, 200), 168),
+    ]
+    rollout = HFRollout(model, encoder).generate(
+        PromptBatch(prompts, [0, 1], seed=0), SamplingParams(n=4, max_new_tokens=16)
+    )
+    mask = rollout.completion_mask.float()
+    adv = torch.linspace(-1, 1, 8)[:, None] * mask
+    grads = []
+    for micro in (8, 1):
+        e = fake_engine(micro, tiny_model_dir, encoder)
+        opt = GradRecorder(model.parameters())
+        sched = SimpleNamespace(step=lambda: None)
+        stats = update(e, model, opt, sched, rollout, adv, mask, None, None, RunState())
+        grads.append(opt.grads)
+        assert stats["actor/grad_norm"] > 0
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def cli(out, shaping, *extra):
+    return [sys.executable, "-m", "observe_r1.cli", "train", str(TINY), *overrides(shaping, out, *extra)]
+
+
+def test_resume_after_sigkill_is_exact(shaping, tmp_path):
+    six = [
+        "optim.max_steps=6",
+        "optim.mini_batch_size=8",
+        "logging.dump_rollouts_every=0",
+        "checkpoint.keep_last=10",
+    ]
+    straight = tmp_path / "straight"
+    subprocess.run(cli(straight, shaping, *six), check=True, capture_output=True, cwd=ROOT)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        cli(killed, shaping, *six), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-000003").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before reaching step 3"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)  # not a clean exit
+    proc.wait()
+    assert not (killed / "checkpoints" / "step-000006").exists()
+    subprocess.run(cli(killed, shaping, *six), check=True, capture_output=True, cwd=ROOT)  # resume: auto
+
+    a, b = weights(straight / "checkpoints/step-000006"), weights(killed / "checkpoints/step-000006")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise
+    sa = torch.load(straight / "checkpoints/step-000006/trainer_state.pt", weights_only=False)
+    sb = torch.load(killed / "checkpoints/step-000006/trainer_state.pt", weights_only=False)
+    assert sa["sampler"] == sb["sampler"] and sa["step"] == sb["step"] == 6
+    ma, mb = metrics(straight), metrics(killed)
+    assert [r["step"] for r in ma] == [r["step"] for r in mb]  # no step logged twice
+    assert [r.get("reward/total/mean") for r in ma] == [r.get("reward/total/mean") for r in mb]
+
+
+def test_two_processes_equal_one(shaping, tmp_path):
+    common = ["optim.max_steps=2", "optim.mini_batch_size=16", "logging.dump_rollouts_every=0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(cli(one, shaping, *common), check=True, capture_output=True, cwd=ROOT)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "observe_r1.cli",
+    ]
+    proc = subprocess.run(torchrun + cli(two, shaping, *common)[3:], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout + proc.stderr
+    a, b = weights(one / "checkpoints/step-000002"), weights(two / "checkpoints/step-000002")
+    base = weights(one / "base-model")
+    assert any(not torch.equal(a[k], base[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_lora_saves_adapters_and_merges(shaping, tmp_path):
+    out = run(shaping, tmp_path / "lora", "model.lora_rank=4", "optim.max_steps=2", "checkpoint.merge_lora=true",
+              "model.freeze_vision=true", "optim.lr=1e-2")  # fmt: skip
+    ckpt = out / "checkpoints" / "step-000002"
+    assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "adapter_config.json").is_file()
+    merged = AutoModelForImageTextToText.from_pretrained(out / "merged")
+    base = AutoModelForImageTextToText.from_pretrained(out / "base-model")
+    changed = [n for (n, p), (_, q) in zip(merged.named_parameters(), base.named_parameters(), strict=True)
+               if not torch.equal(p, q)]  # fmt: skip
+    assert changed and all("visual" not in n for n in changed) and any("q_proj" in n for n in changed)
+
+
+def test_frozen_vision_tower_does_not_move(shaping, tmp_path):
+    out = run(shaping, tmp_path / "frozen", "model.freeze_vision=true", "optim.max_steps=2", "optim.lr=1e-2")
+    base, final = weights(out / "base-model"), weights(out / "checkpoints/step-000002")
+    assert all(torch.equal(base[k], final[k]) for k in base if "visual" in k)
+    assert any(not torch.equal(base[k], final[k]) for k in base if "visual" not in k)
+
+
+def test_variants_dynamic_sampling_kl_loss_entropy_masking(shaping, tmp_path):
+    out = run(shaping, tmp_path / "variants", "optim.max_steps=2", "algorithm.dynamic_sampling=true",
+              "algorithm.kl_mode=loss", "algorithm.kl_estimator=k3", "algorithm.entropy_coef=0.01",
+              "algorithm.mask_truncated=true", "algorithm.estimator=rloo", "algorithm.loss_agg=seq_mean_token_sum_norm",
+              "algorithm.clip_high=0.28", "algorithm.dual_clip=3", "model.gradient_checkpointing=true")  # fmt: skip
+    steps = [r for r in metrics(out) if "actor/loss" in r]
+    assert len(steps) == 2 and all(r["dynamic_sampling/tries"] >= 1 for r in steps)
+    assert all(r["actor/kl_ref"] is not None for r in steps)
+
+
+def test_non_finite_steps_stop_the_run_with_a_checkpoint(shaping, tmp_path):
+    with pytest.raises(RuntimeError, match="non-finite loss or gradient"):
+        run(shaping, tmp_path / "nan", "optim.lr=1e30", "optim.grad_clip=0", "optim.max_steps=8",
+            "optim.max_nonfinite_steps=2", "checkpoint.every=100")  # fmt: skip
+    saved = sorted((tmp_path / "nan" / "checkpoints").iterdir())
+    assert saved and (saved[-1] / "trainer_state.pt").is_file()
+    assert any(r.get("optim/skipped_steps", 0) > 0 for r in metrics(tmp_path / "nan"))
