@@ -211,6 +211,33 @@ def test_lora_saves_adapters_and_merges(shaping, tmp_path):
     assert changed and all("visual" not in n for n in changed) and any("q_proj" in n for n in changed)
 
 
+def test_lora_with_trained_vision_tower_resumes(shaping, tmp_path):
+    out = tmp_path / "lora-resume"
+    run(shaping, out, "model.lora_rank=4", "optim.max_steps=2", "optim.lr=1e-2", "checkpoint.merge_lora=true")
+    adapter = load_file(out / "checkpoints/step-000002/adapter_model.safetensors")
+    assert any("visual" in k and "lora" not in k for k in adapter)  # the trained tower is saved with the adapters
+    merged = weights(out / "merged")
+    base = weights(out / "base-model")
+    assert any(not torch.equal(merged[k], base[k]) for k in base if "visual" in k)
+    run(shaping, out, "model.lora_rank=4", "optim.max_steps=3", "optim.lr=1e-2")  # resume: auto, from step 2
+    assert [r["step"] for r in metrics(out) if "actor/loss" in r] == [0, 1, 2]
+    later = load_file(out / "checkpoints/step-000003/adapter_model.safetensors")
+    assert any(not torch.equal(adapter[k], later[k]) for k in adapter)
+
+
+def test_text_only_prompts_mixed_with_images(shaping, tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "mixed"
+    data.mkdir()
+    Image.new("RGB", (112, 112), (200, 30, 30)).save(data / "red.png")
+    rows = [{"problem": "<image>How many red squares?", "answer": "1", "images": ["red.png"]},
+            {"problem": "What is 2 + 3?", "answer": "5"}] * 4  # fmt: skip
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run(shaping, tmp_path / "run", f"data.train=[{data / 'train.jsonl'}]", "data.test=[]", "optim.max_steps=2")
+    assert len([r for r in metrics(out) if "actor/loss" in r]) == 2
+
+
 def test_frozen_vision_tower_does_not_move(shaping, tmp_path):
     out = run(shaping, tmp_path / "frozen", "model.freeze_vision=true", "optim.max_steps=2", "optim.lr=1e-2")
     base, final = weights(out / "base-model"), weights(out / "checkpoints/step-000002")

@@ -34,18 +34,18 @@ def prepare_policy(model: Any, cfg: Any) -> Any:
     if cfg.lora_rank > 0:
         from peft import LoraConfig, get_peft_model
 
-        # Adapters go on the language model only (the vision tower has modules of the same names); the
-        # tower is trained in full or frozen, as `freeze_vision` says.
+        # Adapters go on the language model only (the vision tower has modules of the same names). A trained
+        # tower is a peft `modules_to_save`: trained in full, saved with the adapters, merged on export, and
+        # still the base tower when the adapters are disabled for the reference.
         names = "|".join(cfg.lora_target_modules)
         lora = LoraConfig(
             r=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             target_modules=rf"^(?!.*\bvisual\b).*\.({names})$",
+            modules_to_save=None if cfg.freeze_vision else ["visual"],
         )
         model = get_peft_model(model, lora)
-        if not cfg.freeze_vision:  # LoRA freezes every base weight; the vision tower was asked to train
-            vision_tower(model.base_model.model).requires_grad_(True)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
         if cfg.lora_rank > 0:
