@@ -29,7 +29,7 @@ STEP_METRICS = [
     "bonus/group_rate", "response/length_mean", "response/length_max", "response/truncated_rate",
     "difficulty/correct_0", "difficulty/correct_4", "advantage/zero_weight_groups", "advantage/zero_variance_groups",
     "actor/clip_fraction", "actor/approx_kl", "actor/kl_ref", "actor/entropy", "actor/grad_norm", "actor/loss",
-    "actor/ratio_max", "optim/lr", "perf/tokens_per_s", "time/rollout", "time/old_logprob", "time/ref",
+    "actor/ratio_max", "optim/lr", "perf/tokens_per_s", "time/rollout", "time/reward", "time/old_logprob", "time/ref",
     "time/advantage", "time/update",
 ]  # fmt: skip
 
@@ -215,7 +215,9 @@ def test_lora_with_trained_vision_tower_resumes(shaping, tmp_path):
     out = tmp_path / "lora-resume"
     run(shaping, out, "model.lora_rank=4", "optim.max_steps=2", "optim.lr=1e-2", "checkpoint.merge_lora=true")
     adapter = load_file(out / "checkpoints/step-000002/adapter_model.safetensors")
-    assert any("visual" in k and "lora" not in k for k in adapter)  # the trained tower is saved with the adapters
+    assert any(
+        "visual" in k and "lora" not in k for k in adapter
+    )  # the trained tower is saved with the adapters
     merged = weights(out / "merged")
     base = weights(out / "base-model")
     assert any(not torch.equal(merged[k], base[k]) for k in base if "visual" in k)
@@ -234,7 +236,9 @@ def test_text_only_prompts_mixed_with_images(shaping, tmp_path):
     rows = [{"problem": "<image>How many red squares?", "answer": "1", "images": ["red.png"]},
             {"problem": "What is 2 + 3?", "answer": "5"}] * 4  # fmt: skip
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = run(shaping, tmp_path / "run", f"data.train=[{data / 'train.jsonl'}]", "data.test=[]", "optim.max_steps=2")
+    out = run(
+        shaping, tmp_path / "run", f"data.train=[{data / 'train.jsonl'}]", "data.test=[]", "optim.max_steps=2"
+    )
     assert len([r for r in metrics(out) if "actor/loss" in r]) == 2
 
 

@@ -132,6 +132,7 @@ class Engine:
     backend: HFRollout
     rewarder: Rewarder
     sampling: SamplingParams
+    timer: StageTimer
 
 
 def train(cfg: Config) -> Path:
@@ -159,17 +160,18 @@ def train(cfg: Config) -> Path:
         cfg, plan, acc, samples, sampler, encoder, system_prompt(cfg.data.system_prompt),
         HFRollout(acc.unwrap_model(policy), encoder), Rewarder.from_config(cfg.reward),
         SamplingParams(r.n, r.temperature, r.top_p, r.top_k, r.max_new_tokens, chunk_size=r.chunk_size),
+        StageTimer(),
     )  # fmt: skip
     amp = common.autocast(acc.device, cfg.model.dtype)
-    timer = StageTimer()
+    timer = e.timer
     log.info("GRPO: %d steps x %d prompts x %d responses, %d optimiser step(s) per step, %d process(es)",
              plan.steps, r.prompts_per_step, r.n, plan.updates_per_step, plan.world)  # fmt: skip
 
     with _progress(acc, plan.steps, run.step) as bar:
         while run.step < plan.steps:
             step, started = run.step, time.perf_counter()
-            with timer("rollout"), amp:
-                batch = rollout_and_reward(e, step)
+            with amp:
+                batch = rollout_and_reward(e, step)  # timed inside: time/rollout and time/reward
             with timer("advantage"):
                 scored = score(cfg, batch)
             with timer("old_logprob"), amp:
@@ -208,7 +210,7 @@ def train(cfg: Config) -> Path:
                     f"{run.nonfinite_streak} optimiser steps in a row had a non-finite loss or gradient; stopped "
                     f"at step {run.step} (checkpoint {path}). Lower optim.lr or check the data and rewards."
                 )
-    if test and not cfg.logging.eval_every:
+    if test and (not cfg.logging.eval_every or run.step % cfg.logging.eval_every):
         final = run_eval(e, test)
         if tracker is not None:
             tracker.log(run.step, final)
@@ -268,8 +270,10 @@ def draw_once(e: Engine, step: int, attempt: int) -> StepBatch:
     # globally unique, layout-independent group ids: they also seed the sampling of each response
     tries = e.cfg.algorithm.dynamic_sampling_max_tries
     group_ids = [(step * tries + attempt) * total + start + i for i in range(len(samples))]
-    rollout = e.backend.generate(PromptBatch(prompts, group_ids, e.cfg.seed), e.sampling)
-    result = e.rewarder(reward_batch(rollout, samples, images, e.system))
+    with e.timer("rollout"):
+        rollout = e.backend.generate(PromptBatch(prompts, group_ids, e.cfg.seed), e.sampling)
+    with e.timer("reward"):
+        result = e.rewarder(reward_batch(rollout, samples, images, e.system))
     return StepBatch(samples, images, rollout, result, bad_prompts=bad)
 
 
