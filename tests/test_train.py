@@ -266,3 +266,31 @@ def test_non_finite_steps_stop_the_run_with_a_checkpoint(shaping, tmp_path):
     saved = sorted((tmp_path / "nan" / "checkpoints").iterdir())
     assert saved and (saved[-1] / "trainer_state.pt").is_file()
     assert any(r.get("optim/skipped_steps", 0) > 0 for r in metrics(tmp_path / "nan"))
+
+
+def test_online_sampler_state_survives_resume(shaping, tmp_path):
+    """Resume from step 2 of a 4-step run (its later checkpoints deleted) == the straight 4-step run."""
+    import shutil
+
+    args = [
+        "data.sampler=online",
+        "optim.max_steps=4",
+        "logging.dump_rollouts_every=0",
+        "checkpoint.keep_last=10",
+    ]
+    straight = run(shaping, tmp_path / "straight", *args)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    for step in (3, 4):
+        shutil.rmtree(resumed / f"checkpoints/step-00000{step}")
+    run(shaping, resumed, *args)
+    a = torch.load(straight / "checkpoints/step-000004/trainer_state.pt", weights_only=False)["sampler"]
+    b = torch.load(resumed / "checkpoints/step-000004/trainer_state.pt", weights_only=False)["sampler"]
+    assert (
+        a["mode"] == "online"
+        and a["frontier"] == b["frontier"]
+        and torch.equal(a["pass_rate"], b["pass_rate"])
+    )
+    assert torch.equal(a["gen"], b["gen"])
+    wa, wb = weights(straight / "checkpoints/step-000004"), weights(resumed / "checkpoints/step-000004")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -137,6 +137,77 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    from observe_r1.config import load_config
+    from observe_r1.recipes.sft import sft
+
+    overrides = list(args.overrides) + ([f"logging.output_dir={args.output_dir}"] if args.output_dir else [])
+    out = sft(load_config(args.config, overrides), export=args.export)
+    console.print(
+        f"done: checkpoints and metrics in {out}"
+        + (f"; model exported to {args.export}" if args.export else "")
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from observe_r1.recipes.evaluate import evaluate_checkpoint, markdown_table, write_report
+
+    with progress_bar() as bar:
+        task = bar.add_task("evaluating", total=None)
+        metrics, records = evaluate_checkpoint(
+            args.model, args.data, args.system_prompt, args.max_new_tokens, args.batch_size, args.pass_k, args.limit,
+            on_batch=lambda n: bar.advance(task, n),
+        )  # fmt: skip
+    out = Path(args.out) if args.out else Path(args.model) / "eval"
+    write_report(out, metrics, records, f"Evaluation of {args.model}")
+    console.print(markdown_table(metrics, f"Evaluation of {args.model}"))
+    console.print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
+    return 0
+
+
+def cmd_ladder_build(args: argparse.Namespace) -> int:
+    from observe_r1.config import load_config
+    from observe_r1.recipes.ladder import build, summary_table
+
+    flags = {
+        "ladder.k": args.k, "ladder.easy_model": args.easy_model, "ladder.min_complexity": args.min_complexity,
+        "ladder.own_share": args.own_share, "data.system_prompt": args.system_prompt,
+        "rollout.max_new_tokens": args.max_new_tokens, "ladder.batch_size": args.batch_size, "seed": args.seed,
+        "ladder.proportions": f"[{args.proportions}]" if args.proportions else None,
+    }  # fmt: skip
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
+    cfg = load_config(args.config, overrides)
+    with progress_bar() as bar:
+        task = bar.add_task("scoring", total=None)
+        result = build(cfg, args.data, args.model, args.out, on_batch=lambda n: bar.advance(task, n))
+    console.print(summary_table(result.ladder))
+    if result.easy_dropped:
+        console.print(f"easy filter dropped {result.easy_dropped} items")
+    out = Path(args.out)
+    console.print(
+        f"wrote {out}, {out.with_suffix('.review.jsonl')}, {out.with_suffix('.summary.md')}, {out.with_suffix('.png')}"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from observe_r1.recipes.demo import DemoOptions, comparison_rows, run_demo
+
+    opts = DemoOptions(Path(args.out), args.seed, args.pool, args.test, args.steps, args.k, args.model or "")
+    summary = run_demo(opts, list(args.overrides), console)
+    table = Table(
+        title=f"observe-r1 demo, seed {args.seed}: {args.steps} GRPO steps, {summary['wall_seconds']} s"
+    )
+    for col in ("held-out test", "before (cold start)", "after (Observe-R1)"):
+        table.add_column(col)
+    for row in comparison_rows(summary):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"report: {opts.out / 'report.md'}, summary: {opts.out / 'summary.json'}")
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -144,6 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="observe-r1", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo", help="the whole Observe-R1 pipeline on CPU: cold start, ladder, GRPO, before/after"
+    )
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool", type=int, default=320, help="training items scored for the ladder (default 320)")
+    p.add_argument("--test", type=int, default=200, help="held-out items (default 200)")
+    p.add_argument("--steps", type=int, default=40, help="GRPO steps (default 40)")
+    p.add_argument("--k", type=int, default=4, help="responses per item when building the ladder (default 4)")
+    p.add_argument("--model", help="start from this checkpoint instead of the shipped cold start")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the demo config")
+    p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("synth", help="generate the synthetic visual-reasoning ladder dataset")
     p.add_argument("--out", required=True, help="output directory (train.jsonl, test.jsonl, images/)")
@@ -165,6 +249,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=1e-5")
     p.add_argument("--output-dir", help="shorthand for logging.output_dir=...")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on reference responses (cold start)")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--output-dir", help="shorthand for logging.output_dir=...")
+    p.add_argument("--export", help="also write the final model here in bf16 (HF format)")
+    p.set_defaults(fn=cmd_sft)
+
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint: greedy accuracy per level/skill, format rate, pass@k"
+    )
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--data", required=True, nargs="+", help="jsonl / parquet files")
+    p.add_argument("--out", help="output directory for eval.json and eval.md (default MODEL/eval)")
+    p.add_argument("--system-prompt", default="observe", help="preset (observe, think, none) or literal text")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--pass-k", type=int, default=0, help="also sample k responses per item and report pass@k")
+    p.add_argument("--limit", type=int, default=0, help="only the first N samples")
+    p.set_defaults(fn=cmd_eval)
+
+    ladder = sub.add_parser("ladder", help="NeuraLadder tools").add_subparsers(
+        dest="ladder_command", required=True, metavar="ACTION"
+    )
+    p = ladder.add_parser(
+        "build", help="score items by difficulty and complexity with a model; write the easy-to-hard ladder"
+    )
+    p.add_argument("--data", required=True, nargs="+", help="jsonl / parquet files")
+    p.add_argument("--model", required=True, help="checkpoint that samples the k responses")
+    p.add_argument(
+        "--out", required=True, help="output jsonl (OUT.review.jsonl, OUT.summary.md, OUT.png beside it)"
+    )
+    p.add_argument("--config", help="YAML config for the other settings (sampling, rewards, data limits)")
+    p.add_argument("--k", type=int, help="responses per item (default 8)")
+    p.add_argument("--easy-model", help="checkpoint for the direct-answer easy filter")
+    p.add_argument("--min-complexity", type=float, help="drop difficulty-0 items shorter than this (tokens)")
+    p.add_argument("--own-share", type=float, help="share of each stage from its own level (default 0.6)")
+    p.add_argument("--proportions", help="comma-separated per-level weights, easy first (default: keep all)")
+    p.add_argument("--system-prompt", help="preset (observe, think, none) or literal text")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--batch-size", type=int, help="prompts per generate call")
+    p.add_argument("--seed", type=int)
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.set_defaults(fn=cmd_ladder_build)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(
         dest="data_command", required=True, metavar="ACTION"

@@ -49,7 +49,9 @@ class DataConfig:
     max_prompt_length: int = 9216  # tokens, image tokens included; longer prompts are rejected, never cut
     min_pixels: int = 3136
     max_pixels: int = 2_560_000
-    sampler: Literal["sequential", "shuffled"] = "sequential"  # sequential = NeuraLadder order
+    sampler: Literal["sequential", "shuffled", "online"] = "sequential"  # sequential = NeuraLadder order
+    online_new_share: float = 0.5  # online sampler: share of each step's prompts that are new ladder items
+    online_ema: float = 0.5  # online sampler: weight of the newest accuracy in an item's pass rate
     max_bad_row_fraction: float = 0.5  # refuse a dataset where more rows than this are bad
     synth_train: int = 512  # when `train` is empty: rows of synthetic data to generate into the output dir
     synth_test: int = 64
@@ -139,6 +141,23 @@ class CheckpointConfig:
 
 
 @dataclass
+class LadderConfig:
+    k: int = 8  # sampled responses per item; difficulty = 1 - correct / k
+    easy_model: str = ""  # a checkpoint for the direct-answer easy filter; "" = no easy filter
+    min_complexity: float = (
+        0.0  # difficulty-0 items with a mean response shorter than this (tokens) are dropped
+    )
+    own_share: float = 0.6  # share of each stage drawn from its own difficulty level
+    proportions: list[float] = field(default_factory=list)  # per difficulty level, easy first; [] = keep all
+    batch_size: int = 16  # prompts per generate call
+
+
+@dataclass
+class SFTConfig:
+    response_column: str = "solution"  # the dataset column holding the reference response
+
+
+@dataclass
 class Config:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -149,6 +168,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    ladder: LadderConfig = field(default_factory=LadderConfig)
 
     def validate(self) -> Config:
         """Cross-field rules. Raises ConfigError naming the key; returns self for chaining."""
@@ -200,6 +221,11 @@ class Config:
             (self.model.lora_rank >= 0, "model.lora_rank", "must be >= 0"),
             (self.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1"),
             (self.checkpoint.every >= 1, "checkpoint.every", "must be >= 1"),
+            (self.ladder.k >= 1, "ladder.k", "must be >= 1"),
+            (0 < self.data.online_new_share <= 1, "data.online_new_share", "must be in (0, 1]"),
+            (0 < self.data.online_ema <= 1, "data.online_ema", "must be in (0, 1]"),
+            (0 < self.ladder.own_share <= 1, "ladder.own_share", "must be in (0, 1]"),
+            (all(p >= 0 for p in self.ladder.proportions), "ladder.proportions", "must be >= 0"),
             (self.optim.ppo_epochs >= 1, "optim.ppo_epochs", "must be >= 1"),
             (self.rollout.chunk_size >= 0, "rollout.chunk_size", "must be >= 0"),
             (self.optim.max_nonfinite_steps >= 1, "optim.max_nonfinite_steps", "must be >= 1"),

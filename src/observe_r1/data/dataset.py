@@ -366,3 +366,23 @@ def load_samples(
             f"{max_bad_row_fraction}); run `observe-r1 data check` to see them"
         )
     return result.samples
+
+
+def to_native_row(sample: Sample, image_dir: Path) -> dict[str, Any]:
+    """The sample as a native row (image paths absolute; image bytes written to `image_dir`), with its
+    metadata columns; loading the row back gives the same sample."""
+    paths = []
+    for i, ref in enumerate(sample.images):
+        if isinstance(ref, bytes):
+            image_dir.mkdir(parents=True, exist_ok=True)
+            path = image_dir / f"{sample.id.replace('/', '_')}-{i}.png"
+            open_image(ref).save(path)
+            ref = str(path)
+        paths.append(str(Path(ref).resolve()))
+    queue = iter(paths)
+    messages = [
+        m if isinstance(m["content"], str)
+        else {**m, "content": [{**p, "image": next(queue)} if p["type"] == "image" else p for p in m["content"]]}
+        for m in sample.messages
+    ]  # fmt: skip
+    return {"id": sample.id, "messages": messages, "answer": sample.answer, **sample.metadata}

@@ -18,11 +18,13 @@ THINK = (
     "answer inside <answer> </answer>. For multiple-choice questions answer with the option letter."
 )
 
-PRESETS = {"observe": OBSERVE, "think": THINK, "none": ""}
+DIRECT = "Answer with only the final answer inside <answer> </answer>, without any reasoning."
+
+PRESETS = {"observe": OBSERVE, "think": THINK, "direct": DIRECT, "none": ""}
 
 
 def system_prompt(name_or_text: str) -> str:
-    """A preset name (observe, think, none) or the literal text itself."""
+    """A preset name (observe, think, direct, none) or the literal text itself."""
     return PRESETS.get(name_or_text, name_or_text)
 
 

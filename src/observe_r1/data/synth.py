@@ -337,10 +337,13 @@ def native_row(sid: str, image: str, s: SynthSample) -> dict:
 
 def corpus(n: int = 600, seed: int = 0) -> list[str]:
     """Text of questions and reference responses, for training the tiny models' tokenizer."""
-    from observe_r1.data.prompts import PRESETS
+    from observe_r1.data.prompts import OBSERVE, THINK
 
     rng = random.Random(f"observe-r1-corpus/{seed}")
-    texts = [p for p in PRESETS.values() if p] * 20  # the system prompts, so they tokenise compactly
+    texts = [
+        OBSERVE,
+        THINK,
+    ] * 20  # the system prompts, so they tokenise compactly (fixed: the vocab depends on it)
     for _ in range(n):
         s = make_sample(rng, tuple(LEVELS))
         texts += [s.question, s.reference()]

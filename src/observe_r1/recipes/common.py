@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
 from observe_r1.config import Config, dump_config, to_dict
@@ -213,6 +215,35 @@ class Checkpointer:
         return out
 
 
+def optimizer_step(
+    acc: Accelerator, params: list, optimizer, scheduler, grad_clip: float, run: RunState
+) -> float:
+    """Clip and step; a non-finite gradient norm skips the step (counted in `run.nonfinite_streak`).
+    Returns the gradient norm (global: DDP has already averaged the gradients)."""
+    grad_norm = acc.clip_grad_norm_(params, grad_clip or math.inf)
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+        scheduler.step()
+        run.nonfinite_streak = 0
+    else:
+        run.nonfinite_streak += 1
+        log.warning(
+            "step %d: non-finite loss or gradient (norm %s); optimiser step skipped", run.step, grad_norm
+        )
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def check_nonfinite(cfg: Config, run: RunState, checkpointer: Checkpointer) -> None:
+    """Too many skipped steps in a row: save a checkpoint and stop with a message."""
+    if run.nonfinite_streak >= cfg.optim.max_nonfinite_steps:
+        path = checkpointer.save(run)
+        raise RuntimeError(
+            f"{run.nonfinite_streak} optimiser steps in a row had a non-finite loss or gradient; stopped "
+            f"at step {run.step} (checkpoint {path}). Lower optim.lr or check the data and rewards."
+        )
+
+
 def make_tracker(cfg: Config, run: RunState, accelerator: Accelerator) -> Tracker | None:
     if not accelerator.is_main_process:
         return None
@@ -228,3 +259,28 @@ def mean_across_processes(metrics: dict[str, float], accelerator: Accelerator) -
     t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=accelerator.device)
     t = accelerator.reduce(t, reduction="mean")
     return {k: float(v) for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+@contextlib.contextmanager
+def progress(acc: Accelerator, total: int, done: int, name: str) -> Iterator:
+    """A progress bar with step, reward / loss, accuracy and ETA on the main process (a log line every 5% of
+    the run when the output is not a terminal, e.g. under nohup); a no-op on the other processes."""
+    if not acc.is_main_process:
+        yield lambda step, metrics: None
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn(), TimeRemainingColumn()]  # fmt: skip
+    every = max(1, total // 20)
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(name, total=total, completed=done)
+
+        def advance(step: int, m: dict[str, float]) -> None:
+            shown = [f"{name} step {step + 1}/{total}"]
+            for key, label in (("reward/total/mean", "reward"), ("sft/loss", "loss"), ("accuracy", "acc")):
+                if key in m:
+                    shown.append(f"{label} {m[key]:.3f}")
+            bar.update(task, advance=1, description=" ".join(shown))
+            if not bar.console.is_terminal and ((step + 1) % every == 0 or step + 1 == total):
+                log.info("%s", " ".join(shown))
+
+        yield advance

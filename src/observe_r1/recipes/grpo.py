@@ -23,13 +23,11 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from observe_r1.algos import (
     aggregate,
@@ -45,7 +43,7 @@ from observe_r1.algos import (
 from observe_r1.config import Config
 from observe_r1.data.dataset import Sample
 from observe_r1.data.prompts import system_prompt
-from observe_r1.data.sampler import PromptSampler
+from observe_r1.data.sampler import OnlineSampler, PromptSampler, make_sampler
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import completion_logprobs, frozen, load_model, reference_of, sequence_inputs
 from observe_r1.recipes import common
@@ -102,6 +100,7 @@ class StepBatch:
     """This process's groups of one rollout step: their samples, images, responses and rewards."""
 
     samples: list[Sample]  # one per group
+    indices: list[int]  # each group's position in the dataset
     images: list[list]  # one list of PIL images per group
     rollout: Rollout
     result: RewardResult
@@ -126,7 +125,7 @@ class Engine:
     plan: Plan
     acc: Any
     samples: list[Sample]
-    sampler: PromptSampler
+    sampler: PromptSampler | OnlineSampler
     encoder: ChatEncoder
     system: str
     backend: HFRollout
@@ -151,7 +150,8 @@ def train(cfg: Config) -> Path:
     )
     optimizer, scheduler = common.build_optimizer(cfg, policy, plan.steps * plan.updates_per_step)
     policy, optimizer = common.prepare_model(acc, policy, optimizer, samples)
-    sampler = PromptSampler(len(samples), cfg.data.sampler, cfg.seed)
+    sampler = make_sampler(cfg.data.sampler, len(samples), cfg.seed, ladder_prior(samples), cfg.data.online_new_share,
+                           cfg.data.online_ema)  # fmt: skip
     checkpointer = common.Checkpointer(cfg, acc, policy, optimizer, scheduler, sampler, encoder)
     run = checkpointer.resume()
     tracker = common.make_tracker(cfg, run, acc)
@@ -167,7 +167,7 @@ def train(cfg: Config) -> Path:
     log.info("GRPO: %d steps x %d prompts x %d responses, %d optimiser step(s) per step, %d process(es)",
              plan.steps, r.prompts_per_step, r.n, plan.updates_per_step, plan.world)  # fmt: skip
 
-    with _progress(acc, plan.steps, run.step) as bar:
+    with common.progress(acc, plan.steps, run.step, "GRPO") as bar:
         while run.step < plan.steps:
             step, started = run.step, time.perf_counter()
             with amp:
@@ -204,12 +204,7 @@ def train(cfg: Config) -> Path:
             if run.step % cfg.checkpoint.every == 0 or run.step == plan.steps:
                 checkpointer.save(run)
             bar(step, metrics)
-            if run.nonfinite_streak >= cfg.optim.max_nonfinite_steps:
-                path = checkpointer.save(run)
-                raise RuntimeError(
-                    f"{run.nonfinite_streak} optimiser steps in a row had a non-finite loss or gradient; stopped "
-                    f"at step {run.step} (checkpoint {path}). Lower optim.lr or check the data and rewards."
-                )
+            common.check_nonfinite(cfg, run, checkpointer)
     if test and (not cfg.logging.eval_every or run.step % cfg.logging.eval_every):
         final = run_eval(e, test)
         if tracker is not None:
@@ -235,6 +230,7 @@ def rollout_and_reward(e: Engine, step: int) -> StepBatch:
     draws: list[StepBatch] = []
     for attempt in range(tries):
         draw = draw_once(e, step, attempt)
+        update_sampler(e, draw)
         draws.append(draw)
         varied = ~zero_variance_groups(draw.result.total.view(-1, n))
         have = sum(len(g) for _, g in kept)
@@ -252,6 +248,7 @@ def rollout_and_reward(e: Engine, step: int) -> StepBatch:
     rows = [(d, [g * n + j for g in gs for j in range(n)]) for d, gs in kept]
     return StepBatch(
         samples=[d.samples[g] for d, gs in kept for g in gs],
+        indices=[d.indices[g] for d, gs in kept for g in gs],
         images=[d.images[g] for d, gs in kept for g in gs],
         rollout=select_groups([(d.rollout, gs) for d, gs in kept], n, e.encoder.pad_token_id),
         result=merge_results([(d.result, rs) for d, rs in rows]),
@@ -274,7 +271,24 @@ def draw_once(e: Engine, step: int, attempt: int) -> StepBatch:
         rollout = e.backend.generate(PromptBatch(prompts, group_ids, e.cfg.seed), e.sampling)
     with e.timer("reward"):
         result = e.rewarder(reward_batch(rollout, samples, images, e.system))
-    return StepBatch(samples, images, rollout, result, bad_prompts=bad)
+    return StepBatch(samples, indices, images, rollout, result, bad_prompts=bad)
+
+
+def update_sampler(e: Engine, draw: StepBatch) -> None:
+    """Tell the sampler each group's accuracy (all processes' groups, so every copy of it stays the same)."""
+    accuracy = draw.result.correct.view(len(draw.indices), -1).float().mean(1)
+    indices = torch.tensor(draw.indices, dtype=torch.float64)
+    if e.acc.num_processes > 1:
+        accuracy = e.acc.gather(accuracy.to(e.acc.device)).cpu()
+        indices = e.acc.gather(indices.to(e.acc.device)).cpu()
+    e.sampler.update([int(i) for i in indices.tolist()], accuracy.tolist())
+
+
+def ladder_prior(samples: list[Sample]) -> list[float] | None:
+    """Starting pass rates for the online sampler: 1 - difficulty, when every row has a ladder difficulty."""
+    if samples and all(isinstance(s.metadata.get("difficulty"), int | float) for s in samples):
+        return [1.0 - float(s.metadata["difficulty"]) for s in samples]
+    return None
 
 
 def _all_processes(acc: Any, flag: bool) -> bool:
@@ -371,21 +385,10 @@ def update(
                 stats["actor/entropy"].append(float((entropy.detach() * m).sum() / m.sum().clamp(min=1)))
                 for key, value in vars(s).items():
                     stats[f"actor/{key}"].append(value)
-            grad_norm = acc.clip_grad_norm_(params, cfg.optim.grad_clip or math.inf)
-            stats["actor/grad_norm"].append(float(grad_norm))
-            if torch.isfinite(grad_norm):
-                optimizer.step()
-                scheduler.step()
-                run.nonfinite_streak = 0
-            else:
-                run.nonfinite_streak += 1
+            grad_norm = common.optimizer_step(acc, params, optimizer, scheduler, cfg.optim.grad_clip, run)
+            stats["actor/grad_norm"].append(grad_norm)
+            if not math.isfinite(grad_norm):
                 stats["optim/skipped_steps"].append(1.0)
-                log.warning(
-                    "step %d: non-finite loss or gradient (norm %s); optimiser step skipped",
-                    run.step,
-                    grad_norm,
-                )
-            optimizer.zero_grad(set_to_none=True)
     out = {k: sum(v) / len(v) for k, v in stats.items() if k != "optim/skipped_steps"}
     out["optim/skipped_steps"] = float(len(stats.get("optim/skipped_steps", [])))
     return out
@@ -477,23 +480,3 @@ def dump_rollouts(cfg: Config, step: int, batch: StepBatch, scored: Scored) -> N
                 "advantage": float(scored.advantages[i]),
             }
             f.write(json.dumps(row) + "\n")
-
-
-@contextlib.contextmanager
-def _progress(acc, total: int, done: int) -> Iterator:
-    """A progress bar with step, reward, accuracy and ETA on the main process; a no-op elsewhere."""
-    if not acc.is_main_process:
-        yield lambda step, metrics: None
-        return
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn(), TimeRemainingColumn()]  # fmt: skip
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task("GRPO", total=total, completed=done)
-
-        def advance(step: int, m: dict[str, float]) -> None:
-            text = (
-                f"step {step + 1} reward {m.get('reward/total/mean', 0):.3f} acc {m.get('accuracy', 0):.3f}"
-            )
-            progress.update(task, advance=1, description=text)
-
-        yield advance

@@ -1,0 +1,192 @@
+"""`observe-r1 ladder build`: score a dataset with a model and write the NeuraLadder (spec section 6).
+
+1. Optional easy filter: a model answers directly (no reasoning, greedy); items it gets right are dropped.
+2. Difficulty and complexity: k sampled reasoning responses per item with the engine's rollout backend and
+   rewards; difficulty = 1 - correct / k, complexity = mean response length in tokens.
+3. Cleaning, ordering, proportions and neighbour mixing (`observe_r1.data.ladder`).
+Scores are appended to OUT.scores.jsonl as each batch finishes, so an interrupted build resumes where it
+stopped. Outputs: OUT (jsonl with `difficulty`, `complexity`, `level`; a row's original `level` column is
+kept as `source_level`), OUT.review.jsonl (difficulty-1 items, for checking their gold answers),
+OUT.summary.md (a table per stage) and OUT.png (the ladder figure).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from observe_r1.config import Config
+from observe_r1.data.dataset import Sample, load_samples, to_native_row
+from observe_r1.data.ladder import Item, Ladder, build_ladder, summary
+from observe_r1.data.prompts import DIRECT, system_prompt
+from observe_r1.models.inputs import ChatEncoder
+from observe_r1.models.policy import load_model
+from observe_r1.recipes import common
+from observe_r1.recipes.evaluate import reward_batch
+from observe_r1.rewards import Rewarder
+from observe_r1.rollout.base import PromptBatch, SamplingParams
+from observe_r1.rollout.hf import HFRollout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LadderResult:
+    ladder: Ladder
+    out: Path
+    easy_dropped: int
+
+
+def build(
+    cfg: Config, data: list[str], model: str, out: str | Path, on_batch: Callable[[int], None] | None = None
+) -> LadderResult:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lc = cfg.ladder
+    system = system_prompt(cfg.data.system_prompt)
+    encoder = ChatEncoder.from_pretrained(model, max_prompt_length=cfg.data.max_prompt_length,
+                                          min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)  # fmt: skip
+    samples = load_samples(data, encoder, system, cfg.data.max_bad_row_fraction)
+    rewarder = Rewarder.from_config(cfg.reward)
+    easy = set()
+    if lc.easy_model:
+        easy = easy_filter(cfg, lc.easy_model, samples, rewarder, out.with_suffix(".easy.jsonl"), on_batch)
+        log.info("easy filter: %d of %d items answered directly and dropped", len(easy), len(samples))
+    todo = [(i, s) for i, s in enumerate(samples) if s.id not in easy]
+    scores = score(cfg, model, encoder, todo, rewarder, system, out.with_suffix(".scores.jsonl"), on_batch)
+    items = [Item(s, scores[s.id]["difficulty"], scores[s.id]["complexity"]) for _, s in todo]
+    ladder = build_ladder(items, lc.own_share, lc.min_complexity, lc.proportions, cfg.seed)
+    write(ladder, out)
+    return LadderResult(ladder, out, len(easy))
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _cached(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {r["id"]: r for r in rows}
+
+
+def score(
+    cfg, model_dir, encoder, todo: list[tuple[int, Sample]], rewarder, system, cache: Path, on_batch
+) -> dict:
+    """Difficulty and complexity of every item, from k sampled responses; resumes from `cache`."""
+    done = _cached(cache)
+    pending = [(i, s) for i, s in todo if s.id not in done]
+    if on_batch is not None and len(done):
+        on_batch(len(todo) - len(pending))
+    if pending:
+        policy = load_model(model_dir).to(_device()).eval()
+        backend = HFRollout(policy, encoder)
+        r = cfg.rollout
+        sampling = SamplingParams(
+            cfg.ladder.k, r.temperature, r.top_p, r.top_k, r.max_new_tokens, chunk_size=r.chunk_size
+        )
+        with cache.open("a") as f, common.autocast(_device(), cfg.model.dtype):
+            for start in range(0, len(pending), cfg.ladder.batch_size):
+                chunk = pending[start : start + cfg.ladder.batch_size]
+                batch = [s for _, s in chunk]
+                prompts, images, _ = common.encode_prompts(batch, encoder, system)
+                # group ids are the items' positions in the data, so scores do not depend on batching or resume
+                rollout = backend.generate(PromptBatch(prompts, [i for i, _ in chunk], cfg.seed), sampling)
+                correct = rewarder(reward_batch(rollout, batch, images, system)).correct.view(len(batch), -1)
+                lengths = rollout.lengths.view(len(batch), -1).float()
+                for j, s in enumerate(batch):
+                    row = {"id": s.id, "difficulty": 1.0 - float(correct[j].float().mean()),
+                           "complexity": float(lengths[j].mean()), "k": cfg.ladder.k}  # fmt: skip
+                    done[s.id] = row
+                    f.write(json.dumps(row) + "\n")
+                f.flush()
+                if on_batch is not None:
+                    on_batch(len(batch))
+    return done
+
+
+def easy_filter(cfg, model_dir, samples: list[Sample], rewarder, cache: Path, on_batch) -> set[str]:
+    """Ids of the items a model answers right without reasoning (greedy, a direct-answer system prompt)."""
+    done = _cached(cache)
+    pending = [s for s in samples if s.id not in done]
+    if pending:
+        encoder = ChatEncoder.from_pretrained(model_dir, max_prompt_length=cfg.data.max_prompt_length)
+        backend = HFRollout(load_model(model_dir).to(_device()).eval(), encoder)
+        sampling = SamplingParams(n=1, greedy=True, max_new_tokens=64)
+        with cache.open("a") as f:
+            for start in range(0, len(pending), cfg.ladder.batch_size):
+                batch = pending[start : start + cfg.ladder.batch_size]
+                prompts, images, _ = common.encode_prompts(batch, encoder, DIRECT)
+                rollout = backend.generate(PromptBatch(prompts, list(range(len(batch))), cfg.seed), sampling)
+                correct = rewarder(reward_batch(rollout, batch, images, DIRECT)).correct
+                for s, ok in zip(batch, correct.tolist(), strict=True):
+                    done[s.id] = {"id": s.id, "correct": bool(ok)}
+                    f.write(json.dumps(done[s.id]) + "\n")
+    return {i for i, r in done.items() if r["correct"]}
+
+
+def write(ladder: Ladder, out: Path) -> None:
+    images = out.parent / (out.stem + "-images")
+
+    def row(it: Item, level: int | None) -> dict:
+        r = to_native_row(it.key, images)
+        if "level" in r:
+            r["source_level"] = r.pop("level")
+        return {**r, "difficulty": it.difficulty, "complexity": round(it.complexity, 2),
+                **({} if level is None else {"level": level})}  # fmt: skip
+
+    out.write_text("".join(json.dumps(row(it, lv)) + "\n" for it, lv in ladder.rows))
+    out.with_suffix(".review.jsonl").write_text(
+        "".join(json.dumps(row(it, None)) + "\n" for it in ladder.review)
+    )
+    out.with_suffix(".summary.md").write_text(summary_table(ladder))
+    figure(ladder, out.with_suffix(".png"))
+
+
+def summary_table(ladder: Ladder) -> str:
+    lines = [
+        f"# NeuraLadder: {len(ladder.rows)} items in {len(ladder.stages)} stages; "
+        f"{len(ladder.review)} for review (difficulty 1), {len(ladder.dropped)} dropped",
+        "",
+        "| stage | difficulty | items | share | own-level share | mean difficulty | mean complexity |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in summary(ladder):
+        lines.append(f"| {s['level']} | {s['difficulty']:.3f} | {s['size']} | {s['share']:.1%} | {s['own_share']:.1%} "
+                     f"| {s['mean_difficulty']:.3f} | {s['mean_complexity']:.1f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def figure(ladder: Ladder, path: Path) -> None:
+    """Left: difficulty vs complexity of every item, by stage. Middle: stage sizes. Right: the ramp."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
+    if ladder.rows:
+        d = [it.difficulty for it, _ in ladder.rows]
+        x = [it.complexity for it, _ in ladder.rows]
+        lv = [level for _, level in ladder.rows]
+        pts = a.scatter(x, d, c=lv, cmap="viridis", s=10, alpha=0.7)
+        fig.colorbar(pts, ax=a, label="stage")
+        stats = summary(ladder)
+        b.bar([s["level"] for s in stats], [s["size"] for s in stats], color="tab:blue")
+        window = max(1, len(d) // 50)
+        ramp = [
+            sum(d[max(0, i - window) : i + 1]) / len(d[max(0, i - window) : i + 1]) for i in range(len(d))
+        ]
+        c.plot(range(len(d)), ramp, color="tab:red")
+    a.set(xlabel="complexity (mean response tokens)", ylabel="difficulty", title="items")
+    b.set(xlabel="stage", ylabel="items", title="stage sizes")
+    c.set(xlabel="position in the ladder", ylabel="difficulty (running mean)", title="the ramp")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,186 @@
+"""Cold-start supervised fine-tuning: `observe-r1 sft CONFIG`.
+
+Teaches the output layout (and some skill) from reference responses before RL, as in "cold start then RL".
+The loss is the token-mean negative log-likelihood of the response tokens only (the end token included),
+normalised over each mini-batch as the GRPO loss is. Everything else is the GRPO run's machinery: the
+reference responses are packed into a `Rollout`, so the same code builds the sequences and computes the
+log-probs, and the same config, data loading, checkpoints, exact resume, several processes and
+evaluation apply. The response is tokenised after the prompt's generation header, exactly the tokens the
+policy will later generate, so SFT and RL see the same sequences.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from observe_r1.algos import aggregate, loss_denominator
+from observe_r1.config import Config
+from observe_r1.data.dataset import Sample
+from observe_r1.data.prompts import system_prompt
+from observe_r1.data.sampler import make_sampler
+from observe_r1.models.inputs import ChatEncoder
+from observe_r1.models.policy import completion_logprobs, sequence_inputs
+from observe_r1.recipes import common
+from observe_r1.recipes.evaluate import evaluate
+from observe_r1.rewards import Rewarder
+from observe_r1.rollout.base import Rollout
+from observe_r1.rollout.hf import HFRollout
+
+log = logging.getLogger(__name__)
+
+
+def sft(cfg: Config, export: str | Path | None = None) -> Path:
+    """Run SFT as configured; with `export`, also write the final model there (bf16, HF format)."""
+    acc = common.make_accelerator()
+    cfg = common.prepare_inputs(cfg, acc)
+    common.seed_everything(cfg.seed)
+    encoder = common.load_encoder(cfg)
+    samples, test = common.load_data(cfg, encoder)
+    samples = with_responses(samples, cfg.sft.response_column)
+    if cfg.data.sampler == "online":
+        raise ValueError(
+            "data.sampler=online follows rollout pass rates; SFT has none: use shuffled or sequential"
+        )
+    o, world = cfg.optim, acc.num_processes
+    if o.mini_batch_size % world or (o.mini_batch_size // world) % o.micro_batch_size:
+        raise ValueError(
+            f"optim.mini_batch_size={o.mini_batch_size} must split into {world} process(es) x micro-batches"
+        )
+    mini = o.mini_batch_size // world
+    steps = o.max_steps or max(1, o.epochs * len(samples) // o.mini_batch_size)
+
+    policy = common.build_policy(cfg)
+    optimizer, scheduler = common.build_optimizer(cfg, policy, steps)
+    policy, optimizer = common.prepare_model(acc, policy, optimizer, samples)
+    sampler = make_sampler(cfg.data.sampler, len(samples), cfg.seed)
+    checkpointer = common.Checkpointer(cfg, acc, policy, optimizer, scheduler, sampler, encoder)
+    run = checkpointer.resume()
+    tracker = common.make_tracker(cfg, run, acc)
+    system = system_prompt(cfg.data.system_prompt)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    amp = common.autocast(acc.device, cfg.model.dtype)
+    log.info("SFT: %d optimiser steps x %d samples on %d process(es)", steps, o.mini_batch_size, world)
+
+    with common.progress(acc, steps, run.step, "SFT") as bar:
+        while run.step < steps:
+            started = time.perf_counter()
+            start = mini * acc.process_index
+            batch = [samples[i] for i in sampler.next(o.mini_batch_size)[start : start + mini]]
+            rollout = reference_rollout(batch, encoder, system, cfg.sft.response_column)
+            micros = [
+                list(range(i, min(i + o.micro_batch_size, mini))) for i in range(0, mini, o.micro_batch_size)
+            ]
+            mask = rollout.completion_mask.to(acc.device, torch.float32)
+            denominator = loss_denominator([mask[m] for m in micros], "token_mean", 0)
+            if world > 1:
+                denominator = float(
+                    acc.reduce(torch.tensor([denominator], device=acc.device), reduction="sum")
+                )
+            total = 0.0
+            for k, idx in enumerate(micros):
+                with acc.no_sync(policy) if k < len(micros) - 1 else contextlib.nullcontext(), amp:
+                    logp, _ = completion_logprobs(policy, sequence_inputs(rollout, idx, encoder))
+                    loss = aggregate(-logp, mask[idx, : logp.shape[1]], "token_mean", denominator)
+                    acc.backward(loss * world)
+                total += float(loss.detach())
+            grad_norm = common.optimizer_step(acc, params, optimizer, scheduler, o.grad_clip, run)
+            metrics = {
+                "sft/loss": total,
+                "sft/response_tokens": float(mask.sum()),
+                "actor/grad_norm": grad_norm,
+                "optim/lr": scheduler.get_last_lr()[0],
+                "perf/step_s": time.perf_counter() - started,
+            }
+            metrics = common.mean_across_processes(metrics, acc)
+            run.step += 1
+            if cfg.logging.eval_every and run.step % cfg.logging.eval_every == 0 and test:
+                metrics.update(run_eval(cfg, acc, policy, encoder, test, system))
+            if tracker is not None:
+                tracker.log(run.step - 1, metrics)
+                run.history = tracker.history
+            if run.step % cfg.checkpoint.every == 0 or run.step == steps:
+                checkpointer.save(run)
+            bar(run.step - 1, metrics)
+            common.check_nonfinite(cfg, run, checkpointer)
+    if test and (not cfg.logging.eval_every or run.step % cfg.logging.eval_every):
+        final = run_eval(cfg, acc, policy, encoder, test, system)
+        if tracker is not None:
+            tracker.log(run.step, final)
+    if export is not None and acc.is_main_process:
+        export_model(acc.unwrap_model(policy), encoder, Path(export))
+    if tracker is not None:
+        tracker.close()
+    acc.wait_for_everyone()
+    return Path(cfg.logging.output_dir)
+
+
+def with_responses(samples: list[Sample], column: str) -> list[Sample]:
+    """Samples that have a non-empty reference response; the others are skipped with a count."""
+    kept = [s for s in samples if isinstance(s.metadata.get(column), str) and s.metadata[column].strip()]
+    if len(kept) < len(samples):
+        log.warning(
+            "SFT: %d of %d samples have no `%s` column and are skipped",
+            len(samples) - len(kept),
+            len(samples),
+            column,
+        )
+    if not kept:
+        raise ValueError(f"no sample has a reference response in column `{column}` (sft.response_column)")
+    return kept
+
+
+def reference_rollout(samples: list[Sample], encoder: ChatEncoder, system: str, column: str) -> Rollout:
+    """The reference responses as a Rollout: one 'response' per prompt, ending with the end token."""
+    prompts, _, _ = common.encode_prompts(samples, encoder, system)
+    eos = encoder.tokenizer.eos_token_id
+    ids = [
+        encoder.tokenizer(s.metadata[column], add_special_tokens=False)["input_ids"] + [eos] for s in samples
+    ]
+    width = max(len(x) for x in ids)
+    completion = torch.full((len(ids), width), encoder.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        completion[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    return Rollout(
+        prompts=prompts,
+        prompt_index=list(range(len(samples))),
+        group_ids=list(range(len(samples))),
+        completion_ids=completion,
+        completion_mask=mask,
+        lengths=mask.sum(1),
+        truncated=torch.zeros(len(ids), dtype=torch.bool),
+        texts=[s.metadata[column] for s in samples],
+    )
+
+
+def run_eval(
+    cfg: Config, acc, policy, encoder: ChatEncoder, test: list[Sample], system: str
+) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    if acc.is_main_process:
+        rewarder = Rewarder.from_config(cfg.reward)
+        backend = HFRollout(acc.unwrap_model(policy), encoder)
+        batch = max(cfg.optim.mini_batch_size, 8)
+        with common.autocast(acc.device, cfg.model.dtype):
+            result, _ = evaluate(backend, encoder, test, rewarder, system, cfg.rollout.max_new_tokens, batch)
+        metrics = {f"eval/{k}": v for k, v in result.items()}
+    acc.wait_for_everyone()
+    return metrics
+
+
+def export_model(model: Any, encoder: ChatEncoder, out: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write the model in `dtype` (bf16 halves the size of a shipped checkpoint) with its tokenizer and
+    image processor; `from_pretrained(..., dtype=torch.float32)` reads it back for training."""
+    import copy
+
+    copy.deepcopy(model).to(dtype).save_pretrained(out, safe_serialization=True)
+    encoder.tokenizer.save_pretrained(out)
+    encoder.image_processor.save_pretrained(out)
+    return out
