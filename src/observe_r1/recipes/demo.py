@@ -18,6 +18,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -50,12 +51,12 @@ def cold_start_path() -> Path:
     return path
 
 
-def demo_config(opts: DemoOptions, overrides: list[str] = ()) -> Config:
+def demo_config(opts: DemoOptions, overrides: Sequence[str] = ()) -> Config:
     cfg = load_config(Path(str(ASSETS / "demo.yaml")), [f"seed={opts.seed}", *overrides])
     return dataclasses.replace(cfg, ladder=dataclasses.replace(cfg.ladder, k=opts.k))
 
 
-def run_demo(opts: DemoOptions, overrides: list[str] = (), console: Any = None) -> dict[str, Any]:
+def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = None) -> dict[str, Any]:
     from observe_r1.data.synth import write_dataset
     from observe_r1.recipes.evaluate import evaluate_checkpoint, write_report
     from observe_r1.recipes.grpo import train
