@@ -244,6 +244,24 @@ def check_nonfinite(cfg: Config, run: RunState, checkpointer: Checkpointer) -> N
         )
 
 
+def evaluate_on_main(cfg: Config, acc: Accelerator, model, encoder: ChatEncoder, test: list[Sample], system: str,
+                     batch_size: int) -> dict[str, float]:  # fmt: skip
+    """Greedy evaluation on the test split on the main process (the others wait), as `eval/*` metrics."""
+    from observe_r1.recipes.evaluate import evaluate
+    from observe_r1.rewards import Rewarder
+    from observe_r1.rollout.hf import HFRollout
+
+    metrics: dict[str, float] = {}
+    if acc.is_main_process:
+        backend = HFRollout(acc.unwrap_model(model), encoder)
+        with autocast(acc.device, cfg.model.dtype):
+            result, _ = evaluate(backend, encoder, test, Rewarder.from_config(cfg.reward), system,
+                                 cfg.rollout.max_new_tokens, batch_size)  # fmt: skip
+        metrics = {f"eval/{k}": v for k, v in result.items()}
+    acc.wait_for_everyone()
+    return metrics
+
+
 def make_tracker(cfg: Config, run: RunState, accelerator: Accelerator) -> Tracker | None:
     if not accelerator.is_main_process:
         return None

@@ -47,7 +47,7 @@ from observe_r1.data.sampler import OnlineSampler, PromptSampler, make_sampler
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import completion_logprobs, frozen, load_model, reference_of, sequence_inputs
 from observe_r1.recipes import common
-from observe_r1.recipes.evaluate import evaluate, reward_batch
+from observe_r1.recipes.evaluate import reward_batch
 from observe_r1.recipes.tracking import StageTimer
 from observe_r1.rewards import Rewarder, RewardResult
 from observe_r1.rewards.compose import merge_results
@@ -195,7 +195,7 @@ def train(cfg: Config) -> Path:
             metrics = common.mean_across_processes(metrics, acc)
             run.step += 1
             if cfg.logging.eval_every and run.step % cfg.logging.eval_every == 0 and test:
-                metrics.update(run_eval(e, test))
+                metrics.update(run_eval(e, policy, test))
             if tracker is not None:
                 tracker.log(step, metrics)
                 run.history = tracker.history
@@ -206,7 +206,7 @@ def train(cfg: Config) -> Path:
             bar(step, metrics)
             common.check_nonfinite(cfg, run, checkpointer)
     if test and (not cfg.logging.eval_every or run.step % cfg.logging.eval_every):
-        final = run_eval(e, test)
+        final = run_eval(e, policy, test)
         if tracker is not None:
             tracker.log(run.step, final)
     checkpointer.export_merged()
@@ -443,17 +443,9 @@ def step_metrics(
     return m | stats | times
 
 
-def run_eval(e: Engine, test: list[Sample]) -> dict[str, float]:
-    """Greedy evaluation on the test split (main process; the others wait)."""
-    metrics: dict[str, float] = {}
-    if e.acc.is_main_process:
-        batch = e.cfg.rollout.prompts_per_step * e.cfg.rollout.n
-        result, _ = evaluate(
-            e.backend, e.encoder, test, e.rewarder, e.system, e.cfg.rollout.max_new_tokens, batch
-        )
-        metrics = {f"eval/{k}": v for k, v in result.items()}
-    e.acc.wait_for_everyone()
-    return metrics
+def run_eval(e: Engine, policy, test: list[Sample]) -> dict[str, float]:
+    batch = e.cfg.rollout.prompts_per_step * e.cfg.rollout.n
+    return common.evaluate_on_main(e.cfg, e.acc, policy, e.encoder, test, e.system, batch)
 
 
 def dump_rollouts(cfg: Config, step: int, batch: StepBatch, scored: Scored) -> None:

@@ -27,10 +27,7 @@ from observe_r1.data.sampler import make_sampler
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import completion_logprobs, sequence_inputs
 from observe_r1.recipes import common
-from observe_r1.recipes.evaluate import evaluate
-from observe_r1.rewards import Rewarder
 from observe_r1.rollout.base import Rollout
-from observe_r1.rollout.hf import HFRollout
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +97,11 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
             metrics = common.mean_across_processes(metrics, acc)
             run.step += 1
             if cfg.logging.eval_every and run.step % cfg.logging.eval_every == 0 and test:
-                metrics.update(run_eval(cfg, acc, policy, encoder, test, system))
+                metrics.update(
+                    common.evaluate_on_main(
+                        cfg, acc, policy, encoder, test, system, max(o.mini_batch_size, 8)
+                    )
+                )
             if tracker is not None:
                 tracker.log(run.step - 1, metrics)
                 run.history = tracker.history
@@ -109,7 +110,7 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
             bar(run.step - 1, metrics)
             common.check_nonfinite(cfg, run, checkpointer)
     if test and (not cfg.logging.eval_every or run.step % cfg.logging.eval_every):
-        final = run_eval(cfg, acc, policy, encoder, test, system)
+        final = common.evaluate_on_main(cfg, acc, policy, encoder, test, system, max(o.mini_batch_size, 8))
         if tracker is not None:
             tracker.log(run.step, final)
     if export is not None and acc.is_main_process:
@@ -158,21 +159,6 @@ def reference_rollout(samples: list[Sample], encoder: ChatEncoder, system: str, 
         truncated=torch.zeros(len(ids), dtype=torch.bool),
         texts=[s.metadata[column] for s in samples],
     )
-
-
-def run_eval(
-    cfg: Config, acc, policy, encoder: ChatEncoder, test: list[Sample], system: str
-) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    if acc.is_main_process:
-        rewarder = Rewarder.from_config(cfg.reward)
-        backend = HFRollout(acc.unwrap_model(policy), encoder)
-        batch = max(cfg.optim.mini_batch_size, 8)
-        with common.autocast(acc.device, cfg.model.dtype):
-            result, _ = evaluate(backend, encoder, test, rewarder, system, cfg.rollout.max_new_tokens, batch)
-        metrics = {f"eval/{k}": v for k, v in result.items()}
-    acc.wait_for_everyone()
-    return metrics
 
 
 def export_model(model: Any, encoder: ChatEncoder, out: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
