@@ -19,6 +19,7 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
+from observe_r1.algos import loss_denominator
 from observe_r1.config import Config, dump_config, to_dict
 from observe_r1.data.dataset import Sample, load_samples
 from observe_r1.data.prompts import system_prompt, with_system_prompt
@@ -213,6 +214,22 @@ class Checkpointer:
         self.encoder.tokenizer.save_pretrained(out)
         self.encoder.image_processor.save_pretrained(out)
         return out
+
+
+def chunks(seq, size: int) -> list[list[int]]:
+    """Consecutive index lists of at most `size` (mini- and micro-batches)."""
+    seq = list(seq)
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def global_denominator(acc: Accelerator, masks: list[torch.Tensor], agg: str, max_len: int) -> float:
+    """The loss denominator of one mini-batch (given as its micro-batches' masks), over all processes."""
+    local = loss_denominator(masks, agg, max_len)
+    if acc.num_processes == 1:
+        return local
+    if agg == "token_mean":  # token counts differ between processes: sum them
+        return float(acc.reduce(torch.tensor([local], device=acc.device), reduction="sum").item())
+    return local * acc.num_processes  # every process has the same number of sequences
 
 
 def optimizer_step(

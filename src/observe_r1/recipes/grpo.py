@@ -36,7 +36,6 @@ from observe_r1.algos import (
     group_advantages,
     kl_divergence,
     kl_reward_advantages,
-    loss_denominator,
     policy_loss,
     zero_variance_groups,
 )
@@ -340,7 +339,7 @@ def token_advantages(cfg: Config, rollout: Rollout, scored: Scored, old_logp, re
 def all_logprobs(e: Engine, model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
     """[B, T] completion log-probs, in the same micro-batches as the update (so they match it exactly)."""
     out = torch.zeros(rollout.completion_ids.shape, device=e.acc.device)
-    for idx in _chunks(range(len(rollout)), e.plan.micro):
+    for idx in common.chunks(range(len(rollout)), e.plan.micro):
         logp, _ = completion_logprobs(model, sequence_inputs(rollout, idx, e.encoder), e.sampling.temperature)
         out[idx, : logp.shape[1]] = logp
     return out
@@ -354,9 +353,9 @@ def update(
     params = [p for p in policy.parameters() if p.requires_grad]
     stats: dict[str, list[float]] = defaultdict(list)
     for _ in range(cfg.optim.ppo_epochs):
-        for mini in _chunks(range(len(rollout)), plan.mini):
-            micros = _chunks(mini, plan.micro)
-            denominator = _global_denominator(
+        for mini in common.chunks(range(len(rollout)), plan.mini):
+            micros = common.chunks(mini, plan.micro)
+            denominator = common.global_denominator(
                 acc, [mask[i] for i in micros], a.loss_agg, cfg.rollout.max_new_tokens
             )
             for k, idx in enumerate(micros):
@@ -392,20 +391,6 @@ def update(
     out = {k: sum(v) / len(v) for k, v in stats.items() if k != "optim/skipped_steps"}
     out["optim/skipped_steps"] = float(len(stats.get("optim/skipped_steps", [])))
     return out
-
-
-def _global_denominator(acc, masks: list[torch.Tensor], agg: str, max_len: int) -> float:
-    local = loss_denominator(masks, agg, max_len)
-    if acc.num_processes == 1:
-        return local
-    if agg == "token_mean":  # token counts differ between processes: sum them
-        return float(acc.reduce(torch.tensor([local], device=acc.device), reduction="sum").item())
-    return local * acc.num_processes  # every process has the same number of sequences
-
-
-def _chunks(seq, size: int) -> list[list[int]]:
-    seq = list(seq)
-    return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
 # ------------------------------------------------------------------ logging, evaluation

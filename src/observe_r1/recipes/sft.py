@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from observe_r1.algos import aggregate, loss_denominator
+from observe_r1.algos import aggregate
 from observe_r1.config import Config
 from observe_r1.data.dataset import Sample
 from observe_r1.data.prompts import system_prompt
@@ -70,15 +70,9 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
             start = mini * acc.process_index
             batch = [samples[i] for i in sampler.next(o.mini_batch_size)[start : start + mini]]
             rollout = reference_rollout(batch, encoder, system, cfg.sft.response_column)
-            micros = [
-                list(range(i, min(i + o.micro_batch_size, mini))) for i in range(0, mini, o.micro_batch_size)
-            ]
+            micros = common.chunks(range(mini), o.micro_batch_size)
             mask = rollout.completion_mask.to(acc.device, torch.float32)
-            denominator = loss_denominator([mask[m] for m in micros], "token_mean", 0)
-            if world > 1:
-                denominator = float(
-                    acc.reduce(torch.tensor([denominator], device=acc.device), reduction="sum")
-                )
+            denominator = common.global_denominator(acc, [mask[m] for m in micros], "token_mean", 0)
             total = 0.0
             for k, idx in enumerate(micros):
                 with acc.no_sync(policy) if k < len(micros) - 1 else contextlib.nullcontext(), amp:
