@@ -2,6 +2,8 @@
 
 import json
 
+import yaml
+
 from observe_r1.cli import main
 
 
@@ -36,3 +38,24 @@ def test_demo_starts_afresh(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     clear(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_ablate_runs_variants_and_writes_table_and_plot(tmp_path, capsys):
+    out = tmp_path / "ablate"
+    args = ["ablate", "--out", str(out), "--seeds", "0", "--variants", "ae", "--pool", "16", "--test", "8",
+            "--steps", "2", "--eval-every", "1", "--k", "2", "rollout.max_new_tokens=96"]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((out / "ablation.json").read_text())
+    assert list(summary["variants"]) == ["a", "e"]
+    a = summary["variants"]["a"]
+    assert (
+        a["curve_steps"] == [0, 1, 2]
+        and len(a["curve_mean"]) == 3
+        and a["steps_to_baseline_final"] is not None
+    )
+    assert (out / "ablation.png").is_file() and "| (e) + ladder in order" in (out / "ablation.md").read_text()
+    metrics = [json.loads(x) for x in (out / "seed0" / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert any("reward/think_format/mean" in r for r in metrics)
+    cfg = yaml.safe_load((out / "seed0" / "a" / "config.yaml").read_text())
+    assert cfg["data"]["sampler"] == "shuffled" and cfg["reward"]["bonus_coef"] == 0
+    assert "(a) GRPO" in capsys.readouterr().out

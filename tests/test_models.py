@@ -151,3 +151,22 @@ def test_system_and_assistant_messages_render(encoder):
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>") and text.endswith(
         "<answer>3</answer><|im_end|>\n"
     )
+
+
+def test_completion_logprobs_and_entropy_match_a_full_forward(model, encoder):
+    from observe_r1.models.policy import completion_logprobs
+
+    prompt = encoder.encode([{"role": "user", "content": "How many?"}]).input_ids
+    completion = torch.tensor([[11, 12, 13, 14, 15], [21, 22, 23, 24, 25]])
+    ids = torch.cat([torch.tensor([prompt, prompt]), completion], 1)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_ids": completion,
+              "completion_mask": torch.ones_like(completion)}  # fmt: skip
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, len(prompt) - 1 : -1].float() / 0.7
+    want_logp = torch.log_softmax(logits, -1).gather(-1, completion[..., None])[..., 0]
+    want_ent = torch.distributions.Categorical(logits=logits).entropy()
+    for grad in (False, True):
+        logp, ent = completion_logprobs(model, inputs, 0.7, entropy=True, entropy_grad=grad)
+        torch.testing.assert_close(logp, want_logp, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ent, want_ent, rtol=1e-4, atol=1e-5)
+        assert ent.requires_grad == grad

@@ -85,10 +85,10 @@ def test_three_steps_train_log_and_checkpoint(shaping, tmp_path):
     assert any((out / "tensorboard").iterdir())
 
 
-def fake_engine(micro, tiny_model_dir, encoder):
+def fake_engine(micro, tiny_model_dir, encoder, *extra):
     from accelerate import Accelerator
 
-    cfg = load_config(TINY, ["algorithm.kl_mode=off", "optim.grad_clip=0"])
+    cfg = load_config(TINY, ["algorithm.kl_mode=off", "optim.grad_clip=0", *extra])
     return SimpleNamespace(
         cfg=cfg, acc=Accelerator(cpu=True), encoder=encoder, sampling=SimpleNamespace(temperature=1.0),
         plan=SimpleNamespace(mini=8, micro=micro, world=1),
@@ -132,9 +132,39 @@ def test_gradient_accumulation_1x8_equals_8x1(tiny_model_dir, encoder):
         e = fake_engine(micro, tiny_model_dir, encoder)
         opt = GradRecorder(model.parameters())
         sched = SimpleNamespace(step=lambda: None)
-        stats = update(e, model, opt, sched, rollout, adv, mask, None, None, RunState())
+        stats = update(e, model, opt, sched, rollout, adv, mask, None, None, RunState(), adv[:, 0])
         grads.append(opt.grads)
         assert stats["actor/grad_norm"] > 0
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_on_policy_kl_in_reward_equals_a_separate_old_logprob_pass(tiny_model_dir, encoder):
+    """On-policy, the KL penalty comes from the update's own forward pass: same gradient as computing the
+    old log-probs in a pass of their own first."""
+    from observe_r1.recipes.common import RunState
+    from observe_r1.recipes.grpo import all_logprobs, token_advantages, update
+    from observe_r1.rollout.base import PromptBatch, SamplingParams
+    from observe_r1.rollout.hf import HFRollout
+    from tests.test_rollout import prompt
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    prompts = [prompt(encoder, "How many?"), prompt(encoder, "What is the sum?", (0, 0, 200), 168)]
+    rollout = HFRollout(model, encoder).generate(
+        PromptBatch(prompts, [0, 1], seed=0), SamplingParams(n=4, max_new_tokens=16)
+    )
+    e = fake_engine(4, tiny_model_dir, encoder, "algorithm.kl_mode=reward", "algorithm.kl_coef=0.5")
+    scored = SimpleNamespace(advantages=torch.linspace(-1, 1, 8))
+    old = all_logprobs(e, model, rollout)
+    ref = old - 0.3 * torch.rand(old.shape, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for old_logp in (old, None):
+        token_adv, mask, _ = token_advantages(e.cfg, rollout, scored, old_logp, ref, torch.device("cpu"))
+        opt = GradRecorder(model.parameters())
+        stats = update(e, model, opt, SimpleNamespace(step=lambda: None), rollout, token_adv, mask, old_logp, ref,
+                       RunState(), scored.advantages)  # fmt: skip
+        grads.append(opt.grads)
+        assert old_logp is not None or stats["actor/kl_ref"] > 0  # on-policy, the update measures the KL
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
@@ -242,6 +272,42 @@ def test_text_only_prompts_mixed_with_images(shaping, tmp_path):
     assert len([r for r in metrics(out) if "actor/loss" in r]) == 2
 
 
+def test_text_only_causal_lm_trains_and_reloads(shaping, tmp_path):
+    from observe_r1.models.inputs import ChatEncoder, PromptError
+    from observe_r1.models.policy import load_model
+    from observe_r1.models.tiny import build_tiny_lm
+
+    model = build_tiny_lm(tmp_path / "lm")
+    assert not (model / "preprocessor_config.json").exists()
+    rows = [{"id": f"q{i}", "messages": [{"role": "user", "content": f"What is {i} + 2?"}], "answer": str(i + 2)}
+            for i in range(8)]  # fmt: skip
+    (tmp_path / "text.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run(shaping, tmp_path / "run", f"model.path={model}", f"data.train=[{tmp_path / 'text.jsonl'}]",
+              f"data.test=[{tmp_path / 'text.jsonl'}]", "optim.max_steps=2", "optim.lr=1e-2")  # fmt: skip
+    steps = [r for r in metrics(out) if "actor/loss" in r]
+    assert len(steps) == 2 and "eval/accuracy" in metrics(out)[-1]
+    base, final = weights(model), weights(out / "checkpoints/step-000002")
+    assert any(not torch.equal(base[k], final[k]) for k in base)
+    assert type(load_model(str(out / "checkpoints/step-000002"))).__name__ == "Qwen2ForCausalLM"
+    # the checkpoint records the system prompt it was trained with, for `observe-r1 eval`
+    assert ChatEncoder.from_pretrained(out / "checkpoints/step-000002").system_prompt == "observe"
+    encoder = ChatEncoder.from_pretrained(model)
+    assert encoder.system_prompt is None
+    with pytest.raises(PromptError, match="sample x: .*text-only"):
+        from PIL import Image
+
+        encoder.encode([{"role": "user", "content": [{"type": "image"}]}], [Image.new("RGB", (56, 56))], "x")
+
+
+def test_micro_batches_go_longest_first_within_each_mini_batch():
+    from observe_r1.recipes.grpo import Plan, micro_batches
+
+    lengths = torch.tensor([3, 9, 1, 7, 5, 2, 8, 4])
+    plan = Plan(world=1, prompts=2, responses=8, mini=4, micro=2, steps=1, updates_per_step=2)
+    rollout = type("R", (), {"lengths": lengths, "__len__": lambda self: 8})()
+    assert micro_batches(rollout, plan) == [[[1, 3], [0, 2]], [[6, 4], [7, 5]]]
+
+
 def test_frozen_vision_tower_does_not_move(shaping, tmp_path):
     out = run(shaping, tmp_path / "frozen", "model.freeze_vision=true", "optim.max_steps=2", "optim.lr=1e-2")
     base, final = weights(out / "base-model"), weights(out / "checkpoints/step-000002")
@@ -251,7 +317,7 @@ def test_frozen_vision_tower_does_not_move(shaping, tmp_path):
 
 def test_variants_dynamic_sampling_kl_loss_entropy_masking(shaping, tmp_path):
     out = run(shaping, tmp_path / "variants", "optim.max_steps=2", "algorithm.dynamic_sampling=true",
-              "algorithm.kl_mode=loss", "algorithm.kl_estimator=k3", "algorithm.entropy_coef=0.01",
+              "algorithm.kl_mode=loss", "model.reference_dtype=bfloat16", "algorithm.kl_estimator=k3", "algorithm.entropy_coef=0.01",
               "algorithm.mask_truncated=true", "algorithm.estimator=rloo", "algorithm.loss_agg=seq_mean_token_sum_norm",
               "algorithm.clip_high=0.28", "algorithm.dual_clip=3", "model.gradient_checkpointing=true")  # fmt: skip
     steps = [r for r in metrics(out) if "actor/loss" in r]

@@ -65,13 +65,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from observe_r1.models.tiny import build_tiny_vlm, count_parameters
+    from observe_r1.models.policy import load_model
+    from observe_r1.models.tiny import build_tiny_lm, build_tiny_vlm, count_parameters
 
-    out = build_tiny_vlm(args.out_dir, size=args.size, seed=args.seed)
-    from transformers import AutoModelForImageTextToText
-
-    n = count_parameters(AutoModelForImageTextToText.from_pretrained(out))
-    console.print(f"wrote a {args.size} Qwen2.5-VL ({n:,} parameters) to {out}")
+    build = build_tiny_lm if args.text_only else build_tiny_vlm
+    out = build(args.out_dir, size=args.size, seed=args.seed)
+    n = count_parameters(load_model(str(out)))
+    kind = "Qwen2 causal LM" if args.text_only else "Qwen2.5-VL"
+    console.print(f"wrote a {args.size} {kind} ({n:,} parameters) to {out}")
     return 0
 
 
@@ -168,8 +169,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_ladder_build(args: argparse.Namespace) -> int:
     from observe_r1.config import load_config
+    from observe_r1.models.inputs import recorded_system_prompt
     from observe_r1.recipes.ladder import build, summary_table
 
+    if args.system_prompt is None and args.config is None:  # prompt the model the way it was trained
+        args.system_prompt = recorded_system_prompt(args.model)
     flags = {
         "ladder.k": args.k, "ladder.easy_model": args.easy_model, "ladder.min_complexity": args.min_complexity,
         "ladder.own_share": args.own_share, "data.system_prompt": args.system_prompt,
@@ -208,6 +212,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from observe_r1.recipes.ablate import AblationOptions, run_ablation
+
+    opts = AblationOptions(Path(args.out), args.seeds, args.variants, args.pool, args.test, args.steps,
+                           args.eval_every, args.k)  # fmt: skip
+    summary = run_ablation(opts, list(args.overrides), console)
+    table = Table(title=f"ablation: {len(args.seeds)} seed(s), {args.steps} GRPO steps per run")
+    for col in (
+        "variant",
+        "final accuracy (mean +- std)",
+        "cold start",
+        "steps to baseline final",
+        "correct length",
+    ):
+        table.add_column(col)
+    for key, v in summary["variants"].items():
+        reached = v["steps_to_baseline_final"]
+        length = v["length_correct_mean"]
+        table.add_row(f"({key}) {v['name']}", f"{100 * v['final_mean']:.1f} +- {100 * v['final_std']:.1f}",
+                      f"{100 * v['start_mean']:.1f}", "-" if reached is None else str(reached),
+                      "-" if length is None else f"{length:.1f}")  # fmt: skip
+    console.print(table)
+    console.print(f"report: {opts.out / 'ablation.md'}, plot: {opts.out / 'ablation.png'}")
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -229,6 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the demo config")
     p.set_defaults(fn=cmd_demo)
 
+    p = sub.add_parser(
+        "ablate", help="the paper's ablation on the synthetic ladder: 5 variants x seeds, accuracy vs step"
+    )
+    p.add_argument("--out", default="runs/ablate", help="output directory (default runs/ablate)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", default="abcde", help="subset of a-e (default all)")
+    p.add_argument("--pool", type=int, default=320, help="training items scored for the ladder (default 320)")
+    p.add_argument("--test", type=int, default=200, help="held-out items (default 200)")
+    p.add_argument("--steps", type=int, default=40, help="GRPO steps per run (default 40)")
+    p.add_argument("--eval-every", type=int, default=10, help="held-out evaluation interval (default 10)")
+    p.add_argument("--k", type=int, default=4, help="responses per item when building the ladder (default 4)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the demo config, for every run")
+    p.set_defaults(fn=cmd_ablate)
+
     p = sub.add_parser("synth", help="generate the synthetic visual-reasoning ladder dataset")
     p.add_argument("--out", required=True, help="output directory (train.jsonl, test.jsonl, images/)")
     p.add_argument("--train", type=int, default=2000, help="training rows (default 2000)")
@@ -241,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny-model", help="build a randomly initialised tiny Qwen2.5-VL with its tokenizer")
     p.add_argument("out_dir")
     p.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    p.add_argument(
+        "--text-only", action="store_true", help="a Qwen2 causal LM (the same text model, no vision)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_tiny_model)
 
@@ -263,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--data", required=True, nargs="+", help="jsonl / parquet files")
     p.add_argument("--out", help="output directory for eval.json and eval.md (default MODEL/eval)")
-    p.add_argument("--system-prompt", default="observe", help="preset (observe, think, none) or literal text")
+    p.add_argument("--system-prompt", help="preset (observe, think, none) or literal text (default: the one the "
+                   "checkpoint was trained with, recorded in its observe_r1.json; else observe)")  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--pass-k", type=int, default=0, help="also sample k responses per item and report pass@k")
@@ -287,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-complexity", type=float, help="drop difficulty-0 items shorter than this (tokens)")
     p.add_argument("--own-share", type=float, help="share of each stage from its own level (default 0.6)")
     p.add_argument("--proportions", help="comma-separated per-level weights, easy first (default: keep all)")
-    p.add_argument("--system-prompt", help="preset (observe, think, none) or literal text")
+    p.add_argument("--system-prompt", help="preset (observe, think, none) or literal text (default: the "
+                   "config's, or without --config the one recorded in the model's observe_r1.json)")  # fmt: skip
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--batch-size", type=int, help="prompts per generate call")
     p.add_argument("--seed", type=int)

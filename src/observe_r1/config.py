@@ -28,6 +28,9 @@ class ModelConfig:
     path: str = ""  # HF directory of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint; "" = build a tiny one
     tiny_size: Literal["tiny", "small"] = "tiny"  # size built when path is ""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # the frozen KL reference's weights: auto = the compute precision (bf16 on GPU halves its memory; it is
+    # never updated, so it needs no fp32 master copy), fp32 on CPU
+    reference_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     attn_implementation: str = "sdpa"
     freeze_vision: bool = False  # the paper trains the vision tower too
     gradient_checkpointing: bool = False

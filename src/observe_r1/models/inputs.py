@@ -23,6 +23,8 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer
 
+META = "observe_r1.json"  # what observe-r1 records about a checkpoint beside its tokenizer
+
 
 class PromptError(ValueError):
     """A prompt cannot be encoded (too long, placeholders and images disagree, bad image); names the sample."""
@@ -38,12 +40,13 @@ class EncodedPrompt:
 
 
 class ChatEncoder:
-    """Tokenizer + image processor of one checkpoint; encodes prompts, collates batches, decodes outputs."""
+    """Tokenizer + image processor of one checkpoint; encodes prompts, collates batches, decodes outputs.
+    A text-only causal LM has no image processor (`image_processor=None`): its prompts may not hold images."""
 
     def __init__(
         self,
         tokenizer: Any,
-        image_processor: Any,
+        image_processor: Any | None,
         max_prompt_length: int | None = None,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
@@ -51,7 +54,9 @@ class ChatEncoder:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.max_prompt_length = max_prompt_length
-        size = dict(image_processor.size)
+        size = (
+            dict(image_processor.size) if image_processor is not None else {"min_pixels": 0, "max_pixels": 0}
+        )
         self.min_pixels: int = min_pixels or size.get("shortest_edge") or size["min_pixels"]
         self.max_pixels: int = max_pixels or size.get("longest_edge") or size["max_pixels"]
         self.merge_size = int(getattr(image_processor, "merge_size", 2))
@@ -60,14 +65,34 @@ class ChatEncoder:
         self.pad_token_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
+        # The system prompt (preset or text) the model was trained with; saved beside the tokenizer as
+        # observe_r1.json, so `observe-r1 eval` prompts a checkpoint the way it was trained.
+        self.system_prompt: str | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> ChatEncoder:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if tokenizer.chat_template is None:  # some checkpoints keep it beside the processor config
             tokenizer.chat_template = _read_chat_template(Path(path))
-        image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
-        return cls(tokenizer, image_processor, **kwargs)
+        image_processor = (
+            AutoImageProcessor.from_pretrained(path, backend="pil")
+            if (Path(path) / "preprocessor_config.json").is_file()
+            else None  # a text-only causal LM
+        )
+        encoder = cls(tokenizer, image_processor, **kwargs)
+        encoder.system_prompt = recorded_system_prompt(path)
+        return encoder
+
+    def save_pretrained(self, out: str | Path) -> None:
+        self.tokenizer.save_pretrained(out)
+        if self.image_processor is not None:
+            self.image_processor.save_pretrained(out)
+        if self.system_prompt is not None:
+            (Path(out) / META).write_text(json.dumps({"system_prompt": self.system_prompt}) + "\n")
+
+    def _require_images(self, sample_id: str) -> None:
+        if self.image_processor is None:
+            raise PromptError(f"sample {sample_id}: the prompt has images but the model is text-only")
 
     # ------------------------------------------------------------ images
 
@@ -75,11 +100,13 @@ class ChatEncoder:
         """Image tokens the processor will produce for a width x height image, without processing it."""
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
+        assert self.image_processor is not None, "text-only model"
         patch = int(self.image_processor.patch_size)
         h, w = smart_resize(height, width, patch * self.merge_size, self.min_pixels, self.max_pixels)
         return (h // patch) * (w // patch) // self.merge_size**2
 
     def process_images(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.image_processor is not None, "text-only model"
         size = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
         out = self.image_processor(
             images=[im.convert("RGB") for im in images], size=size, return_tensors="pt"
@@ -109,6 +136,8 @@ class ChatEncoder:
         self, messages: list[dict], image_sizes: list[tuple[int, int]], sample_id: str = "?"
     ) -> int:
         """Token length of the prompt with image tokens expanded, from (width, height) of each image only."""
+        if image_sizes:
+            self._require_images(sample_id)
         counts = [self.tokens_per_image(w, h) for w, h in image_sizes]
         text = self.expand_image_tokens(self.render(messages), counts, sample_id)
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -124,6 +153,7 @@ class ChatEncoder:
         pixel_values = grid = None
         counts: list[int] = []
         if images:
+            self._require_images(sample_id)
             try:
                 pixel_values, grid = self.process_images(images)
             except Exception as e:  # noqa: BLE001 - PIL and the processor raise many types; name the sample
@@ -161,6 +191,12 @@ class ChatEncoder:
 
     def decode(self, ids: torch.Tensor | list[list[int]], skip_special_tokens: bool = True) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def recorded_system_prompt(checkpoint: str | Path) -> str | None:
+    """The system prompt a checkpoint was trained with, from its observe_r1.json (None if not recorded)."""
+    meta = Path(checkpoint) / META
+    return json.loads(meta.read_text()).get("system_prompt") if meta.is_file() else None
 
 
 def _read_chat_template(path: Path) -> str | None:

@@ -8,29 +8,33 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from transformers import AutoModelForImageTextToText
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.rollout.base import Rollout
 
 
-def load_model(path: str, attn_implementation: str = "sdpa") -> torch.nn.Module:
-    """fp32 master weights everywhere; bf16 happens under autocast on GPU (see `compute_dtype`).
+def load_model(path: str | Any, attn_implementation: str = "sdpa", **kwargs: Any) -> torch.nn.Module:
+    """A vision-language model, or a text-only causal LM when the checkpoint has no vision config.
+    fp32 master weights everywhere; bf16 happens under autocast on GPU (see `compute_dtype`).
     (lr 1e-6 updates vanish when added to bf16 weights.)"""
-    return AutoModelForImageTextToText.from_pretrained(
-        path, dtype=torch.float32, attn_implementation=attn_implementation
-    )
+    is_vlm = getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
+    auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
+    kwargs.setdefault("dtype", torch.float32)
+    return auto.from_pretrained(path, attn_implementation=attn_implementation, **kwargs)
 
 
-def vision_tower(model: Any) -> torch.nn.Module:
+def vision_tower(model: Any) -> torch.nn.Module | None:
+    """The vision encoder, or None for a text-only model."""
     inner = getattr(model, "model", model)
-    return getattr(inner, "visual", None) or model.get_submodule("model.visual")
+    return getattr(inner, "visual", None)
 
 
 def prepare_policy(model: Any, cfg: Any) -> Any:
     """Apply `ModelConfig`: frozen vision tower, LoRA adapters, gradient checkpointing."""
-    if cfg.freeze_vision:
-        vision_tower(model).requires_grad_(False)
+    tower = vision_tower(model)
+    if cfg.freeze_vision and tower is not None:
+        tower.requires_grad_(False)
     if cfg.lora_rank > 0:
         from peft import LoraConfig, get_peft_model
 
@@ -43,7 +47,7 @@ def prepare_policy(model: Any, cfg: Any) -> Any:
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             target_modules=rf"^(?!.*\bvisual\b).*\.({names})$",
-            modules_to_save=None if cfg.freeze_vision else ["visual"],
+            modules_to_save=None if cfg.freeze_vision or tower is None else ["visual"],
         )
         model = get_peft_model(model, lora)
     if cfg.gradient_checkpointing:
@@ -111,8 +115,11 @@ def completion_logprobs(
     log_norm = torch.logsumexp(logits, dim=-1)  # [b, T]
     logp = logits.gather(-1, completion.unsqueeze(-1)).squeeze(-1) - log_norm
     ent = None
-    if entropy:  # with a gradient only when an entropy bonus is in the loss
-        with contextlib.nullcontext() if entropy_grad else torch.no_grad():
-            probs = torch.softmax(logits, dim=-1)
-            ent = log_norm - (probs * logits).sum(-1)
+    if entropy_grad:  # an entropy bonus in the loss
+        ent = log_norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    elif entropy:  # a metric: one sequence at a time, so no second [b, T, vocab] tensor is held
+        with torch.no_grad():
+            ent = torch.stack(
+                [n - (torch.softmax(x, -1) * x).sum(-1) for x, n in zip(logits, log_norm, strict=True)]
+            )
     return logp, ent

@@ -15,7 +15,13 @@ from typing import Any
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from observe_r1.data.synth import corpus
@@ -159,15 +165,33 @@ def build_tiny_vlm(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Pa
     config = tiny_config(tokenizer, size)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
-    text = config.get_text_config()
-    model.generation_config.eos_token_id = text.eos_token_id
-    model.generation_config.pad_token_id = text.pad_token_id
-    model.generation_config.bos_token_id = text.bos_token_id
+    _save(model, tokenizer, out)
+    Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS).save_pretrained(out)
+    return out
+
+
+def build_tiny_lm(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """The text half of `build_tiny_vlm`: a randomly initialised Qwen2 causal LM of the same size with the
+    same tokenizer (no image processor), for text-only training and the side-by-side benchmark with TRL."""
+    out = Path(out_dir)
+    tokenizer = train_tokenizer(SIZES[size]["vocab_size"] if size in SIZES else 0, seed=seed)
+    text = tiny_config(tokenizer, size).get_text_config().to_dict()
+    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")  # fmt: skip
+    config = Qwen2Config(**{k: text[k] for k in keep}, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                         tie_word_embeddings=True)  # fmt: skip
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    _save(model, tokenizer, out)
+    return out
+
+
+def _save(model: Any, tokenizer: PreTrainedTokenizerFast, out: Path) -> None:
+    for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(model.config.get_text_config(), key))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS).save_pretrained(out)
-    return out
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -83,8 +83,7 @@ def save_checkpoint(
     torch.save(rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
-        encoder.tokenizer.save_pretrained(tmp)
-        encoder.image_processor.save_pretrained(tmp)
+        encoder.save_pretrained(tmp)
         torch.save(trainer_state, tmp / "trainer_state.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -115,7 +114,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
         set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
         return
-    from transformers import AutoModelForImageTextToText
+    from observe_r1.models.policy import load_model
 
-    saved = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+    saved = load_model(str(path))
     model.load_state_dict(saved.state_dict(), strict=True)

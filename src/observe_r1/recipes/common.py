@@ -81,12 +81,14 @@ def prepare_inputs(cfg: Config, accelerator: Accelerator) -> Config:
 
 
 def load_encoder(cfg: Config) -> ChatEncoder:
-    return ChatEncoder.from_pretrained(
+    encoder = ChatEncoder.from_pretrained(
         cfg.model.path,
         max_prompt_length=cfg.data.max_prompt_length,
         min_pixels=cfg.data.min_pixels,
         max_pixels=cfg.data.max_pixels,
     )
+    encoder.system_prompt = cfg.data.system_prompt  # recorded in every checkpoint (observe_r1.json)
+    return encoder
 
 
 def load_data(cfg: Config, encoder: ChatEncoder) -> tuple[list[Sample], list[Sample]]:
@@ -153,6 +155,14 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
     return torch.autocast(device.type, dtype=low) if low is not None else contextlib.nullcontext()
 
 
+def reference_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+    """`model.reference_dtype`; auto: bf16 when the policy computes in bf16 (GPU), else fp32."""
+    if cfg.model.reference_dtype != "auto":
+        return getattr(torch, cfg.model.reference_dtype)
+    bf16 = cfg.model.dtype == "bfloat16" or (cfg.model.dtype == "auto" and device.type == "cuda")
+    return torch.bfloat16 if bf16 else torch.float32
+
+
 @dataclass
 class RunState:
     step: int = 0  # the next rollout/training step to run
@@ -211,8 +221,7 @@ class Checkpointer:
         merged = copy.deepcopy(self.acc.unwrap_model(self.model)).merge_and_unload()
         out = Path(self.cfg.logging.output_dir) / "merged"
         merged.save_pretrained(out)
-        self.encoder.tokenizer.save_pretrained(out)
-        self.encoder.image_processor.save_pretrained(out)
+        self.encoder.save_pretrained(out)
         return out
 
 

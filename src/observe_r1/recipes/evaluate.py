@@ -29,7 +29,8 @@ def evaluate(
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """(metrics, per-sample records). Metrics: accuracy, format_rate, length_mean, length_correct_mean,
     accuracy/level_<L> and accuracy/skill_<S> when the samples carry those columns, and with `pass_k` > 1
-    pass@k: the share of samples with at least one correct response among k sampled at temperature 1."""
+    pass@k: the share of samples with at least one correct response among k sampled at temperature 1, and
+    accuracy_sampled: the mean accuracy of those k responses."""
     from observe_r1.recipes.common import encode_prompts
 
     records: list[dict[str, Any]] = []
@@ -45,7 +46,9 @@ def evaluate(
         hits = None
         if pass_k > 1:
             many = backend.generate(batch, sampled)
-            hits = rewarder(reward_batch(many, chunk, images, system)).correct.view(len(chunk), pass_k).any(1)
+            hits = (
+                rewarder(reward_batch(many, chunk, images, system)).correct.view(len(chunk), pass_k).float()
+            )
         for i, s in enumerate(chunk):
             records.append(
                 {
@@ -57,7 +60,11 @@ def evaluate(
                     "correct": bool(result.correct[i]),
                     "format": None if fmt is None else bool(result.terms[fmt][i] == 1),
                     "length": int(rollout.lengths[i]),
-                    **({} if hits is None else {f"pass@{pass_k}": bool(hits[i])}),
+                    **(
+                        {}
+                        if hits is None
+                        else {f"pass@{pass_k}": bool(hits[i].any()), "sampled": float(hits[i].mean())}
+                    ),
                 }
             )
         if on_batch is not None:
@@ -80,6 +87,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
         metrics["format_rate"] = sum(bool(r["format"]) for r in records) / n
     for key in [k for k in records[0] if k.startswith("pass@")]:
         metrics[key] = sum(r[key] for r in records) / n
+        metrics["accuracy_sampled"] = sum(r["sampled"] for r in records) / n
     for key in ("level", "skill"):
         groups: dict[Any, list[bool]] = defaultdict(list)
         for r in records:
@@ -133,7 +141,7 @@ def write_report(
 def evaluate_checkpoint(
     model_dir: str | Path,
     data: list[str],
-    system: str = "observe",
+    system: str | None = None,
     max_new_tokens: int = 256,
     batch_size: int = 32,
     pass_k: int = 0,
@@ -141,7 +149,8 @@ def evaluate_checkpoint(
     max_prompt_length: int = 9216,
     on_batch=None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Load a checkpoint and evaluate it on data files with the default rewards (accuracy + observe format)."""
+    """Load a checkpoint and evaluate it on data files with the default rewards (accuracy + observe format).
+    `system` None: the system prompt the checkpoint was trained with (its observe_r1.json), else "observe"."""
     import torch
 
     from observe_r1.data.dataset import load_samples
@@ -150,7 +159,7 @@ def evaluate_checkpoint(
     from observe_r1.rollout.hf import HFRollout
 
     encoder = ChatEncoder.from_pretrained(model_dir, max_prompt_length=max_prompt_length)
-    text = system_prompt(system)
+    text = system_prompt(system or encoder.system_prompt or "observe")
     samples = load_samples(data, encoder, text)[: limit or None]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(str(model_dir)).to(device).eval()

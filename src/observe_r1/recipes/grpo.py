@@ -145,7 +145,9 @@ def train(cfg: Config) -> Path:
     policy = common.build_policy(cfg)
     kl_on = cfg.algorithm.kl_mode != "off"
     reference = (
-        frozen(load_model(cfg.model.path)).to(acc.device) if kl_on and not cfg.model.lora_rank else None
+        frozen(load_model(cfg.model.path, dtype=common.reference_dtype(cfg, acc.device))).to(acc.device)
+        if kl_on and not cfg.model.lora_rank
+        else None
     )
     optimizer, scheduler = common.build_optimizer(cfg, policy, plan.steps * plan.updates_per_step)
     policy, optimizer = common.prepare_model(acc, policy, optimizer, samples)
@@ -174,7 +176,7 @@ def train(cfg: Config) -> Path:
             with timer("advantage"):
                 scored = score(cfg, batch)
             with timer("old_logprob"), amp:
-                need_old = plan.updates_per_step > 1 or cfg.algorithm.kl_mode == "reward"
+                need_old = plan.updates_per_step > 1  # on-policy, the update's own forward pass gives them
                 old_logp = all_logprobs(e, acc.unwrap_model(policy), batch.rollout) if need_old else None
             with timer("ref"), amp:
                 ref_logp = None
@@ -185,9 +187,8 @@ def train(cfg: Config) -> Path:
                 token_adv, mask, kl_stats = token_advantages(
                     cfg, batch.rollout, scored, old_logp, ref_logp, acc.device
                 )
-                stats = update(
-                    e, policy, optimizer, scheduler, batch.rollout, token_adv, mask, old_logp, ref_logp, run
-                )
+                stats = update(e, policy, optimizer, scheduler, batch.rollout, token_adv, mask, old_logp, ref_logp,
+                               run, scored.advantages.to(acc.device))  # fmt: skip
             stats |= kl_stats
             metrics = step_metrics(cfg, batch, scored, stats, timer.pop(), time.perf_counter() - started)
             metrics["optim/lr"] = scheduler.get_last_lr()[0]
@@ -319,13 +320,14 @@ def score(cfg: Config, batch: StepBatch) -> Scored:
 
 def token_advantages(cfg: Config, rollout: Rollout, scored: Scored, old_logp, ref_logp, device) -> tuple:
     """([B, T] token advantages, [B, T] loss mask, metrics). With `kl_mode: reward`, the k-estimate of
-    KL(rollout policy || reference) is a per-token penalty inside the return (the original's OpenRLHF way)."""
+    KL(rollout policy || reference) is a per-token penalty inside the return (the original's OpenRLHF way);
+    when the update is on-policy (no `old_logp`), `update` adds that penalty from its own forward pass."""
     a = cfg.algorithm
     mask = rollout.completion_mask.to(device, torch.float32)
     if a.mask_truncated:
         mask = mask * (~rollout.truncated).to(device, torch.float32)[:, None]
     advantages = scored.advantages.to(device)
-    if a.kl_mode == "reward":
+    if a.kl_mode == "reward" and old_logp is not None:
         kl = kl_divergence(old_logp, ref_logp, a.kl_estimator)
         kl_mean = float((kl * mask).sum() / mask.sum().clamp(min=1))
         return kl_reward_advantages(advantages, kl, mask, a.kl_coef), mask, {"actor/kl_ref": kl_mean}
@@ -335,26 +337,35 @@ def token_advantages(cfg: Config, rollout: Rollout, scored: Scored, old_logp, re
 # ------------------------------------------------------------------ log-probs and the update
 
 
+def micro_batches(rollout: Rollout, plan: Plan) -> list[list[list[int]]]:
+    """Each mini-batch's micro-batches. Inside a mini-batch the sequences go longest first, so each
+    micro-batch, trimmed to its longest completion, carries little padding; the optimiser step still sums
+    over the same sequences."""
+    minis = common.chunks(range(len(rollout)), plan.mini)
+    by_length = [sorted(mini, key=lambda i: -int(rollout.lengths[i])) for mini in minis]
+    return [common.chunks(mini, plan.micro) for mini in by_length]
+
+
 @torch.no_grad()
 def all_logprobs(e: Engine, model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
     """[B, T] completion log-probs, in the same micro-batches as the update (so they match it exactly)."""
     out = torch.zeros(rollout.completion_ids.shape, device=e.acc.device)
-    for idx in common.chunks(range(len(rollout)), e.plan.micro):
+    for idx in [idx for micros in micro_batches(rollout, e.plan) for idx in micros]:
         logp, _ = completion_logprobs(model, sequence_inputs(rollout, idx, e.encoder), e.sampling.temperature)
         out[idx, : logp.shape[1]] = logp
     return out
 
 
 def update(
-    e: Engine, policy, optimizer, scheduler, rollout, token_adv, mask, old_logp, ref_logp, run
+    e: Engine, policy, optimizer, scheduler, rollout, token_adv, mask, old_logp, ref_logp, run, seq_adv
 ) -> dict:
-    """PPO epochs x mini-batches; each mini-batch is one optimiser step, accumulated over micro-batches."""
+    """PPO epochs x mini-batches; each mini-batch is one optimiser step, accumulated over micro-batches.
+    On-policy (`old_logp` None) the rollout policy's log-probs are this pass's, detached: no separate pass."""
     cfg, plan, acc, a = e.cfg, e.plan, e.acc, e.cfg.algorithm
     params = [p for p in policy.parameters() if p.requires_grad]
     stats: dict[str, list[float]] = defaultdict(list)
     for _ in range(cfg.optim.ppo_epochs):
-        for mini in common.chunks(range(len(rollout)), plan.mini):
-            micros = common.chunks(mini, plan.micro)
+        for micros in micro_batches(rollout, plan):
             denominator = common.global_denominator(
                 acc, [mask[i] for i in micros], a.loss_agg, cfg.rollout.max_new_tokens
             )
@@ -367,6 +378,10 @@ def update(
                     width = logp.shape[1]
                     m, adv = mask[idx, :width], token_adv[idx, :width]
                     old = old_logp[idx, :width] if old_logp is not None else logp.detach()
+                    if a.kl_mode == "reward" and old_logp is None:
+                        kl = kl_divergence(old, ref_logp[idx, :width], a.kl_estimator)
+                        adv = kl_reward_advantages(seq_adv[idx], kl, m, a.kl_coef)
+                        stats["actor/kl_ref"].append(float((kl * m).sum() / m.sum().clamp(min=1)))
                     loss, s = policy_loss(
                         logp, old, adv, m, a.clip_low, a.clip_high, a.dual_clip, a.loss_agg, denominator
                     )

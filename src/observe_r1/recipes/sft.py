@@ -161,6 +161,5 @@ def export_model(model: Any, encoder: ChatEncoder, out: Path, dtype: torch.dtype
     import copy
 
     copy.deepcopy(model).to(dtype).save_pretrained(out, safe_serialization=True)
-    encoder.tokenizer.save_pretrained(out)
-    encoder.image_processor.save_pretrained(out)
+    encoder.save_pretrained(out)
     return out
