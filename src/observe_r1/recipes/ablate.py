@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from observe_r1.recipes.demo import DemoOptions, cold_start_path, demo_config
+from observe_r1.recipes.demo import DemoOptions, clear, cold_start_path, demo_config
 
 BASE = ["data.sampler=shuffled", "reward.bonus_coef=0", "algorithm.difficulty_weighting=false",
         "reward.terms=[{name: accuracy, weight: 1.0}, {name: think_format, weight: 0.5}]"]  # fmt: skip
@@ -62,13 +62,13 @@ def run_ablation(opts: AblationOptions, overrides: Sequence[str] = (), console: 
     for seed in opts.seeds:
         root = Path(opts.out) / f"seed{seed}"
         cfg = demo_config(DemoOptions(out=root, seed=seed, k=opts.k), overrides)
+        clear(root)  # a previous ablation's data, ladder and scores must not be picked up
         paths = write_dataset(root / "data", opts.pool, opts.test, seed=10_000 + seed)
         if console is not None:
             console.rule(f"[bold]seed {seed}: cold start, ladder")
         before, _ = evaluate_checkpoint(model, [str(paths["test"])], cfg.data.system_prompt, cfg.rollout.max_new_tokens, 50)  # fmt: skip
         ladder = root / "ladder.jsonl"
-        if not ladder.is_file():
-            build(cfg, [str(paths["train"])], str(model), ladder)
+        build(cfg, [str(paths["train"])], str(model), ladder)
         for v in opts.variants:
             if console is not None:
                 console.rule(f"[bold]seed {seed}: ({v}) {VARIANTS[v][0]}")
