@@ -14,7 +14,7 @@ from observe_r1.models.inputs import ChatEncoder
 from observe_r1.rollout.base import Rollout
 
 
-def load_model(path: str | Any, attn_implementation: str = "sdpa", **kwargs: Any) -> torch.nn.Module:
+def load_model(path: str, attn_implementation: str = "sdpa", **kwargs: Any) -> torch.nn.Module:
     """A vision-language model, or a text-only causal LM when the checkpoint has no vision config.
     fp32 master weights everywhere; bf16 happens under autocast on GPU (see `compute_dtype`).
     (lr 1e-6 updates vanish when added to bf16 weights.)"""

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from observe_r1.recipes.demo import DemoOptions, clear, cold_start_path, demo_config
+from observe_r1.recipes.demo import DemoOptions, clear, cold_start_path, demo_config, grpo_config
 
 BASE = ["data.sampler=shuffled", "reward.bonus_coef=0", "algorithm.difficulty_weighting=false",
         "reward.terms=[{name: accuracy, weight: 1.0}, {name: think_format, weight: 0.5}]"]  # fmt: skip
@@ -74,17 +74,9 @@ def run_ablation(opts: AblationOptions, overrides: Sequence[str] = (), console: 
                 console.rule(f"[bold]seed {seed}: ({v}) {VARIANTS[v][0]}")
             run_dir = root / v
             vcfg = demo_config(DemoOptions(out=root, seed=seed, k=opts.k), [*VARIANTS[v][1], *overrides])
-            vcfg = dataclasses.replace(
-                vcfg,
-                model=dataclasses.replace(vcfg.model, path=str(model)),
-                data=dataclasses.replace(vcfg.data, train=[str(ladder)], test=[str(paths["test"])]),
-                optim=dataclasses.replace(vcfg.optim, max_steps=opts.steps),
-                logging=dataclasses.replace(
-                    vcfg.logging, output_dir=str(run_dir), eval_every=opts.eval_every
-                ),
-                checkpoint=dataclasses.replace(vcfg.checkpoint, resume="none"),
+            train(
+                grpo_config(vcfg, model, ladder, opts.steps, run_dir, [str(paths["test"])], opts.eval_every)
             )
-            train(vcfg.validate())
             runs[v][seed] = curve(run_dir / "metrics.jsonl", before)
     summary = summarise(opts, runs)
     out = Path(opts.out)

@@ -56,6 +56,27 @@ def demo_config(opts: DemoOptions, overrides: Sequence[str] = ()) -> Config:
     return dataclasses.replace(cfg, ladder=dataclasses.replace(cfg.ladder, k=opts.k))
 
 
+def grpo_config(
+    cfg: Config,
+    model: Path,
+    ladder: Path,
+    steps: int,
+    out: Path,
+    test: Sequence[str] = (),
+    eval_every: int = 0,
+) -> Config:
+    """`cfg` with one GRPO run filled in: from `model` on `ladder` for `steps`, into `out`, always from the
+    start (never resuming an earlier run found there), evaluated on `test` every `eval_every` steps."""
+    return dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, path=str(model)),
+        data=dataclasses.replace(cfg.data, train=[str(ladder)], test=list(test)),
+        optim=dataclasses.replace(cfg.optim, max_steps=steps),
+        logging=dataclasses.replace(cfg.logging, output_dir=str(out), eval_every=eval_every),
+        checkpoint=dataclasses.replace(cfg.checkpoint, resume="none"),
+    ).validate()
+
+
 def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = None) -> dict[str, Any]:
     from observe_r1.data.synth import write_dataset
     from observe_r1.recipes.evaluate import evaluate_checkpoint, write_report
@@ -85,14 +106,7 @@ def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = No
     ladder = build(cfg, [str(paths["train"])], str(model), out / "ladder.jsonl")
     stage("grpo")
     run_dir = out / "grpo"
-    grpo_cfg = dataclasses.replace(
-        cfg,
-        model=dataclasses.replace(cfg.model, path=str(model)),
-        data=dataclasses.replace(cfg.data, train=[str(out / "ladder.jsonl")], test=[]),
-        optim=dataclasses.replace(cfg.optim, max_steps=opts.steps),
-        logging=dataclasses.replace(cfg.logging, output_dir=str(run_dir)),
-    )
-    train(grpo_cfg.validate())
+    train(grpo_config(cfg, model, out / "ladder.jsonl", opts.steps, run_dir))
     final = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
     stage("evaluate after")
     after, after_records = evaluate_checkpoint(final, [str(paths["test"])], system, new_tokens, 50)
