@@ -9,7 +9,8 @@ the Observe-R1 config (bf16 autocast, fp32 master weights, gradient checkpointin
 optimiser step per rollout step) and reports, from the steps after the first (warm-up):
   rollout tokens/s     generated tokens / rollout-stage seconds
   training MFU         model FLOPs of the training forward+backward (6 x parameters x tokens, attention
-                       included, the vision tower once per sequence as the loop computes it) / update-stage
+                       included, the vision tower once per prompt: the work needed, however often the
+                       loop runs it; see `model_flops`) / update-stage
                        seconds / the GPU's peak dense bf16 FLOP/s (`--peak-tflops`, default by device name)
   end-to-end tokens/s  generated tokens / whole-step seconds
   peak memory          torch.cuda.max_memory_allocated
@@ -76,16 +77,19 @@ def qwen25_vl_3b_config():
     )  # fmt: skip
 
 
-def model_flops_per_sequence(model, prompt_tokens: int, completion_tokens: int, image_patches: int) -> float:
-    """Forward + backward FLOPs of one sequence: 6 x parameters per token (language model) plus causal
-    attention (6 x layers x hidden x length per token), plus 6 x vision parameters per patch."""
+def model_flops(
+    model, sequences: int, prompt_tokens: int, completion_tokens: int, images: int, patches: int
+) -> float:
+    """Forward + backward FLOPs: per sequence 6 x language-model parameters per token plus causal attention
+    (6 x layers x hidden x length per token); per image 6 x vision parameters per patch. `images` counts
+    distinct images (prompts): the training passes share one image's features among its n responses."""
     text = model.config.get_text_config()
     visual = model.model.visual if hasattr(model, "model") else model.visual
     n_vision = sum(p.numel() for p in visual.parameters())
     n_lm = sum(p.numel() for p in model.parameters()) - n_vision
     length = prompt_tokens + completion_tokens
     attention = 6 * text.num_hidden_layers * text.hidden_size * length * length
-    return 6 * n_lm * length + attention + 6 * n_vision * image_patches
+    return sequences * (6 * n_lm * length + attention) + images * 6 * n_vision * patches
 
 
 def main() -> None:
@@ -136,7 +140,7 @@ def main() -> None:
     model = load_model(str(model_dir), dtype=torch.bfloat16)
     grid = args.image // 14
     prompt_tokens = (grid // 2) ** 2 + 40  # image tokens + chat template and question, about
-    flops = batch * model_flops_per_sequence(model, prompt_tokens, int(generated / batch), grid * grid)
+    flops = model_flops(model, batch, prompt_tokens, int(generated / batch), args.prompts, grid * grid)
     name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 989.4)
     result = {

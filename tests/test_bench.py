@@ -29,3 +29,10 @@ def test_vs_trl_cross_check_and_ratio():
     assert r["ours_step_s"] > 0 and r["trl_step_s"] > 0 and r["ratio"] > 0
     # same batch, same loss definition: the two losses agree up to TRL's larger std epsilon (1e-4 vs 1e-6)
     assert r["first_step_loss_ours"] == pytest.approx(r["first_step_loss_trl"], rel=1e-3, abs=1e-5)
+
+
+def test_shared_vision_features_same_logprobs_fewer_patches():
+    r = run_json(str(BENCH / "shared_vision.py"), "--size", "tiny", "--prompts", "2", "--n", "3", "--tokens", "6",
+                 "--micro", "3", "--rounds", "1")  # fmt: skip
+    assert r["max_logp_diff"] < 1e-5 and r["shared_s"] > 0 and r["copies_s"] > 0
+    assert r["vision_patches_shared"] < r["vision_patches_copies"]

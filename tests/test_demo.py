@@ -10,8 +10,10 @@ from observe_r1.cli import main
 def test_short_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--seed", "1", "--pool", "16", "--test", "16", "--steps", "2", "--k", "2",
-            "rollout.max_new_tokens=96"]  # fmt: skip
+            "--levels", "1,3", "rollout.max_new_tokens=96"]  # fmt: skip
     assert main(args) == 0
+    rows = [json.loads(x) for x in (out / "data" / "test.jsonl").read_text().splitlines()]
+    assert {r["level"] for r in rows} == {1, 3}
     summary = json.loads((out / "summary.json").read_text())
     for key in ("accuracy_before", "accuracy_after", "format_rate_before", "format_rate_after",
                 "mean_length_correct_before", "mean_length_correct_after", "steps", "wall_seconds"):  # fmt: skip
@@ -59,3 +61,11 @@ def test_ablate_runs_variants_and_writes_table_and_plot(tmp_path, capsys):
     cfg = yaml.safe_load((out / "seed0" / "a" / "config.yaml").read_text())
     assert cfg["data"]["sampler"] == "shuffled" and cfg["reward"]["bonus_coef"] == 0
     assert "(a) GRPO" in capsys.readouterr().out
+
+
+def test_demo_refuses_an_unknown_level(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--out", str(tmp_path), "--levels", "1,7"])
+    assert e.value.code == 2 and "unknown level(s) [7]" in capsys.readouterr().err

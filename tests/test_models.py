@@ -170,3 +170,47 @@ def test_completion_logprobs_and_entropy_match_a_full_forward(model, encoder):
         torch.testing.assert_close(logp, want_logp, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(ent, want_ent, rtol=1e-4, atol=1e-5)
         assert ent.requires_grad == grad
+
+
+def test_image_tokens_get_3d_rope_positions(model, encoder):
+    """Qwen-VL places image tokens by (time, row, column); transformers 5 only does so when the batch says
+    which tokens are image tokens (`mm_token_type_ids`), and silently uses 1D text positions otherwise."""
+    batch = encoder.collate(
+        [encoder.encode(user(1), [image(112, 112)], "s"), encoder.encode(user(0), [], "t")]
+    )
+    assert torch.equal(batch["mm_token_type_ids"].bool(), batch["input_ids"] == encoder.image_token_id)
+    positions, _ = model.model.get_rope_index(
+        batch["input_ids"],
+        batch["mm_token_type_ids"],
+        batch["image_grid_thw"],
+        attention_mask=batch["attention_mask"],
+    )
+    image_rows = positions[1, 0][batch["mm_token_type_ids"][0].bool()]
+    assert len(set(image_rows.tolist())) == 4  # 4 x 4 image tokens on 4 rows
+    with torch.no_grad():
+        logits = model(**batch).logits
+        with_3d = model(
+            **{k: v for k, v in batch.items() if k != "mm_token_type_ids"}, position_ids=positions
+        ).logits
+        without = model(**{k: v for k, v in batch.items() if k != "mm_token_type_ids"}).logits
+    torch.testing.assert_close(logits, with_3d)
+    assert not torch.allclose(logits[0], without[0])
+
+
+def test_training_forward_sees_the_positions_generation_saw(model, encoder):
+    """Teacher-forcing a greedy completion through the training inputs reproduces it token by token."""
+    from observe_r1.models.policy import sequence_inputs
+    from observe_r1.rollout.base import PromptBatch, SamplingParams
+    from observe_r1.rollout.hf import HFRollout
+
+    prompts = [encoder.encode(user(1, "How many red shapes?"), [image(112, 112)], "a"),
+               encoder.encode(user(1), [image(168, 84, (0, 90, 200))], "b")]  # fmt: skip
+    batch = PromptBatch(prompts=prompts, group_ids=[0, 1])
+    rollout = HFRollout(model, encoder).generate(batch, SamplingParams(n=1, greedy=True, max_new_tokens=12))
+    inputs = sequence_inputs(rollout, [0, 1], encoder)
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in inputs.items() if not k.startswith("completion")}).logits
+    width = inputs["completion_ids"].shape[1]
+    greedy = logits[:, -width - 1 : -1].argmax(-1)
+    mask = inputs["completion_mask"].bool()
+    assert torch.equal(greedy[mask], inputs["completion_ids"][mask])

@@ -61,14 +61,14 @@ def test_sft_refuses_the_online_sampler(tmp_path):
 
 def test_shipped_cold_start_has_the_layout_and_partial_skill(tmp_path):
     from observe_r1.data.synth import write_dataset
-    from observe_r1.recipes.demo import cold_start_path
+    from observe_r1.recipes.demo import DemoOptions, cold_start_path
     from observe_r1.recipes.evaluate import evaluate_checkpoint
 
-    paths = write_dataset(tmp_path, train=0, test=48, seed=777)
+    paths = write_dataset(tmp_path, train=0, test=48, seed=777, levels=DemoOptions.levels)
     # no system prompt given: the checkpoint's observe_r1.json says it was trained with "none"
     metrics, _ = evaluate_checkpoint(cold_start_path(), [str(paths["test"])], None, 160, 48)
     assert metrics["format_rate"] >= 0.9
-    assert 0.15 <= metrics["accuracy"] <= 0.95  # partial skill: room for RL
+    assert 0.15 <= metrics["accuracy"] <= 0.75  # partial skill on the demo's questions: room for RL
 
 
 # Recorded from the shortened command below on this project's machine kind (2-core CPU, torch 2.13.0,

@@ -38,14 +38,21 @@ def progress_bar() -> Progress:
 # ------------------------------------------------------------------ synth
 
 
-def cmd_synth(args: argparse.Namespace) -> int:
-    from observe_r1.data.synth import LEVELS, write_dataset
+def synth_levels(text: str) -> tuple[int, ...]:
+    """`--levels 1,2,3` -> (1, 2, 3); empty = all levels."""
+    from observe_r1.data.synth import LEVELS
 
-    levels = tuple(int(x) for x in args.levels.split(",")) if args.levels else tuple(LEVELS)
+    levels = tuple(int(x) for x in text.split(",")) if text else tuple(LEVELS)
     unknown = [lv for lv in levels if lv not in LEVELS]
     if unknown:
-        console.print(f"[red]unknown level(s) {unknown}; levels are {sorted(LEVELS)}")
-        return 2
+        raise argparse.ArgumentTypeError(f"unknown level(s) {unknown}; levels are {sorted(LEVELS)}")
+    return levels
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from observe_r1.data.synth import write_dataset
+
+    levels = args.levels
     with progress_bar() as bar:
         task = bar.add_task("rendering", total=args.train + args.test)
         paths = write_dataset(
@@ -198,7 +205,8 @@ def cmd_ladder_build(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from observe_r1.recipes.demo import DemoOptions, comparison_rows, run_demo
 
-    opts = DemoOptions(Path(args.out), args.seed, args.pool, args.test, args.steps, args.k, args.model or "")
+    opts = DemoOptions(Path(args.out), args.seed, args.pool, args.test, args.steps, args.k, args.model or "",
+                       args.levels or DemoOptions.levels)  # fmt: skip
     summary = run_demo(opts, list(args.overrides), console)
     table = Table(
         title=f"observe-r1 demo, seed {args.seed}: {args.steps} GRPO steps, {summary['wall_seconds']} s"
@@ -256,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=40, help="GRPO steps (default 40)")
     p.add_argument("--k", type=int, default=4, help="responses per item when building the ladder (default 4)")
     p.add_argument("--model", help="start from this checkpoint instead of the shipped cold start")
+    p.add_argument("--levels", type=synth_levels, help="synthetic levels of the pool and the test split")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the demo config")
     p.set_defaults(fn=cmd_demo)
 
@@ -279,7 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=300, help="held-out rows (default 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=112, help="square image side in pixels (default 112)")
-    p.add_argument("--levels", default="", help="comma-separated levels to draw from (default all: 1-6)")
+    p.add_argument(
+        "--levels",
+        type=synth_levels,
+        default="",
+        help="comma-separated levels to draw from (default all: 1-6)",
+    )
     p.set_defaults(fn=cmd_synth)
 
     p = sub.add_parser("tiny-model", help="build a randomly initialised tiny Qwen2.5-VL with its tokenizer")

@@ -182,6 +182,10 @@ class ChatEncoder:
             ids[i, span] = torch.tensor(p.input_ids, dtype=torch.long)
             mask[i, span] = 1
         batch = {"input_ids": ids, "attention_mask": mask}
+        if self.image_processor is not None:
+            # Which tokens are image tokens: without it transformers 5 gives image tokens 1D text positions
+            # instead of Qwen-VL's 3D (time, row, column) RoPE positions, silently (its processor adds it).
+            batch["mm_token_type_ids"] = (ids == self.image_token_id).long()
         pixels = [p.pixel_values for p in prompts if p.pixel_values is not None]
         grids = [p.image_grid_thw for p in prompts if p.image_grid_thw is not None]
         if pixels:

@@ -4,6 +4,7 @@ and computing log-probabilities of completion tokens in micro-batches with their
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -84,15 +85,56 @@ def reference_of(policy: torch.nn.Module, reference: torch.nn.Module | None) -> 
 
 def sequence_inputs(rollout: Rollout, index: list[int], encoder: ChatEncoder) -> dict[str, torch.Tensor]:
     """Model inputs for sequences `index`: [left-padded prompt | right-padded completion], trimmed to the
-    longest completion among them (so micro-batches of short responses stay short)."""
+    longest completion among them (so micro-batches of short responses stay short). The n responses to one
+    prompt share its images: `pixel_values` holds each distinct prompt's images once, and `image_source`
+    says which of them fills each image of the batch, in order (see `completion_logprobs`)."""
     width = int(rollout.lengths[index].max())
-    batch = encoder.collate([rollout.prompts[rollout.prompt_index[i]] for i in index], padding_side="left")
+    owners = [rollout.prompt_index[i] for i in index]
+    batch = encoder.collate([rollout.prompts[p] for p in owners], padding_side="left")
     completion = rollout.completion_ids[index, :width]
     completion_mask = rollout.completion_mask[index, :width]
     batch["input_ids"] = torch.cat([batch["input_ids"], completion], dim=1)
     batch["attention_mask"] = torch.cat([batch["attention_mask"], completion_mask], dim=1)
+    if "mm_token_type_ids" in batch:  # completion tokens are text
+        batch["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(completion)], 1)
+    if "pixel_values" in batch:
+        distinct = list(dict.fromkeys(owners))
+        shared = encoder.collate([rollout.prompts[p] for p in distinct])
+        counts = [_images(rollout.prompts[p]) for p in distinct]
+        first = {p: sum(counts[:i]) for i, p in enumerate(distinct)}  # where each prompt's images start
+        batch["pixel_values"], batch["image_grid_thw_distinct"] = (
+            shared["pixel_values"],
+            shared["image_grid_thw"],
+        )
+        batch["image_source"] = torch.tensor(
+            [first[p] + k for p in owners for k in range(_images(rollout.prompts[p]))], dtype=torch.long
+        )
     batch["completion_ids"], batch["completion_mask"] = completion, completion_mask
     return batch
+
+
+def _images(prompt: Any) -> int:
+    return 0 if prompt.image_grid_thw is None else len(prompt.image_grid_thw)
+
+
+def _vision_inputs(model: Any, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The vision part of the forward pass (pops `sequence_inputs`' shared images): the encoder runs once per
+    distinct image and its features are handed to the model (`mm_encoder_outputs`, transformers >= 5.20);
+    older versions get each sequence's own copy of its pixels instead."""
+    pixels, grid = inputs.pop("pixel_values"), inputs.pop("image_grid_thw_distinct")
+    source = inputs.pop("image_source").tolist()
+    if "mm_encoder_outputs" in inspect.signature(_base(model).forward).parameters:
+        features = _base(model).get_image_features(pixels, grid, return_dict=True)
+        features.pooler_output = tuple(features.pooler_output[j] for j in source)
+        return {"mm_encoder_outputs": {"image": features}}
+    chunks = torch.split(pixels, grid.prod(-1).tolist())
+    return {"pixel_values": torch.cat([chunks[j] for j in source])}
+
+
+def _base(model: Any) -> Any:
+    """The transformers model inside DDP and peft wrappers."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def completion_logprobs(
@@ -106,9 +148,11 @@ def completion_logprobs(
     per-token entropy of the policy. Only the completion positions' logits are materialised."""
     device = next(model.parameters()).device
     completion = inputs["completion_ids"].to(device)
-    model_inputs = {
+    model_inputs: dict[str, Any] = {
         k: v.to(device) for k, v in inputs.items() if k not in ("completion_ids", "completion_mask")
     }
+    if "image_source" in model_inputs:
+        model_inputs |= _vision_inputs(model, model_inputs)
     width = completion.shape[1]
     logits = model(**model_inputs, logits_to_keep=width + 1, use_cache=False).logits[:, :-1].float()
     logits = logits / temperature

@@ -46,6 +46,7 @@ class AblationOptions:
     steps: int = 40
     eval_every: int = 10
     k: int = 4
+    levels: tuple[int, ...] = DemoOptions.levels  # the demo's
 
 
 def run_ablation(opts: AblationOptions, overrides: Sequence[str] = (), console: Any = None) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def run_ablation(opts: AblationOptions, overrides: Sequence[str] = (), console: 
         root = Path(opts.out) / f"seed{seed}"
         cfg = demo_config(DemoOptions(out=root, seed=seed, k=opts.k), overrides)
         clear(root)  # a previous ablation's data, ladder and scores must not be picked up
-        paths = write_dataset(root / "data", opts.pool, opts.test, seed=10_000 + seed)
+        paths = write_dataset(root / "data", opts.pool, opts.test, seed=10_000 + seed, levels=opts.levels)
         if console is not None:
             console.rule(f"[bold]seed {seed}: cold start, ladder")
         before, _ = evaluate_checkpoint(model, [str(paths["test"])], cfg.data.system_prompt, cfg.rollout.max_new_tokens, 50)  # fmt: skip
