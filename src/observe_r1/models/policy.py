@@ -102,10 +102,8 @@ def sequence_inputs(rollout: Rollout, index: list[int], encoder: ChatEncoder) ->
         shared = encoder.collate([rollout.prompts[p] for p in distinct])
         counts = [_images(rollout.prompts[p]) for p in distinct]
         first = {p: sum(counts[:i]) for i, p in enumerate(distinct)}  # where each prompt's images start
-        batch["pixel_values"], batch["image_grid_thw_distinct"] = (
-            shared["pixel_values"],
-            shared["image_grid_thw"],
-        )
+        batch["pixel_values"] = shared["pixel_values"]
+        batch["image_grid_thw_distinct"] = shared["image_grid_thw"]
         batch["image_source"] = torch.tensor(
             [first[p] + k for p in owners for k in range(_images(rollout.prompts[p]))], dtype=torch.long
         )

@@ -99,9 +99,8 @@ def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = No
 
     stage("data")
     data = out / "data"
-    paths = write_dataset(
-        data, opts.pool, opts.test, seed=10_000 + opts.seed, levels=opts.levels
-    )  # cold start: seed 0
+    # a seed the cold start never saw (it used seed 0)
+    paths = write_dataset(data, opts.pool, opts.test, seed=10_000 + opts.seed, levels=opts.levels)
     model = Path(opts.model) if opts.model else cold_start_path()
     stage("evaluate before")
     system, new_tokens = cfg.data.system_prompt, cfg.rollout.max_new_tokens
