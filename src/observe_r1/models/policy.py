@@ -98,21 +98,22 @@ def sequence_inputs(rollout: Rollout, index: list[int], encoder: ChatEncoder) ->
     if "mm_token_type_ids" in batch:  # completion tokens are text
         batch["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(completion)], 1)
     if "pixel_values" in batch:
-        distinct = list(dict.fromkeys(owners))
-        shared = encoder.collate([rollout.prompts[p] for p in distinct])
-        counts = [_images(rollout.prompts[p]) for p in distinct]
-        first = {p: sum(counts[:i]) for i, p in enumerate(distinct)}  # where each prompt's images start
-        batch["pixel_values"] = shared["pixel_values"]
-        batch["image_grid_thw_distinct"] = shared["image_grid_thw"]
+        pixels: list[torch.Tensor] = []
+        grids: list[torch.Tensor] = []
+        first: dict[int, int] = {}  # where each prompt's images start
+        counts: dict[int, int] = {}
+        for p in dict.fromkeys(owners):
+            prompt = rollout.prompts[p]
+            if prompt.pixel_values is not None and prompt.image_grid_thw is not None:
+                first[p], counts[p] = sum(counts.values()), len(prompt.image_grid_thw)
+                pixels.append(prompt.pixel_values)
+                grids.append(prompt.image_grid_thw)
+        batch["pixel_values"], batch["image_grid_thw_distinct"] = torch.cat(pixels), torch.cat(grids)
         batch["image_source"] = torch.tensor(
-            [first[p] + k for p in owners for k in range(_images(rollout.prompts[p]))], dtype=torch.long
+            [first[p] + k for p in owners for k in range(counts.get(p, 0))], dtype=torch.long
         )
     batch["completion_ids"], batch["completion_mask"] = completion, completion_mask
     return batch
-
-
-def _images(prompt: Any) -> int:
-    return 0 if prompt.image_grid_thw is None else len(prompt.image_grid_thw)
 
 
 def _vision_inputs(model: Any, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
