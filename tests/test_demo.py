@@ -10,7 +10,7 @@ from observe_r1.cli import main
 def test_short_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--seed", "1", "--pool", "16", "--test", "16", "--steps", "2", "--k", "2",
-            "--levels", "1,3", "rollout.max_new_tokens=96"]  # fmt: skip
+            "--levels", "1,3", "--val", "8", "--eval-every", "1", "rollout.max_new_tokens=96"]  # fmt: skip
     assert main(args) == 0
     rows = [json.loads(x) for x in (out / "data" / "test.jsonl").read_text().splitlines()]
     assert {r["level"] for r in rows} == {1, 3}
@@ -19,6 +19,15 @@ def test_short_demo_end_to_end(tmp_path, capsys):
                 "mean_length_correct_before", "mean_length_correct_after", "steps", "wall_seconds"):  # fmt: skip
         assert key in summary
     assert summary["steps"] == 2 and 0 <= summary["accuracy_after"] <= 1
+    # "after" is the checkpoint the validation split chose; the last one is reported beside it
+    vals = [json.loads(x) for x in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    vals = {r["step"] + 1: r["eval/accuracy"] for r in vals if "eval/accuracy" in r}
+    assert sorted(vals) == [1, 2] and summary["val_accuracy_best"] == max(vals.values())
+    assert vals[summary["best_step"]] == max(vals.values()) and 0 <= summary["accuracy_last"] <= 1
+    assert summary["checkpoint"].endswith("checkpoints/best")
+    assert {
+        r["level"] for r in (json.loads(x) for x in (out / "data" / "val.jsonl").read_text().splitlines())
+    } <= {1, 3}
     for name in (
         "report.md",
         "training.png",
@@ -28,7 +37,8 @@ def test_short_demo_end_to_end(tmp_path, capsys):
         "ladder.summary.md",
     ):
         assert (out / name).is_file(), name
-    assert "| accuracy |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| accuracy |" in report and f"the checkpoint of step {summary['best_step']}" in report
     assert "before (cold start)" in capsys.readouterr().out
 
 

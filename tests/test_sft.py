@@ -42,11 +42,20 @@ def short_run(out, *extra):
 
 
 def test_short_sft_learns_checkpoints_and_exports(tmp_path):
-    out = sft(short_run(tmp_path / "run", "optim.lr=3e-3"), export=tmp_path / "export")
+    run = short_run(tmp_path / "run", "optim.lr=3e-3", "logging.eval_every=3", "checkpoint.best_metric=eval/length_mean",
+                    "checkpoint.best_mode=min")  # fmt: skip
+    out = sft(run, export=tmp_path / "export")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["sft/loss"] for r in rows if "sft/loss" in r]
     assert len(losses) == 6 and losses[-1] < losses[0] - 0.5
     assert "eval/accuracy" in rows[-1]
+    evals = {r["step"] + 1: r["eval/length_mean"] for r in rows if "eval/length_mean" in r}
+    best = json.loads((out / "checkpoints" / "best" / "best.json").read_text())
+    assert (
+        sorted(evals) == [3, 6]
+        and best["value"] == min(evals.values())
+        and evals[best["step"]] == best["value"]
+    )
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "export")
     assert next(model.parameters()).dtype == torch.bfloat16
     assert (tmp_path / "export" / "tokenizer.json").is_file() and (

@@ -36,6 +36,22 @@ def test_train_and_test_are_disjoint():
     assert len(train) == 2000 and not keys & {(s.question, s.objects) for s in train}
 
 
+def test_validation_split_is_apart_from_train_and_test(tmp_path):
+    paths = write_dataset(tmp_path, train=200, test=100, seed=4, levels=(1,), val=100)
+    assert sorted(paths) == ["test", "train", "val"]
+    # a row's scene is spelt out in its reference's <observe> block
+    scenes = {
+        k: {(r["messages"][0]["content"][1]["text"], r["solution"]) for r in rows(p)}
+        for k, p in paths.items()
+    }
+    assert len(rows(paths["val"])) == 100
+    assert not scenes["val"] & scenes["test"] and not scenes["val"] & scenes["train"]
+    assert not scenes["train"] & scenes["test"]
+    # the test split does not depend on whether there is a validation split
+    alone = write_dataset(tmp_path / "b", train=0, test=100, seed=4, levels=(1,))
+    assert paths["test"].read_bytes() == alone["test"].read_bytes()
+
+
 def test_rows_have_gold_level_skill_and_a_correct_reference(synth_dir):
     data = rows(synth_dir / "train.jsonl") + rows(synth_dir / "test.jsonl")
     assert {r["level"] for r in data} == set(LEVELS)

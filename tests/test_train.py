@@ -360,3 +360,50 @@ def test_online_sampler_state_survives_resume(shaping, tmp_path):
     assert torch.equal(a["gen"], b["gen"])
     wa, wb = weights(straight / "checkpoints/step-000004"), weights(resumed / "checkpoints/step-000004")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_best_checkpoint_is_the_best_evaluation_and_survives_resume(shaping, tmp_path, monkeypatch):
+    from observe_r1.recipes import grpo
+
+    # a random policy's evaluations do not move, so the evaluation is scripted: a score per step
+    scores = iter([0.3, 0.5, 0.4, 0.5, 0.45, 0.2, 0.1])
+    monkeypatch.setattr(grpo, "run_eval", lambda e, policy, test: {"eval/score": next(scores)})
+    best = ["logging.eval_every=1", "checkpoint.every=1", "checkpoint.keep_last=10", "logging.dump_rollouts_every=0",
+            "checkpoint.best_metric=eval/score"]  # fmt: skip
+    out = run(shaping, tmp_path / "run", "optim.max_steps=4", *best)
+
+    def best_is(step, value):
+        record = json.loads((out / "checkpoints" / "best" / "best.json").read_text())
+        assert record == {"metric": "eval/score", "value": value, "step": step}
+        a, b = weights(out / "checkpoints" / "best"), weights(out / "checkpoints" / f"step-{step:06d}")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        state = torch.load(out / "checkpoints" / "best" / "trainer_state.pt", weights_only=False)
+        assert state["step"] == step
+
+    best_is(2, 0.5)  # the later 0.5 is not better, so it does not replace it
+    # resumed at step 4: the best so far comes back, so step 5's 0.45 does not replace step 2's 0.5
+    run(shaping, tmp_path / "run", "optim.max_steps=7", *best)
+    best_is(2, 0.5)
+    assert [r["eval/score"] for r in metrics(out) if "eval/score" in r] == [
+        0.3,
+        0.5,
+        0.4,
+        0.5,
+        0.45,
+        0.2,
+        0.1,
+    ]
+    assert (out / "checkpoints" / "step-000007").is_dir()
+
+
+def test_best_checkpoint_needs_evaluations_and_a_logged_metric(shaping, tmp_path, synth_dir):
+    from observe_r1.config import ConfigError
+
+    with pytest.raises(ConfigError, match="checkpoint.best_metric: needs logging.eval_every"):
+        run(shaping, tmp_path / "a", "checkpoint.best_metric=eval/accuracy", "logging.eval_every=0")
+    with pytest.raises(ConfigError, match="checkpoint.best_metric needs data.test"):
+        run(shaping, tmp_path / "b", "checkpoint.best_metric=eval/accuracy", "logging.eval_every=1",
+            f"data.train=[{synth_dir / 'train.jsonl'}]", "data.test=[]")  # fmt: skip
+    with pytest.raises(ConfigError, match="logs no 'eval/acuracy'; it logs eval/accuracy"):
+        run(shaping, tmp_path / "c", "checkpoint.best_metric=eval/acuracy", "logging.eval_every=1",
+            "optim.max_steps=1")  # fmt: skip

@@ -54,17 +54,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     levels = args.levels
     with progress_bar() as bar:
-        task = bar.add_task("rendering", total=args.train + args.test)
-        paths = write_dataset(
-            args.out,
-            args.train,
-            args.test,
-            seed=args.seed,
-            image_size=args.image_size,
-            levels=levels,
-            progress=lambda: bar.advance(task),
-        )
-    console.print(f"wrote {paths['train']} ({args.train} rows) and {paths['test']} ({args.test} rows)")
+        task = bar.add_task("rendering", total=args.train + args.test + args.val)
+        paths = write_dataset(args.out, args.train, args.test, seed=args.seed, image_size=args.image_size,
+                              levels=levels, progress=lambda: bar.advance(task), val=args.val)  # fmt: skip
+    sizes = {"train": args.train, "val": args.val, "test": args.test}
+    console.print("wrote " + ", ".join(f"{paths[k]} ({sizes[k]} rows)" for k in sizes if k in paths))
     return 0
 
 
@@ -205,8 +199,9 @@ def cmd_ladder_build(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from observe_r1.recipes.demo import DemoOptions, comparison_rows, run_demo
 
-    opts = DemoOptions(Path(args.out), args.seed, args.pool, args.test, args.steps, args.k, args.model or "",
-                       args.levels or DemoOptions.levels)  # fmt: skip
+    opts = DemoOptions(out=Path(args.out), seed=args.seed, pool=args.pool, test=args.test, steps=args.steps,
+                       k=args.k, model=args.model or "", levels=args.levels or DemoOptions.levels, val=args.val,
+                       eval_every=args.eval_every)  # fmt: skip
     summary = run_demo(opts, list(args.overrides), console)
     table = Table(
         title=f"observe-r1 demo, seed {args.seed}: {args.steps} GRPO steps, {summary['wall_seconds']} s"
@@ -250,6 +245,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from observe_r1.recipes.demo import DemoOptions  # light: the recipe imports its heavy parts when it runs
+
     parser = argparse.ArgumentParser(prog="observe-r1", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -261,7 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pool", type=int, default=320, help="training items scored for the ladder (default 320)")
     p.add_argument("--test", type=int, default=200, help="held-out items (default 200)")
-    p.add_argument("--steps", type=int, default=40, help="GRPO steps (default 40)")
+    p.add_argument(
+        "--steps", type=int, default=DemoOptions.steps, help=f"GRPO steps (default {DemoOptions.steps})"
+    )
+    p.add_argument(
+        "--val",
+        type=int,
+        default=DemoOptions.val,
+        help=f"validation items that choose the reported checkpoint (default {DemoOptions.val}; 0: the last)",
+    )
+    p.add_argument("--eval-every", type=int, default=DemoOptions.eval_every,
+                   help=f"GRPO steps between validations (default {DemoOptions.eval_every})")  # fmt: skip
     p.add_argument("--k", type=int, default=4, help="responses per item when building the ladder (default 4)")
     p.add_argument("--model", help="start from this checkpoint instead of the shipped cold start")
     p.add_argument("--levels", type=synth_levels, help="synthetic levels of the pool and the test split")
@@ -286,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (train.jsonl, test.jsonl, images/)")
     p.add_argument("--train", type=int, default=2000, help="training rows (default 2000)")
     p.add_argument("--test", type=int, default=300, help="held-out rows (default 300)")
+    p.add_argument("--val", type=int, default=0, help="validation rows, val.jsonl (default 0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=112, help="square image side in pixels (default 112)")
     p.add_argument(

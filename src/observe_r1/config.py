@@ -141,6 +141,10 @@ class CheckpointConfig:
     keep_last: int = 2
     resume: str = "auto"  # auto (newest complete checkpoint in output_dir), none, or a checkpoint path
     merge_lora: bool = False  # with LoRA: also write the merged full model to OUTPUT/merged at the end
+    # keep the checkpoint of the best periodic evaluation in OUTPUT/checkpoints/best: the name of a metric the
+    # evaluation logs (eval/accuracy, eval/format_rate, ...); "" = off. Needs logging.eval_every and data.test.
+    best_metric: str = ""
+    best_mode: Literal["max", "min"] = "max"  # whether higher or lower values of best_metric are better
 
 
 @dataclass
@@ -224,6 +228,11 @@ class Config:
             (self.model.lora_rank >= 0, "model.lora_rank", "must be >= 0"),
             (self.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1"),
             (self.checkpoint.every >= 1, "checkpoint.every", "must be >= 1"),
+            (
+                not self.checkpoint.best_metric or self.logging.eval_every >= 1,
+                "checkpoint.best_metric",
+                "needs logging.eval_every >= 1 (the evaluations it chooses among)",
+            ),
             (self.ladder.k >= 1, "ladder.k", "must be >= 1"),
             (0 < self.data.online_new_share <= 1, "data.online_new_share", "must be in (0, 1]"),
             (0 < self.data.online_ema <= 1, "data.online_ema", "must be in (0, 1]"),

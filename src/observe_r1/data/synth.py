@@ -297,15 +297,21 @@ def write_dataset(
     image_size: int = 112,
     levels: tuple[int, ...] = tuple(LEVELS),
     progress=None,
+    val: int = 0,
 ) -> dict[str, Path]:
-    """Write DIR/train.jsonl, DIR/test.jsonl and DIR/images/*.png (native format, image paths relative)."""
+    """Write DIR/train.jsonl, DIR/test.jsonl, with `val` also DIR/val.jsonl (a validation split, for choosing
+    among checkpoints without looking at the test split), and DIR/images/*.png (native format, image paths
+    relative). The splits share no (question, scene)."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    test_samples = generate_split(seed, "test", test, levels)
-    test_keys = {_key(s) for s in test_samples}
-    train_samples = generate_split(seed, "train", train, levels, exclude=test_keys)
+    splits = {"test": generate_split(seed, "test", test, levels)}
+    seen = {_key(s) for s in splits["test"]}
+    if val:
+        splits["val"] = generate_split(seed, "val", val, levels, exclude=seen)
+        seen |= {_key(s) for s in splits["val"]}
+    splits["train"] = generate_split(seed, "train", train, levels, exclude=seen)
     paths = {}
-    for split, samples in (("train", train_samples), ("test", test_samples)):
+    for split, samples in splits.items():
         path = out / f"{split}.jsonl"
         with path.open("w") as f:
             for i, s in enumerate(samples):

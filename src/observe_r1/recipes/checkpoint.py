@@ -8,10 +8,15 @@ Layout: OUTPUT/checkpoints/step-000012/
 A checkpoint is written into a `.tmp-*` directory and renamed when complete, so a run killed at any
 moment leaves either the previous checkpoints or the new one, never a half-written one; stale `.tmp-*`
 directories are removed by the next save. Only the newest `keep_last` checkpoints are kept.
+
+With `checkpoint.best_metric`, OUTPUT/checkpoints/best is a complete checkpoint too, of the step whose
+periodic evaluation was best so far, with `best.json` (metric, value, step); it is written the same atomic
+way and never pruned.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -70,11 +75,15 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep_last: int,
     accelerator: Any,
+    name: str = "",
+    notes: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically (all processes call this; rank 0 writes the shared files)."""
+    """Write checkpoint `step` atomically (all processes call this; rank 0 writes the shared files). With
+    `name`, it goes to OUTPUT/checkpoints/NAME (replacing one there, never pruned), and each entry of
+    `notes` becomes a JSON file in it."""
     root = Path(output_dir) / "checkpoints"
-    final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
+    name = name or f"step-{step:06d}"
+    final, tmp = root / name, root / f".tmp-{name}"
     if accelerator.is_main_process:
         for stale in root.glob(".tmp-*"):
             shutil.rmtree(stale)
@@ -85,6 +94,8 @@ def save_checkpoint(
         accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
         encoder.save_pretrained(tmp)
         torch.save(trainer_state, tmp / "trainer_state.pt")
+        for file, content in (notes or {}).items():
+            (tmp / file).write_text(json.dumps(content, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -94,6 +105,12 @@ def save_checkpoint(
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def best_record(output_dir: str | Path) -> dict[str, Any] | None:
+    """OUTPUT/checkpoints/best/best.json (metric, value, step), or None when there is no best checkpoint."""
+    path = Path(output_dir) / "checkpoints" / "best" / "best.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_trainer_state(path: Path, process_index: int) -> dict[str, Any]:

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import broadcast_object_list
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
 from observe_r1.algos import loss_denominator
-from observe_r1.config import Config, dump_config, to_dict
+from observe_r1.config import Config, ConfigError, dump_config, to_dict
 from observe_r1.data.dataset import Sample, load_samples
 from observe_r1.data.prompts import system_prompt, with_system_prompt
 from observe_r1.models.inputs import ChatEncoder, EncodedPrompt, PromptError
@@ -97,6 +98,8 @@ def load_data(cfg: Config, encoder: ChatEncoder) -> tuple[list[Sample], list[Sam
     test = (
         load_samples(cfg.data.test, encoder, system, cfg.data.max_bad_row_fraction) if cfg.data.test else []
     )
+    if cfg.checkpoint.best_metric and not test:
+        raise ConfigError("checkpoint.best_metric needs data.test: the evaluation split it is measured on")
     return train, test
 
 
@@ -168,10 +171,12 @@ class RunState:
     step: int = 0  # the next rollout/training step to run
     history: list[dict] = dataclasses.field(default_factory=list)
     nonfinite_streak: int = 0
+    best: float | None = None  # the best value of checkpoint.best_metric so far, and its step
+    best_step: int | None = None
 
 
 class Checkpointer:
-    """Resume at start-up, save every `checkpoint.every` steps and at the end."""
+    """Resume at start-up, save every `checkpoint.every` steps and at the end, and keep the best."""
 
     def __init__(self, cfg: Config, accelerator: Accelerator, model, optimizer, scheduler, sampler, encoder):
         self.cfg, self.acc = cfg, accelerator
@@ -195,9 +200,34 @@ class Checkpointer:
         if "rng" in state:
             ckpt.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", path, state["step"])
-        return RunState(state["step"], state["history"], state.get("nonfinite_streak", 0))
+        run = RunState(state["step"], state["history"], state.get("nonfinite_streak", 0))
+        best = ckpt.best_record(self.cfg.logging.output_dir)  # the best of this output dir, wherever it was
+        if best is not None and best["metric"] == self.cfg.checkpoint.best_metric:
+            run.best, run.best_step = best["value"], best["step"]
+        return run
 
-    def save(self, run: RunState) -> Path:
+    def keep_best(self, run: RunState, metrics: dict[str, float]) -> bool:
+        """After an evaluation (`metrics`): with `checkpoint.best_metric`, save this step as
+        OUTPUT/checkpoints/best when it beats the best so far. Returns whether it did."""
+        c = self.cfg.checkpoint
+        if not c.best_metric:
+            return False
+        # only the main process evaluated; all must decide alike (saving is collective)
+        value, logged = broadcast_object_list([metrics.get(c.best_metric), sorted(metrics)])
+        if value is None:
+            raise ConfigError(
+                f"checkpoint.best_metric: the evaluation logs no {c.best_metric!r}; it logs {', '.join(logged)}"
+            )
+        better = run.best is None or (value > run.best if c.best_mode == "max" else value < run.best)
+        if math.isnan(value) or not better:
+            return False
+        run.best, run.best_step = value, run.step
+        record = {"metric": c.best_metric, "value": value, "step": run.step}
+        path = self.save(run, name="best", notes={"best.json": record})
+        log.info("best %s so far: %.4g at step %d -> %s", c.best_metric, value, run.step, path)
+        return True
+
+    def save(self, run: RunState, name: str = "", notes: dict[str, Any] | None = None) -> Path:
         state = {
             "step": run.step,
             "history": run.history,
@@ -208,9 +238,8 @@ class Checkpointer:
             "config": to_dict(self.cfg),
         }
         c = self.cfg.checkpoint
-        return ckpt.save_checkpoint(
-            self.cfg.logging.output_dir, run.step, self.model, self.encoder, state, c.keep_last, self.acc
-        )
+        return ckpt.save_checkpoint(self.cfg.logging.output_dir, run.step, self.model, self.encoder, state,
+                                    c.keep_last, self.acc, name, notes)  # fmt: skip
 
     def export_merged(self) -> Path | None:
         """With LoRA and `checkpoint.merge_lora`: the merged full model in OUTPUT/merged."""

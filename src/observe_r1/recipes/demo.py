@@ -4,8 +4,10 @@
   2. the shipped cold-start checkpoint (`small` tiny Qwen2.5-VL after SFT, observe_r1/assets/cold_start_small)
   3. evaluate it on the test split (greedy)                                      -> "before"
   4. build the NeuraLadder from the pool with it (k sampled responses per item)
-  5. GRPO with the full recipe: observe format, bonus, f(d) weighting, the ladder in order
-  6. evaluate the result on the same test split                                  -> "after"
+  5. GRPO with the full recipe: observe format, bonus, f(d) weighting, the ladder in order; every
+     `eval_every` steps greedy accuracy on a validation split, the best checkpoint kept
+  6. evaluate that checkpoint on the same test split                             -> "after"
+     (and the last checkpoint too, reported as "last")
   7. OUT/report.md, OUT/summary.json and PNG plots; the before/after table is printed
 The settings are observe_r1/assets/demo.yaml; the flags change the sizes.
 """
@@ -36,7 +38,11 @@ class DemoOptions:
     seed: int = 0
     pool: int = 320  # training prompts scored for the ladder
     test: int = 200
-    steps: int = 40  # GRPO steps
+    steps: int = 120  # GRPO steps: 4 passes over a 240-item ladder (40 were too few: docs/results.md)
+    # validation items (never the test split): greedy accuracy on them every `eval_every` steps picks the
+    # checkpoint reported as "after"; 0 = no validation, the last checkpoint is "after"
+    val: int = 100
+    eval_every: int = 10
     k: int = 4  # responses per item for the ladder
     model: str = ""  # a cold-start checkpoint; "" = the shipped one
     # synthetic levels of the pool and the test split: counting, the skill this model can still learn by RL
@@ -67,21 +73,24 @@ def grpo_config(
     out: Path,
     test: Sequence[str] = (),
     eval_every: int = 0,
+    best_metric: str = "",
 ) -> Config:
     """`cfg` with one GRPO run filled in: from `model` on `ladder` for `steps`, into `out`, always from the
-    start (never resuming an earlier run found there), evaluated on `test` every `eval_every` steps."""
+    start (never resuming an earlier run found there), evaluated on `test` every `eval_every` steps, the
+    best checkpoint by `best_metric` kept."""
     return dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, path=str(model)),
         data=dataclasses.replace(cfg.data, train=[str(ladder)], test=list(test)),
         optim=dataclasses.replace(cfg.optim, max_steps=steps),
         logging=dataclasses.replace(cfg.logging, output_dir=str(out), eval_every=eval_every),
-        checkpoint=dataclasses.replace(cfg.checkpoint, resume="none"),
+        checkpoint=dataclasses.replace(cfg.checkpoint, resume="none", best_metric=best_metric),
     ).validate()
 
 
 def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = None) -> dict[str, Any]:
     from observe_r1.data.synth import write_dataset
+    from observe_r1.recipes.checkpoint import best_record, latest_checkpoint
     from observe_r1.recipes.evaluate import evaluate_checkpoint, write_report
     from observe_r1.recipes.grpo import train
     from observe_r1.recipes.ladder import build
@@ -100,7 +109,9 @@ def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = No
     stage("data")
     data = out / "data"
     # a seed the cold start never saw (it used seed 0)
-    paths = write_dataset(data, opts.pool, opts.test, seed=10_000 + opts.seed, levels=opts.levels)
+    paths = write_dataset(
+        data, opts.pool, opts.test, seed=10_000 + opts.seed, levels=opts.levels, val=opts.val
+    )
     model = Path(opts.model) if opts.model else cold_start_path()
     stage("evaluate before")
     system, new_tokens = cfg.data.system_prompt, cfg.rollout.max_new_tokens
@@ -110,11 +121,20 @@ def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = No
     ladder = build(cfg, [str(paths["train"])], str(model), out / "ladder.jsonl")
     stage("grpo")
     run_dir = out / "grpo"
-    train(grpo_config(cfg, model, out / "ladder.jsonl", opts.steps, run_dir))
-    final = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    validate = [str(paths["val"])] if opts.val else []
+    train(grpo_config(cfg, model, out / "ladder.jsonl", opts.steps, run_dir, validate,
+                      opts.eval_every if opts.val else 0, "eval/accuracy" if opts.val else ""))  # fmt: skip
+    last = latest_checkpoint(run_dir)
+    best = best_record(run_dir)
+    chosen = run_dir / "checkpoints" / "best" if best else last
     stage("evaluate after")
-    after, after_records = evaluate_checkpoint(final, [str(paths["test"])], system, new_tokens, 50)
+    after, after_records = evaluate_checkpoint(chosen, [str(paths["test"])], system, new_tokens, 50)
     write_report(out / "eval_after", after, after_records, "After RL (Observe-R1)")
+    if best and last.name != f"step-{best['step']:06d}":
+        final, final_records = evaluate_checkpoint(last, [str(paths["test"])], system, new_tokens, 50)
+        write_report(out / "eval_last", final, final_records, "The last checkpoint of RL")
+    else:
+        final = after
     stage("report")
     summary = {
         "seed": opts.seed,
@@ -128,11 +148,16 @@ def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = No
         "mean_length_after": after["length_mean"],
         "steps": opts.steps,
         "test_items": opts.test,
+        "val_items": opts.val,
         "ladder_items": len(ladder.ladder.rows),
         "ladder_review": len(ladder.ladder.review),
         "per_level_before": {k: v for k, v in before.items() if k.startswith("accuracy/level_")},
         "per_level_after": {k: v for k, v in after.items() if k.startswith("accuracy/level_")},
-        "checkpoint": str(final),
+        "checkpoint": str(chosen),
+        "best_step": best["step"] if best else None,  # the step whose validation accuracy chose "after"
+        "val_accuracy_best": best["value"] if best else None,
+        "accuracy_last": final["accuracy"],  # the last checkpoint, on the test split
+        "format_rate_last": final.get("format_rate"),
         "stage_seconds": {},
     }
     plots(out, run_dir / "metrics.jsonl", before, after)
@@ -144,7 +169,7 @@ def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = No
     return summary
 
 
-OUTPUTS = ("data", "eval_before", "eval_after", "grpo", "ladder-images", "report.md", "summary.json",
+OUTPUTS = ("data", "eval_before", "eval_after", "eval_last", "grpo", "ladder-images", "report.md", "summary.json",
            "training.png", "levels.png")  # fmt: skip
 
 
@@ -181,7 +206,21 @@ def comparison_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     for key in sorted(summary["per_level_before"]):
         rows.append((key.replace("accuracy/", "accuracy, "), fmt(summary["per_level_before"][key], True),
                      fmt(summary["per_level_after"].get(key), True)))  # fmt: skip
+    if summary["best_step"] is not None:
+        rows.append(
+            (f"accuracy, last checkpoint (step {summary['steps']})", "", fmt(summary["accuracy_last"], True))
+        )
+        rows.append(("format rate, last checkpoint", "", fmt(summary["format_rate_last"], True)))
     return rows
+
+
+def chosen(summary: dict[str, Any]) -> str:
+    """Which checkpoint "after" is, in words."""
+    if summary["best_step"] is None:
+        return f"the last checkpoint (step {summary['steps']})"
+    return (f"the checkpoint of step {summary['best_step']}, the best of the GRPO run's evaluations on "
+            f"{summary['val_items']} validation items (a split apart from the test split; "
+            f"{summary['val_accuracy_best']:.1%} there)")  # fmt: skip
 
 
 def report(summary: dict[str, Any], out: Path) -> str:
@@ -191,7 +230,7 @@ def report(summary: dict[str, Any], out: Path) -> str:
 
 The cold-start checkpoint (a 4.5M-parameter Qwen2.5-VL after SFT) before and after {summary["steps"]} GRPO steps of
 the Observe-R1 recipe (observe format reward, shortest-correct bonus, f(d) weighting, the NeuraLadder in
-order), greedy, on {summary["test_items"]} held-out synthetic items.
+order), greedy, on {summary["test_items"]} held-out synthetic items. "After" is {chosen(summary)}.
 
 | | before | after |
 | --- | --- | --- |
@@ -237,6 +276,12 @@ def plots(out: Path, metrics_path: Path, before: dict[str, float], after: dict[s
     ]
     for ax, (key, title) in zip(axes, panels, strict=True):
         ax.plot(steps, [r.get(key) for r in rows], marker=".")
+        if key == "accuracy" and any("eval/accuracy" in r for r in rows):
+            val = [r for r in rows if "eval/accuracy" in r]
+            ax.plot(
+                [r["step"] for r in val], [r["eval/accuracy"] for r in val], marker="o", label="validation"
+            )
+            ax.legend()
         if key == "response/length_mean":
             ax.plot(
                 steps, [r.get("response/length_correct_mean") for r in rows], marker=".", label="correct only"

@@ -195,7 +195,9 @@ def train(cfg: Config) -> Path:
             metrics = common.mean_across_processes(metrics, acc)
             run.step += 1
             if cfg.logging.eval_every and run.step % cfg.logging.eval_every == 0 and test:
-                metrics.update(run_eval(e, policy, test))
+                evaluation = run_eval(e, policy, test)
+                metrics.update(evaluation)
+                checkpointer.keep_best(run, evaluation)
             if tracker is not None:
                 tracker.log(step, metrics)
                 run.history = tracker.history
@@ -207,6 +209,7 @@ def train(cfg: Config) -> Path:
             common.check_nonfinite(cfg, run, checkpointer)
     if test and (not cfg.logging.eval_every or run.step % cfg.logging.eval_every):
         final = run_eval(e, policy, test)
+        checkpointer.keep_best(run, final)
         if tracker is not None:
             tracker.log(run.step, final)
     checkpointer.export_merged()

@@ -91,11 +91,11 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
             metrics = common.mean_across_processes(metrics, acc)
             run.step += 1
             if cfg.logging.eval_every and run.step % cfg.logging.eval_every == 0 and test:
-                metrics.update(
-                    common.evaluate_on_main(
-                        cfg, acc, policy, encoder, test, system, max(o.mini_batch_size, 8)
-                    )
+                evaluation = common.evaluate_on_main(
+                    cfg, acc, policy, encoder, test, system, max(o.mini_batch_size, 8)
                 )
+                metrics.update(evaluation)
+                checkpointer.keep_best(run, evaluation)
             if tracker is not None:
                 tracker.log(run.step - 1, metrics)
                 run.history = tracker.history
@@ -105,6 +105,7 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
             common.check_nonfinite(cfg, run, checkpointer)
     if test and (not cfg.logging.eval_every or run.step % cfg.logging.eval_every):
         final = common.evaluate_on_main(cfg, acc, policy, encoder, test, system, max(o.mini_batch_size, 8))
+        checkpointer.keep_best(run, final)
         if tracker is not None:
             tracker.log(run.step, final)
     if export is not None and acc.is_main_process:
