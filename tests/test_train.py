@@ -207,7 +207,9 @@ def test_resume_after_sigkill_is_exact(shaping, tmp_path):
 
 
 def test_two_processes_equal_one(shaping, tmp_path):
-    common = ["optim.max_steps=2", "optim.mini_batch_size=16", "logging.dump_rollouts_every=0"]
+    # with the best checkpoint kept: only the main process evaluates, every process must join the save
+    common = ["optim.max_steps=2", "optim.mini_batch_size=16", "logging.dump_rollouts_every=0", "logging.eval_every=1",
+              "checkpoint.best_metric=eval/accuracy"]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(cli(one, shaping, *common), check=True, capture_output=True, cwd=ROOT)
     torchrun = [
@@ -227,6 +229,8 @@ def test_two_processes_equal_one(shaping, tmp_path):
     assert any(not torch.equal(a[k], base[k]) for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    for run in (one, two):  # a random policy scores 0 at both evaluations: the first stays the best
+        assert json.loads((run / "checkpoints/best/best.json").read_text())["step"] == 1
 
 
 def test_lora_saves_adapters_and_merges(shaping, tmp_path):

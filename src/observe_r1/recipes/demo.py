@@ -125,6 +125,8 @@ def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = No
     train(grpo_config(cfg, model, out / "ladder.jsonl", opts.steps, run_dir, validate,
                       opts.eval_every if opts.val else 0, "eval/accuracy" if opts.val else ""))  # fmt: skip
     last = latest_checkpoint(run_dir)
+    if last is None:
+        raise RuntimeError(f"the GRPO run wrote no checkpoint into {run_dir / 'checkpoints'}")
     best = best_record(run_dir)
     chosen = run_dir / "checkpoints" / "best" if best else last
     stage("evaluate after")
