@@ -382,7 +382,8 @@ def test_best_checkpoint_is_the_best_evaluation_and_survives_resume(shaping, tmp
         a, b = weights(out / "checkpoints" / "best"), weights(out / "checkpoints" / f"step-{step:06d}")
         assert all(torch.equal(a[k], b[k]) for k in a)
         state = torch.load(out / "checkpoints" / "best" / "trainer_state.pt", weights_only=False)
-        assert state["step"] == step
+        last = state["history"][-1]  # saved after its step was logged
+        assert state["step"] == step and last["step"] == step - 1 and last["eval/score"] == value
 
     best_is(2, 0.5)  # the later 0.5 is not better, so it does not replace it
     # resumed at step 4: the best so far comes back, so step 5's 0.45 does not replace step 2's 0.5

@@ -194,24 +194,26 @@ def train(cfg: Config) -> Path:
             metrics["optim/lr"] = scheduler.get_last_lr()[0]
             metrics = common.mean_across_processes(metrics, acc)
             run.step += 1
+            evaluation = None  # on the main process only; the others get {}
             if cfg.logging.eval_every and run.step % cfg.logging.eval_every == 0 and test:
                 evaluation = run_eval(e, policy, test)
                 metrics.update(evaluation)
-                checkpointer.keep_best(run, evaluation)
             if tracker is not None:
                 tracker.log(step, metrics)
                 run.history = tracker.history
                 if cfg.logging.dump_rollouts_every and step % cfg.logging.dump_rollouts_every == 0:
                     dump_rollouts(cfg, step, batch, scored)
+            if evaluation is not None:  # after the log, so the best checkpoint's history has this step
+                checkpointer.keep_best(run, evaluation)
             if run.step % cfg.checkpoint.every == 0 or run.step == plan.steps:
                 checkpointer.save(run)
             bar(step, metrics)
             common.check_nonfinite(cfg, run, checkpointer)
     if test and (not cfg.logging.eval_every or run.step % cfg.logging.eval_every):
         final = run_eval(e, policy, test)
-        checkpointer.keep_best(run, final)
         if tracker is not None:
             tracker.log(run.step, final)
+        checkpointer.keep_best(run, final)
     checkpointer.export_merged()
     if tracker is not None:
         tracker.close()

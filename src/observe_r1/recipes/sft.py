@@ -90,24 +90,26 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
             }
             metrics = common.mean_across_processes(metrics, acc)
             run.step += 1
+            evaluation = None  # on the main process only; the others get {}
             if cfg.logging.eval_every and run.step % cfg.logging.eval_every == 0 and test:
                 evaluation = common.evaluate_on_main(
                     cfg, acc, policy, encoder, test, system, max(o.mini_batch_size, 8)
                 )
                 metrics.update(evaluation)
-                checkpointer.keep_best(run, evaluation)
             if tracker is not None:
                 tracker.log(run.step - 1, metrics)
                 run.history = tracker.history
+            if evaluation is not None:  # after the log, so the best checkpoint's history has this step
+                checkpointer.keep_best(run, evaluation)
             if run.step % cfg.checkpoint.every == 0 or run.step == steps:
                 checkpointer.save(run)
             bar(run.step - 1, metrics)
             common.check_nonfinite(cfg, run, checkpointer)
     if test and (not cfg.logging.eval_every or run.step % cfg.logging.eval_every):
         final = common.evaluate_on_main(cfg, acc, policy, encoder, test, system, max(o.mini_batch_size, 8))
-        checkpointer.keep_best(run, final)
         if tracker is not None:
             tracker.log(run.step, final)
+        checkpointer.keep_best(run, final)
     if export is not None and acc.is_main_process:
         export_model(acc.unwrap_model(policy), encoder, Path(export))
     if tracker is not None:
