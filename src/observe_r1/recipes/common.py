@@ -171,8 +171,7 @@ class RunState:
     step: int = 0  # the next rollout/training step to run
     history: list[dict] = dataclasses.field(default_factory=list)
     nonfinite_streak: int = 0
-    best: float | None = None  # the best value of checkpoint.best_metric so far, and its step
-    best_step: int | None = None
+    best: float | None = None  # the best value of checkpoint.best_metric so far (its step: best.json)
 
 
 class Checkpointer:
@@ -203,15 +202,15 @@ class Checkpointer:
         run = RunState(state["step"], state["history"], state.get("nonfinite_streak", 0))
         best = ckpt.best_record(self.cfg.logging.output_dir)  # the best of this output dir, wherever it was
         if best is not None and best["metric"] == self.cfg.checkpoint.best_metric:
-            run.best, run.best_step = best["value"], best["step"]
+            run.best = best["value"]
         return run
 
-    def keep_best(self, run: RunState, metrics: dict[str, float]) -> bool:
+    def keep_best(self, run: RunState, metrics: dict[str, float]) -> None:
         """After an evaluation (`metrics`): with `checkpoint.best_metric`, save this step as
-        OUTPUT/checkpoints/best when it beats the best so far. Returns whether it did."""
+        OUTPUT/checkpoints/best when it beats the best so far."""
         c = self.cfg.checkpoint
         if not c.best_metric:
-            return False
+            return
         # only the main process evaluated; all must decide alike (saving is collective)
         value, logged = broadcast_object_list([metrics.get(c.best_metric), sorted(metrics)])
         if value is None:
@@ -220,12 +219,11 @@ class Checkpointer:
             )
         better = run.best is None or (value > run.best if c.best_mode == "max" else value < run.best)
         if math.isnan(value) or not better:
-            return False
-        run.best, run.best_step = value, run.step
+            return
+        run.best = value
         record = {"metric": c.best_metric, "value": value, "step": run.step}
         path = self.save(run, name="best", notes={"best.json": record})
         log.info("best %s so far: %.4g at step %d -> %s", c.best_metric, value, run.step, path)
-        return True
 
     def save(self, run: RunState, name: str = "", notes: dict[str, Any] | None = None) -> Path:
         state = {

@@ -132,7 +132,7 @@ def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = No
     stage("evaluate after")
     after, after_records = evaluate_checkpoint(chosen, [str(paths["test"])], system, new_tokens, 50)
     write_report(out / "eval_after", after, after_records, "After RL (Observe-R1)")
-    if best and last.name != f"step-{best['step']:06d}":
+    if best and best["step"] != opts.steps:  # else the best is the last checkpoint
         final, final_records = evaluate_checkpoint(last, [str(paths["test"])], system, new_tokens, 50)
         write_report(out / "eval_last", final, final_records, "The last checkpoint of RL")
     else:
