@@ -36,3 +36,19 @@ def test_shared_vision_features_same_logprobs_fewer_patches():
                  "--micro", "3", "--rounds", "1")  # fmt: skip
     assert r["max_logp_diff"] < 1e-5 and r["shared_s"] > 0 and r["copies_s"] > 0
     assert r["vision_patches_shared"] < r["vision_patches_copies"]
+
+
+def test_count_listing_reads_rollouts_and_ladder(tmp_path):
+    (tmp_path / "rollouts").mkdir()
+    rows = [("<observe>\na at (1,1)\n</observe><answer>2</answer>", "2", False),
+            ("<observe>\na at (1,1)\nb at (2,2)\nc at (3,3)\n</observe>", "3", True)]  # fmt: skip
+    (tmp_path / "rollouts" / "step-000010.jsonl").write_text(
+        "".join(json.dumps({"step": 10, "response": r, "answer": a, "correct": c}) + "\n" for r, a, c in rows)
+    )
+    (tmp_path / "ladder.jsonl").write_text("".join(json.dumps({"answer": a}) + "\n" for a in "1123"))
+    r = run_json(
+        str(BENCH / "count_listing.py"), "--run", str(tmp_path), "--ladder", str(tmp_path / "ladder.jsonl")
+    )
+    assert r["steps"] == [{"step": 10, "gold_mean": 2.5, "listed_mean": 2.0, "too_few": 0.5, "too_many": 0.0,
+                           "accuracy": 0.5}]  # fmt: skip
+    assert r["ladder_slices"] == [{"1": 2, "2": 1, "3": 1}]
