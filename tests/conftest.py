@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from observe_r1.data.synth import write_dataset
@@ -25,3 +28,16 @@ def encoder(tiny_model_dir):
     from observe_r1.models.inputs import ChatEncoder
 
     return ChatEncoder.from_pretrained(tiny_model_dir, max_prompt_length=1024)
+
+
+REALCASES = Path(
+    os.environ.get("OBSERVE_R1_REALCASES", Path(__file__).resolve().parents[2] / "shared" / "realcases")
+)
+
+
+@pytest.fixture(scope="session")
+def realcases() -> Path:
+    """`../shared/realcases`: material from outside the project (peer verdicts, dataset layouts, real Qwen files)."""
+    if not REALCASES.is_dir():
+        pytest.skip(f"no realcases folder at {REALCASES} (set OBSERVE_R1_REALCASES)")
+    return REALCASES

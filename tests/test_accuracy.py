@@ -75,6 +75,48 @@ CASES = [
     ("<answer>3", "3", 0.0),
     ("<answer>2</answer> then <answer>3</answer>", "3", 1.0),  # the last answer counts
     (a(""), "3", 0.0),
+    # --- LaTeX without delimiters, and geometry3k's spaced LaTeX golds (math-verify read `2` alone)
+    (a(r"2\sqrt{3}"), r"$2\sqrt{3}$", 1.0),
+    (a(r"\boxed{12\pi}"), r"$12\pi$", 1.0),
+    (a(r"\dfrac{7}{2}"), "3.5", 1.0),
+    (a(r"2\sqrt{221}"), r"2 \sqrt { 221 }", 1.0),
+    (a("221"), r"2 \sqrt { 221 }", 0.0),  # a misread gold must never make a wrong answer right
+    (a("2"), r"2 \sqrt { 221 }", 0.0),
+    (a(r"12\pi"), r"12 \pi", 1.0),
+    (a("12"), r"12 \pi", 0.0),
+    (a("40/3"), r"\frac { 40 } { 3 }", 1.0),
+    (a("13.3"), r"\frac { 40 } { 3 }", 0.0),
+    (a(r"The answer is \boxed{2} and then \boxed{5}."), "5", 0.0),  # the greedy \boxed{(.*)} kept "2} ... {5"
+    (a(r"so \boxed{\frac{1}{2}}"), "0.5", 1.0),
+    # --- plain golds that math-verify would read in part
+    (a("2"), "(1, 2)", 0.0),
+    (a("(1,2)"), "(1, 2)", 1.0),
+    (a("3"), "12 apples and 3 pears", 0.0),
+    (a("3/4"), "3:4", 1.0),
+    # --- golds that carry the option text, leading options followed by a sentence
+    (a("D"), "(D) Alina", 1.0),
+    (a("Alina"), "(D) Alina", 1.0),
+    (a("C"), "(A) Cecile", 0.0),
+    (a("C"), "C Cecile", 1.0),
+    (a("C"), "Alina and the answer is\n(C) Cecile", 1.0),
+    (a("A cat"), "A cat", 1.0),  # "A cat" is text, not option A
+    (a("A"), "A cat", 0.0),
+    (a("D. it cannot be A or B"), "D", 1.0),
+    (a("The answer: D, it doesn't make sense for it to be A or B"), "D", 1.0),
+    (a("The answer is for sure D, it can't be A or B"), "D", 1.0),
+    (a("The answer is not A, it is B"), "A", 0.0),
+    (a("A/B/C"), "B", 0.0),
+    (a("B/I"), "B", 0.0),
+    (a("A or B, I am not sure"), "A", 0.0),
+    (a("Answer: B because C is not valid"), "B", 1.0),
+    (a("Maybe Answer: A? Let me reconsider. Final Answer: B"), "B", 1.0),
+    (a("Answer: c"), "C", 1.0),
+    (a("I'm sure it is B"), "B", 1.0),
+    (a("it might be B, not sure"), "B", 0.0),  # a hedge is not an answer unless labelled
+    # --- short text: articles and punctuation, as SQuAD / HotpotQA normalise
+    (a("the cat"), "cat", 1.0),
+    (a("the Globex Corporation."), "Globex Corporation", 1.0),
+    (a("An American rock band"), "American", 0.0),
 ]
 
 
