@@ -1,3 +1,4 @@
+import base64
 import json
 import shutil
 
@@ -180,3 +181,107 @@ def test_training_load_skips_and_counts_bad_rows(tmp_path, img, caplog):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset file not found"):
         load_dataset(tmp_path / "nope.jsonl")
+
+
+# ------------------------------------------------------------------ rows that used to abort a whole file
+
+
+def hostile_rows(tmp_path, img):
+    """Rows that each crashed or fooled the loader before; returns (path, {line: kind}, good lines)."""
+    good = {"problem": "<image>How many?", "answer": "3", "images": [str(img)]}
+    user = lambda *parts: {"messages": [{"role": "user", "content": list(parts)}], "answer": "3"}  # noqa: E731
+    text = {"type": "text", "text": "How many?"}
+    png = base64.b64encode(img.read_bytes()).decode()
+    lines = [
+        b"\xef\xbb\xbf" + json.dumps(good).encode(),  # 1: a byte-order mark: fine
+        json.dumps({**good, "problem": "<image>caf\u00e9?"}).encode().replace(b"caf\\u00e9", b"caf\xe9"),  # 2
+        json.dumps(user({"type": "image", "image": str(img)}, {"type": "text", "text": 42})).encode(),  # 3
+        json.dumps(user({"type": "image", "image": str(img)}, {"type": "text", "text": ["a"]})).encode(),  # 4
+        json.dumps(user({"type": "image_url", "image_url": "https://x.org/a.png"}, text)).encode(),  # 5
+        json.dumps(
+            user({"type": "image_url", "image_url": f"data:image/png;base64,{png}"}, text)
+        ).encode(),  # 6
+        json.dumps(user({"type": "image", "image": "data:image/png;base64"}, text)).encode(),  # 7: no comma
+        json.dumps(
+            user({"type": "image", "image": "data:image/png;base64,@@not base64@@"}, text)
+        ).encode(),  # 8
+        json.dumps({**good, "problem": "<image>x"}).encode().replace(b"<image>x", b"<image>\\ud800"),  # 9
+        json.dumps(good).encode()[:-1] + b', "big": ' + b"9" * 5000 + b"}",  # 10
+        b'{"problem": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # 11
+        json.dumps({**good, "answer": float("nan")}).encode(),  # 12: NaN
+        json.dumps({**good, "answer": float("inf")}).encode(),  # 13: Infinity
+        json.dumps({**good, "difficulty": float("nan")}).encode(),  # 14
+        json.dumps({**good, "difficulty": 1.5}).encode(),  # 15
+        json.dumps({**good, "difficulty": 0.25, "complexity": 120.0}).encode(),  # 16: fine
+        json.dumps({**good, "id": "/oops", "answer": ""}).encode(),  # 17: an id that is rich markup
+        json.dumps({**good, "id": "abc", "answer": None}).encode(),  # 18: an id rich would swallow
+    ]
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    expected = {
+        2: ds.MALFORMED,
+        3: ds.WRONG_TYPE,
+        4: ds.WRONG_TYPE,
+        5: ds.REMOTE_IMAGE,
+        7: ds.UNREADABLE_IMAGE,
+        8: ds.UNREADABLE_IMAGE,
+        9: ds.MALFORMED,
+        10: ds.MALFORMED,
+        11: ds.MALFORMED,
+        12: ds.MISSING_ANSWER,
+        13: ds.MISSING_ANSWER,
+        14: ds.BAD_SCORE,
+        15: ds.BAD_SCORE,
+        17: ds.MISSING_ANSWER,
+        18: ds.MISSING_ANSWER,
+    }
+    return path, expected, {1, 6, 16}
+
+
+def test_hostile_rows_are_reported_one_by_one(tmp_path, img):
+    path, expected, good = hostile_rows(tmp_path, img)
+    result = load_dataset(path)
+    assert {p.line: p.kind for p in result.problems} == expected, [str(p) for p in result.problems]
+    assert {int(s.source.rsplit(":", 1)[1]) for s in result.samples} == good
+    messages = {p.line: p.message for p in result.problems}
+    assert "not UTF-8 (byte 0xe9" in messages[2] and "lone surrogate" in messages[9]
+    assert "nested too deeply" in messages[11] and "`answer` is nan" in messages[12]
+    assert "`difficulty` must be a number in [0, 1]" in messages[15]
+
+
+def test_data_check_lists_every_hostile_row_and_prints_ids_as_data(tmp_path, img, capsys):
+    path, expected, good = hostile_rows(tmp_path, img)
+    assert main(["data", "check", str(path)]) == 1
+    out = capsys.readouterr().out
+    for line, kind in expected.items():
+        assert f"hostile.jsonl:{line}" in out and kind in out, line
+    assert f"{len(expected) + len(good)} rows: {len(good)} good, {len(expected)} bad" in out
+    assert "hostile.jsonl:17 [/oops] missing_answer" in out and "hostile.jsonl:18 [abc] missing_answer" in out
+
+
+def test_image_url_may_be_a_plain_string(tmp_path, img):
+    row = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": str(img)},
+                                                     {"type": "text", "text": "How many?"}]}], "answer": "3"}  # fmt: skip
+    (s,) = load_dataset(write_jsonl(tmp_path / "u.jsonl", [row])).samples
+    assert s.images == [str(img)]
+
+
+def test_parquet_nan_gold_is_a_missing_answer(tmp_path, img):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table({"problem": ["<image>How many?"] * 2, "answer": [3.0, float("nan")],
+                      "images": [[str(img)]] * 2})  # fmt: skip
+    pq.write_table(table, tmp_path / "n.parquet")
+    result = load_dataset(tmp_path / "n.parquet")
+    assert [s.answer for s in result.samples] == ["3.0"]
+    assert [(p.line, p.kind) for p in result.problems] == [(2, ds.MISSING_ANSWER)]
+
+
+def test_single_image_column_without_placeholder(tmp_path, img):
+    rows = [{"problem": "How many shapes?", "image": str(img), "answer": "3"},
+            {"problem": "Is it <image> red?", "image": {"bytes": img.read_bytes(), "path": None}, "answer": "yes"}]  # fmt: skip
+    rows[1]["image"]["bytes"] = base64.b64encode(rows[1]["image"]["bytes"]).decode()  # JSON has no bytes
+    rows[1]["image"] = f"data:image/png;base64,{rows[1]['image']['bytes']}"
+    a, b = load_dataset(write_jsonl(tmp_path / "s.jsonl", rows)).samples
+    assert a.messages[0]["content"][0] == {"type": "image"} and len(a.images) == 1
+    assert [p["type"] for p in b.messages[0]["content"]] == ["text", "image", "text"]

@@ -19,6 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 
@@ -67,8 +68,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     from observe_r1.models.policy import load_model
-    from observe_r1.models.tiny import build_tiny_lm, build_tiny_vlm, count_parameters
+    from observe_r1.models.tiny import build_like, build_tiny_lm, build_tiny_vlm, count_parameters
 
+    if args.like:
+        out = build_like(args.like, args.out_dir, args.layers, args.vision_layers, seed=args.seed)
+        n = count_parameters(load_model(str(out)))
+        console.print(f"wrote a random-init model like {args.like} ({args.layers} decoder layers, "
+                      f"{args.vision_layers} vision blocks, {n:,} parameters) to {out}")  # fmt: skip
+        return 0
     build = build_tiny_lm if args.text_only else build_tiny_vlm
     out = build(args.out_dir, size=args.size, seed=args.seed)
     n = count_parameters(load_model(str(out)))
@@ -111,15 +118,16 @@ def _print_report(result, checked_length: bool) -> None:
     table.add_column("rows", justify="right")
     for fmt, n in sorted(result.formats.items()):
         table.add_row("format", fmt, str(n))
+    table.add_row("images", "in good rows", str(result.images))
     for key in ("level", "skill"):
         counts = Counter(s.metadata.get(key) for s in result.samples if key in s.metadata)
         for value, n in sorted(counts.items(), key=lambda kv: str(kv[0])):
-            table.add_row(key, str(value), str(n))
+            table.add_row(key, Text(str(value)), str(n))
     for kind, n in Counter(p.kind for p in result.problems).most_common():
         table.add_row("problem", kind, str(n))
     console.print(table)
-    for p in result.problems:
-        console.print(f"[red]{p}", highlight=False, soft_wrap=True)
+    for p in result.problems:  # data, not markup: an id like "[/oops]" must print as it is
+        console.print(Text(str(p), style="red"), highlight=False, soft_wrap=True)
     if not checked_length:
         console.print(
             "[dim]prompt lengths not checked: pass --model DIR (and --max-prompt-length) to check them"
@@ -311,6 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--text-only", action="store_true", help="a Qwen2 causal LM (the same text model, no vision)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--like",
+        metavar="PATH",
+        help="start from a real checkpoint's config.json (or its folder): its widths, vision tower and token ids "
+        "at --layers / --vision-layers depth, with its chat template and image-processor config if beside it",
+    )
+    p.add_argument("--layers", type=int, default=2, help="decoder layers with --like (default 2)")
+    p.add_argument("--vision-layers", type=int, default=2, help="vision blocks with --like (default 2)")
     p.set_defaults(fn=cmd_tiny_model)
 
     p = sub.add_parser("train", help="GRPO training with the Observe-R1 recipe")

@@ -1,13 +1,19 @@
-"""Load prompts from jsonl / parquet in three row formats into one typed `Sample`, validating every row.
+"""Load prompts from jsonl / parquet in the peers' row layouts into one typed `Sample`, validating every row.
 
-Row formats (detected per row):
+Row formats (detected per row, first match wins):
   native      `messages`: a chat list; image parts `{"type": "image", "image": "path"}` (paths relative to
               the file), or `{"type": "image"}` filled in order from a top-level `images` list.
   observe-r1  `message`: a JSON *string* of such a chat list, image URIs like `file:///abs/x.jpg`
               (the original Observe-R1 / LMM-R1 files).
-  easyr1      `problem`: text with `<image>` placeholders, `images`: a list of paths (or parquet
-              `{"bytes", "path"}` structs).
-All three need `answer`; every other column is kept in `Sample.metadata` (level, skill, solution, ...).
+  verl        `prompt`: a chat list whose text holds `<image>` placeholders, `images`, the gold in
+              `reward_model.ground_truth` (verl's preprocessed parquet; `data_source`, `extra_info` kept).
+  trl         `prompt`: a chat list (image parts `{"type": "image"}`) or a string, images in `images` or
+              `image`, the gold in `answer`, `solution` or `ground_truth` (`<answer>` tags stripped).
+  easyr1      `problem`: text with `<image>` placeholders, images in `images` or `image`.
+Images may be paths, `file://` or `data:` URIs, or parquet `{"bytes", "path"}` structs. A prompt without
+any image placeholder gets its images at the start of the first user message (TRL's convention). Every
+column other than the prompt, the images and `answer` is kept in `Sample.metadata` (level, skill,
+solution, data_source, ...) and reaches reward functions.
 
 A bad row never crashes a run later: it becomes a `Problem` naming the file, the line and the kind.
 `observe-r1 data check` lists them all; training loads skip them with a count in the log.
@@ -16,9 +22,12 @@ A bad row never crashes a run later: it becomes a `Problem` naming the file, the
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 import json
 import logging
+import math
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,12 +49,16 @@ WRONG_TYPE = "wrong_type"
 EMPTY_QUESTION = "empty_question"
 MISSING_ANSWER = "missing_answer"
 MISSING_IMAGE = "missing_image"
+REMOTE_IMAGE = "remote_image"
 UNREADABLE_IMAGE = "unreadable_image"
 IMAGE_COUNT = "image_count_mismatch"
+BAD_SCORE = "bad_ladder_score"
 TOO_LONG = "prompt_too_long"
 DUPLICATE_ID = "duplicate_id"
 
-CONSUMED = {"id", "messages", "message", "problem", "images", "answer"}
+CONSUMED = {"id", "messages", "message", "prompt", "problem", "images", "image", "answer"}
+GOLD_COLUMNS = ("answer", "solution", "ground_truth")  # the first one present is the gold
+ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 
 
 class RowError(ValueError):
@@ -91,7 +104,11 @@ class LoadResult:
     samples: list[Sample]
     problems: list[Problem]
     rows: int
-    formats: Counter = field(default_factory=Counter)
+    formats: Counter = field(default_factory=Counter)  # rows per detected layout, good or bad
+
+    @property
+    def images(self) -> int:
+        return sum(len(s.images) for s in self.samples)
 
 
 # ------------------------------------------------------------------ reading files
@@ -100,74 +117,133 @@ class LoadResult:
 def read_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
     """(line or row number, row) pairs; a line that is not a JSON object yields a RowError instead."""
     if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as e:
-            raise ImportError("reading parquet needs pyarrow: pip install 'observe-r1[parquet]'") from e
-        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield i, row
+        yield from _parquet_rows(path)
         return
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, start=1):
+            if i == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield i, RowError(MALFORMED, f"not valid JSON ({e.msg} at column {e.colno})")
-                continue
-            yield i, row if isinstance(row, dict) else RowError(MALFORMED, "a row must be a JSON object")
+                yield i, _json_row(raw)
+            except RowError as e:
+                yield i, e
+
+
+def _json_row(raw: bytes) -> dict:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RowError(MALFORMED, f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise RowError(MALFORMED, f"not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise RowError(MALFORMED, "JSON nested too deeply") from None
+    except ValueError as e:  # e.g. a number of more than 4300 digits
+        raise RowError(MALFORMED, f"not valid JSON ({e})") from None
+    if not isinstance(row, dict):
+        raise RowError(MALFORMED, "a row must be a JSON object")
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RowError(MALFORMED, "a string holds a lone surrogate (\\ud800-\\udfff), not text") from None
+    return row
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """Row groups one at a time, so a large file is never whole in memory."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ImportError("reading parquet needs pyarrow: pip install 'observe-r1[parquet]'") from e
+    try:
+        file = pq.ParquetFile(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors for a file that is not parquet
+        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+    i = 0
+    for batch in file.iter_batches(batch_size=256):
+        for row in batch.to_pylist():
+            i += 1
+            yield i, row
 
 
 # ------------------------------------------------------------------ parsing rows
 
 
 def parse_row(row: dict, base_dir: Path, default_id: str) -> Sample:
-    if "messages" in row:
-        fmt, messages = "native", row["messages"]
-    elif "message" in row:
-        fmt = "observe-r1"
-        if not isinstance(row["message"], str):
-            raise RowError(
-                WRONG_TYPE, f"`message` must be a JSON string, got {type(row['message']).__name__}"
-            )
-        try:
-            messages = json.loads(row["message"])
-        except json.JSONDecodeError as e:
-            raise RowError(MALFORMED, f"`message` is not valid JSON ({e.msg})") from None
-    elif "problem" in row:
-        fmt, messages = "easyr1", _easyr1_messages(row)
-    else:
-        raise RowError(
-            UNKNOWN_FORMAT, f"no `messages`, `message` or `problem` column (columns: {sorted(row)})"
-        )
+    fmt, messages = _messages(row)
     sid = row.get("id", default_id)
     if not isinstance(sid, str | int) or isinstance(sid, bool):
         raise RowError(WRONG_TYPE, f"`id` must be a string or integer, got {type(sid).__name__}")
-    messages, images = _split_images(_check_messages(messages), row.get("images"), base_dir)
+    messages, images = _split_images(_check_messages(messages), _listed_images(row), base_dir)
     if not question_text(messages).strip():
         raise RowError(EMPTY_QUESTION, "the user messages have no text")
+    _check_ladder_scores(row)
     return Sample(
         id=str(sid),
         messages=messages,
         images=images,
-        answer=_answer(row),
+        answer=_answer(row, fmt),
         metadata={k: v for k, v in row.items() if k not in CONSUMED},
         format=fmt,
     )
 
 
-def _easyr1_messages(row: dict) -> list[dict]:
-    problem = row["problem"]
-    if not isinstance(problem, str):
-        raise RowError(WRONG_TYPE, f"`problem` must be a string, got {type(problem).__name__}")
-    parts: list[dict] = []
-    for i, text in enumerate(problem.split("<image>")):
-        if i > 0:
-            parts.append({"type": "image"})
-        if text:
-            parts.append({"type": "text", "text": text})
-    return [{"role": "user", "content": parts}]
+def detect_format(row: dict) -> str | None:
+    """The row layout, from its columns (see the module docstring); None if none fits."""
+    if "prompt" in row:
+        return "verl" if "reward_model" in row else "trl"
+    keys = {"messages": "native", "message": "observe-r1", "problem": "easyr1"}
+    return next((fmt for key, fmt in keys.items() if key in row), None)
+
+
+def _messages(row: dict) -> tuple[str, Any]:
+    """(format, chat list) of a row."""
+    fmt = detect_format(row)
+    if fmt == "native":
+        return fmt, row["messages"]
+    if fmt == "observe-r1":
+        if not isinstance(row["message"], str):
+            raise RowError(
+                WRONG_TYPE, f"`message` must be a JSON string, got {type(row['message']).__name__}"
+            )
+        try:
+            return fmt, json.loads(row["message"])
+        except (ValueError, RecursionError) as e:
+            raise RowError(MALFORMED, f"`message` is not valid JSON ({getattr(e, 'msg', e)})") from None
+    if fmt in ("verl", "trl"):
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        return fmt, _placeholders_to_parts(_check_messages(prompt))
+    if fmt == "easyr1":
+        if not isinstance(row["problem"], str):
+            raise RowError(WRONG_TYPE, f"`problem` must be a string, got {type(row['problem']).__name__}")
+        return fmt, _placeholders_to_parts([{"role": "user", "content": row["problem"]}])
+    raise RowError(
+        UNKNOWN_FORMAT, f"no `messages`, `message`, `prompt` or `problem` column (columns: {sorted(row)})"
+    )
+
+
+def _placeholders_to_parts(messages: list[dict]) -> list[dict]:
+    """Text with `<image>` placeholders (EasyR1, verl) -> content parts; other messages unchanged."""
+    out = []
+    for m in messages:
+        content = m["content"]
+        if not isinstance(content, str) or "<image>" not in content:
+            out.append(m)
+            continue
+        parts: list[dict] = []
+        for i, text in enumerate(content.split("<image>")):
+            if i > 0:
+                parts.append({"type": "image"})
+            if text:
+                parts.append({"type": "text", "text": text})
+        out.append({**m, "content": parts})
+    return out
 
 
 def _check_messages(messages: Any) -> list[dict]:
@@ -180,6 +256,12 @@ def _check_messages(messages: Any) -> list[dict]:
         if isinstance(content, list):
             if not all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in content):
                 raise RowError(WRONG_TYPE, f"message {i}: every content part needs a `type`")
+            for p in content:
+                if p["type"] == "text" and not isinstance(p.get("text"), str):
+                    raise RowError(
+                        WRONG_TYPE, f"message {i}: a text part's `text` must be a string, got "
+                        f"{type(p.get('text')).__name__}"
+                    )  # fmt: skip
         elif not isinstance(content, str):
             raise RowError(WRONG_TYPE, f"message {i}: content must be a string or a list of parts")
     if not any(m["role"] == "user" for m in messages):
@@ -187,11 +269,34 @@ def _check_messages(messages: Any) -> list[dict]:
     return messages
 
 
-def _split_images(messages: list[dict], listed: Any, base_dir: Path) -> tuple[list[dict], list[ImageRef]]:
-    """Move image references out of the message parts into one ordered list; parts become {"type": "image"}."""
-    if listed is not None and not isinstance(listed, list):
-        raise RowError(WRONG_TYPE, f"`images` must be a list, got {type(listed).__name__}")
+def _listed_images(row: dict) -> list | None:
+    """The row's `images` list, or its single `image` column as a list of one."""
+    if row.get("images") is not None:
+        if not isinstance(row["images"], list):
+            raise RowError(WRONG_TYPE, f"`images` must be a list, got {type(row['images']).__name__}")
+        return row["images"]
+    image = row.get("image")
+    if image is None:
+        return None
+    return image if isinstance(image, list) else [image]
+
+
+def _split_images(
+    messages: list[dict], listed: list | None, base_dir: Path
+) -> tuple[list[dict], list[ImageRef]]:
+    """Move image references out of the message parts into one ordered list; parts become {"type": "image"}.
+
+    A chat without any image part gets the listed images at the start of its first user message."""
     queue = list(listed or [])
+    if queue and not any(
+        isinstance(m["content"], list) and any(p["type"] in ("image", "image_url") for p in m["content"])
+        for m in messages
+    ):
+        first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+        content = messages[first]["content"]
+        text = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        messages = [*messages]
+        messages[first] = {**messages[first], "content": [{"type": "image"} for _ in queue] + text}
     images: list[ImageRef] = []
     out = []
     for m in messages:
@@ -201,7 +306,7 @@ def _split_images(messages: list[dict], listed: Any, base_dir: Path) -> tuple[li
         parts = []
         for p in m["content"]:
             if p["type"] in ("image", "image_url"):
-                ref = (p.get("image_url") or {}).get("url") if p["type"] == "image_url" else p.get("image")
+                ref = _part_image(p)
                 if ref is None:
                     if not queue:
                         raise RowError(
@@ -218,6 +323,14 @@ def _split_images(messages: list[dict], listed: Any, base_dir: Path) -> tuple[li
     return out, images
 
 
+def _part_image(part: dict) -> Any:
+    """The image a content part names itself, if any: `image`, or `image_url` as a string or {"url": ...}."""
+    if part["type"] == "image":
+        return part.get("image")
+    url = part.get("image_url")
+    return url.get("url") if isinstance(url, dict) else url
+
+
 def _image_ref(ref: Any, base_dir: Path) -> ImageRef:
     if isinstance(ref, dict):  # parquet / HF datasets struct
         if ref.get("bytes"):
@@ -228,23 +341,53 @@ def _image_ref(ref: Any, base_dir: Path) -> ImageRef:
     if not isinstance(ref, str) or not ref:
         raise RowError(WRONG_TYPE, f"an image must be a path string, got {type(ref).__name__}")
     if ref.startswith("data:"):
-        return base64.b64decode(ref.split(",", 1)[1])
+        header, comma, data = ref.partition(",")
+        try:
+            if not comma or not header.endswith(";base64"):
+                raise ValueError("expected data:<type>;base64,<data>")
+            return base64.b64decode(data, validate=True)
+        except (ValueError, binascii.Error) as e:
+            raise RowError(UNREADABLE_IMAGE, f"malformed data: URI ({e})") from None
     if ref.startswith(("http://", "https://")):
-        raise RowError(MISSING_IMAGE, f"remote image {ref} is not fetched; download it and use a local path")
+        raise RowError(REMOTE_IMAGE, f"remote image {ref} is not fetched; download it and use a local path")
     path = Path(ref.removeprefix("file://"))
     return str(path if path.is_absolute() else base_dir / path)
 
 
-def _answer(row: dict) -> str:
-    answer = row.get("answer")
+def _answer(row: dict, fmt: str) -> str:
+    """The gold: verl's `reward_model.ground_truth`, else the first of `answer`, `solution`, `ground_truth`."""
+    if fmt == "verl":
+        reward_model = row["reward_model"]
+        name, answer = "reward_model.ground_truth", reward_model.get("ground_truth") if isinstance(
+            reward_model, dict) else None  # fmt: skip
+    else:
+        name = next((c for c in GOLD_COLUMNS if row.get(c) is not None), "answer")
+        answer = row.get(name)
     if answer is None:
-        raise RowError(MISSING_ANSWER, "no `answer`")
+        looked = "`reward_model.ground_truth`" if fmt == "verl" else ", ".join(f"`{c}`" for c in GOLD_COLUMNS)
+        raise RowError(MISSING_ANSWER, f"no gold answer (looked for {looked})")
     if isinstance(answer, bool) or not isinstance(answer, str | int | float):
-        raise RowError(WRONG_TYPE, f"`answer` must be a string or number, got {type(answer).__name__}")
+        raise RowError(WRONG_TYPE, f"`{name}` must be a string or number, got {type(answer).__name__}")
+    if isinstance(answer, float) and not math.isfinite(answer):
+        raise RowError(MISSING_ANSWER, f"`{name}` is {answer}, not an answer")
     answer = str(answer)
+    tagged = ANSWER_TAG_RE.findall(answer)
+    if tagged:  # TRL's solutions hold "<answer> 60 </answer>"
+        answer = tagged[-1]
     if not answer.strip():
-        raise RowError(MISSING_ANSWER, "`answer` is empty")
-    return answer
+        raise RowError(MISSING_ANSWER, f"`{name}` is empty")
+    return answer.strip()
+
+
+def _check_ladder_scores(row: dict) -> None:
+    """A NeuraLadder row's `difficulty` is a share of wrong responses and `complexity` a mean length."""
+    for key, high in (("difficulty", 1.0), ("complexity", math.inf)):
+        if key not in row or row[key] is None:
+            continue
+        value = row[key]
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not 0 <= value <= high:
+            raise RowError(BAD_SCORE, f"`{key}` must be a number in [0, {high:g}], got {value!r}")
 
 
 def question_text(messages: list[dict]) -> str:
@@ -324,6 +467,10 @@ def load_dataset(
             try:
                 if isinstance(row, RowError):
                     raise row
+                if fmt := detect_format(row):
+                    formats[fmt] += 1
+                if isinstance(row.get("id"), str | int):  # named in problems found while parsing
+                    sid = str(row["id"])
                 sample = parse_row(row, path.parent, default_id=f"{path.stem}:{line}")
                 sid = sample.id
                 if sid in seen:
@@ -335,9 +482,10 @@ def load_dataset(
                 sample.source = f"{path}:{line}"
                 seen.add(sid)
                 samples.append(sample)
-                formats[sample.format] += 1
             except RowError as e:
                 problems.append(Problem(str(path), line, sid, e.kind, str(e)))
+            except Exception as e:  # noqa: BLE001 - one row's surprise must not abort the file
+                problems.append(Problem(str(path), line, sid, MALFORMED, f"{type(e).__name__}: {e}"))
             if on_row is not None:
                 on_row()
     return LoadResult(samples, problems, rows, formats)

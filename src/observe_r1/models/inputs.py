@@ -22,8 +22,13 @@ from typing import Any
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 
 META = "observe_r1.json"  # what observe-r1 records about a checkpoint beside its tokenizer
+# Image-processor types transformers does not know, and the class they name: Qwen's Qwen2.5-VL repos were
+# released with "Qwen2_5_VLImageProcessor" ("Unrecognized image processor", transformers#36193); many
+# copies of the models and LoRA adapters saved from them still carry it. It is Qwen2-VL's processor.
+RENAMED_IMAGE_PROCESSORS = {"Qwen2_5_VLImageProcessor": Qwen2VLImageProcessorPil}
 
 
 class PromptError(ValueError):
@@ -74,12 +79,7 @@ class ChatEncoder:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if tokenizer.chat_template is None:  # some checkpoints keep it beside the processor config
             tokenizer.chat_template = _read_chat_template(Path(path))
-        image_processor = (
-            AutoImageProcessor.from_pretrained(path, backend="pil")
-            if (Path(path) / "preprocessor_config.json").is_file()
-            else None  # a text-only causal LM
-        )
-        encoder = cls(tokenizer, image_processor, **kwargs)
+        encoder = cls(tokenizer, load_image_processor(Path(path)), **kwargs)
         encoder.system_prompt = recorded_system_prompt(path)
         return encoder
 
@@ -98,8 +98,6 @@ class ChatEncoder:
 
     def tokens_per_image(self, width: int, height: int) -> int:
         """Image tokens the processor will produce for a width x height image, without processing it."""
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-
         assert self.image_processor is not None, "text-only model"
         patch = int(self.image_processor.patch_size)
         h, w = smart_resize(height, width, patch * self.merge_size, self.min_pixels, self.max_pixels)
@@ -195,6 +193,17 @@ class ChatEncoder:
 
     def decode(self, ids: torch.Tensor | list[list[int]], skip_special_tokens: bool = True) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def load_image_processor(path: Path) -> Any | None:
+    """The checkpoint's image processor with its PIL backend (no torchvision); None for a text-only LM."""
+    file = path / "preprocessor_config.json"
+    if not file.is_file():
+        return None
+    renamed = RENAMED_IMAGE_PROCESSORS.get(json.loads(file.read_text()).get("image_processor_type"))
+    if renamed is not None:
+        return renamed.from_pretrained(path)
+    return AutoImageProcessor.from_pretrained(path, backend="pil")
 
 
 def recorded_system_prompt(checkpoint: str | Path) -> str | None:
