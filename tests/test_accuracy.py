@@ -88,6 +88,8 @@ CASES = [
     (a("13.3"), r"\frac { 40 } { 3 }", 0.0),
     (a(r"The answer is \boxed{2} and then \boxed{5}."), "5", 0.0),  # the greedy \boxed{(.*)} kept "2} ... {5"
     (a(r"so \boxed{\frac{1}{2}}"), "0.5", 1.0),
+    (a(r"\boxed{\text{B}}"), "B", 1.0),
+    (a(r"\boxed{\textbf{yes}}"), "yes", 1.0),
     # --- plain golds that math-verify would read in part
     (a("2"), "(1, 2)", 0.0),
     (a("(1,2)"), "(1, 2)", 1.0),

@@ -60,6 +60,7 @@ ARTICLES_RE = re.compile(r"\b(?:a|an|the)\b")
 # Where math-verify must read LaTeX: a $...$ / \(...\) / \[...\] span or a \boxed{}.
 LATEX_SPAN_RE = re.compile(r"\$[^$]+\$|\\\(|\\\[|\\boxed\s*{", re.S)
 LATEX = (LatexExtractionConfig(),)
+WRAPPER_RE = re.compile(r"\\(?:boxed|text|mathrm|textbf)\s*{([^{}]*)}")
 
 
 class GradeTimeout(Exception):
@@ -86,8 +87,9 @@ def extract_answer(completion: str, fallback: bool = False) -> str | None:
 def clean(text: str) -> str:
     """Strip the wrappers that carry no meaning: $...$, \\boxed{}, \\text{}, bold, a trailing period."""
     text = text.strip().replace("\u2212", "-")  # Unicode minus
-    text = re.sub(r"\\boxed\s*{([^{}]*)}", r"\1", text)
-    text = re.sub(r"\\(?:text|mathrm|textbf)\s*{([^{}]*)}", r"\1", text)
+    unwrapped = None
+    while unwrapped != text:  # innermost first: \boxed{\text{B}}
+        unwrapped, text = text, WRAPPER_RE.sub(r"\1", text)
     text = text.replace("**", "").replace("__", "").strip()
     if len(text) >= 2 and text[0] == "$" and text[-1] == "$":
         text = text.strip("$").strip()
