@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,49 @@ def test_dump_round_trips(tmp_path):
     cfg = load_config(None, ["optim.lr=3e-6", "seed=7"])
     dump_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+BAD_VALUES = [
+    ("optim.grad_clip=-1", "optim.grad_clip"),  # was accepted: gradient ascent
+    ("optim.weight_decay=-0.1", "optim.weight_decay"),
+    ("optim.betas=[0.9, 1.0]", "optim.betas"),
+    ("optim.betas=[-0.1, 0.9]", "optim.betas"),
+    ("algorithm.clip_low=-0.1", "algorithm.clip_low"),
+    ("algorithm.clip_low=1.0", "algorithm.clip_low"),
+    ("algorithm.clip_high=-0.2", "algorithm.clip_high"),
+    ("algorithm.kl_coef=.nan", "algorithm.kl_coef"),
+    ("algorithm.kl_coef=-0.01", "algorithm.kl_coef"),
+    ("algorithm.entropy_coef=.nan", "algorithm.entropy_coef"),
+    ("reward.timeout_s=.nan", "reward.timeout_s"),  # was accepted: accuracy 0 for the whole run
+    ("reward.timeout_s=0", "reward.timeout_s"),
+    ("rollout.temperature=.inf", "rollout.temperature"),
+    ("rollout.top_k=-1", "rollout.top_k"),
+    ("optim.max_steps=-1", "optim.max_steps"),  # was accepted: 0 updates, exit 0
+    ("optim.epochs=0", "optim.epochs"),
+    ("optim.epochs=-2", "optim.epochs"),
+    ("optim.mini_batch_size=0", "optim.mini_batch_size"),  # was a ZeroDivisionError
+    ("optim.micro_batch_size=0", "optim.micro_batch_size"),
+    ("algorithm.dynamic_sampling_max_tries=0", "algorithm.dynamic_sampling_max_tries"),  # was max() of []
+    ("optim.lr=.inf", "optim.lr"),
+    ("optim.lr=nan", "optim.lr"),
+    ("reward.terms=[{name: accuracy, weight: .nan}]", "reward.terms[0].weight"),
+    ("reward.bonus_min_length=-5", "reward.bonus_min_length"),
+    ("model.lora_dropout=1.0", "model.lora_dropout"),
+    ("logging.eval_every=-1", "logging.eval_every"),
+]
+
+
+@pytest.mark.parametrize("override, key", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_every_numeric_value_is_range_checked(override, key):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: "):
+        load_config(None, [override])
+
+
+def test_yaml_1_1_exponent_floats_parse_everywhere(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 1e-2\n  min_lr: 1e-3\n  betas: [9e-1, 9.5e-1]\nreward:\n  terms:\n"
+                 "    - {name: accuracy, weight: 5e-1}\n")  # fmt: skip
+    cfg = load_config(f)
+    assert cfg.optim.lr == 0.01 and cfg.optim.betas == (0.9, 0.95)
+    assert cfg.reward.terms[0].weight == 0.5
+    assert load_config(None, ["optim.lr=1e-2"]).optim.lr == 0.01

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import operator
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -179,73 +181,109 @@ class Config:
     ladder: LadderConfig = field(default_factory=LadderConfig)
 
     def validate(self) -> Config:
-        """Cross-field rules. Raises ConfigError naming the key; returns self for chaining."""
+        """Every value in its range, then the cross-field rules. Raises ConfigError naming the key; returns self."""
+        for key, test, why in RANGES:
+            value = operator.attrgetter(key)(self)
+            if not all(test(v) for v in (value if isinstance(value, tuple | list) else [value])):
+                raise ConfigError(f"{key}: {why}, got {value!r}")
+        r, o, c = self.rollout, self.optim, self.checkpoint
         checks = [
-            (self.rollout.n >= 2, "rollout.n", "a group needs at least 2 responses"),
-            (self.rollout.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1"),
-            (self.rollout.temperature > 0, "rollout.temperature", "must be > 0"),
-            (0 < self.rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]"),
-            (self.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1"),
-            (self.data.max_prompt_length >= 1, "data.max_prompt_length", "must be >= 1"),
             (
                 0 < self.data.min_pixels <= self.data.max_pixels,
                 "data.min_pixels",
                 "must be in (0, max_pixels]",
             ),
-            (0 <= self.data.max_bad_row_fraction <= 1, "data.max_bad_row_fraction", "must be in [0, 1]"),
             (len(self.reward.terms) >= 1, "reward.terms", "needs at least one term"),
             (
                 self.reward.correct_term in [t.name.rsplit(":", 1)[-1] for t in self.reward.terms],
                 "reward.correct_term",
                 f"{self.reward.correct_term!r} must name one of reward.terms",
             ),
-            (self.reward.bonus_coef >= 0, "reward.bonus_coef", "must be >= 0"),
+            (o.min_lr <= o.lr, "optim.min_lr", "must be in [0, optim.lr]"),
             (
-                self.algorithm.clip_low >= 0 and self.algorithm.clip_high >= 0,
-                "algorithm.clip_low",
-                "must be >= 0",
-            ),
-            (
-                self.algorithm.dual_clip == 0 or self.algorithm.dual_clip > 1,
-                "algorithm.dual_clip",
-                "0 or > 1",
-            ),
-            (self.algorithm.sigma >= 0, "algorithm.sigma", "must be >= 0"),
-            (self.optim.lr > 0, "optim.lr", "must be > 0"),
-            (0 <= self.optim.min_lr <= self.optim.lr, "optim.min_lr", "must be in [0, optim.lr]"),
-            (0 <= self.optim.warmup_ratio < 1, "optim.warmup_ratio", "must be in [0, 1)"),
-            (self.optim.micro_batch_size >= 1, "optim.micro_batch_size", "must be >= 1"),
-            (
-                self.optim.mini_batch_size % self.optim.micro_batch_size == 0,
+                o.mini_batch_size % o.micro_batch_size == 0,
                 "optim.mini_batch_size",
-                f"must be a multiple of optim.micro_batch_size ({self.optim.micro_batch_size})",
+                f"must be a multiple of optim.micro_batch_size ({o.micro_batch_size})",
             ),
             (
-                (self.rollout.prompts_per_step * self.rollout.n) % self.optim.mini_batch_size == 0,
+                (r.prompts_per_step * r.n) % o.mini_batch_size == 0,
                 "optim.mini_batch_size",
                 "must divide rollout.prompts_per_step * rollout.n (responses per rollout step)",
             ),
-            (self.model.lora_rank >= 0, "model.lora_rank", "must be >= 0"),
-            (self.checkpoint.keep_last >= 1, "checkpoint.keep_last", "must be >= 1"),
-            (self.checkpoint.every >= 1, "checkpoint.every", "must be >= 1"),
             (
-                not self.checkpoint.best_metric or self.logging.eval_every >= 1,
+                not c.best_metric or self.logging.eval_every >= 1,
                 "checkpoint.best_metric",
                 "needs logging.eval_every >= 1 (the evaluations it chooses among)",
             ),
-            (self.ladder.k >= 1, "ladder.k", "must be >= 1"),
-            (0 < self.data.online_new_share <= 1, "data.online_new_share", "must be in (0, 1]"),
-            (0 < self.data.online_ema <= 1, "data.online_ema", "must be in (0, 1]"),
-            (0 < self.ladder.own_share <= 1, "ladder.own_share", "must be in (0, 1]"),
-            (all(p >= 0 for p in self.ladder.proportions), "ladder.proportions", "must be >= 0"),
-            (self.optim.ppo_epochs >= 1, "optim.ppo_epochs", "must be >= 1"),
-            (self.rollout.chunk_size >= 0, "rollout.chunk_size", "must be >= 0"),
-            (self.optim.max_nonfinite_steps >= 1, "optim.max_nonfinite_steps", "must be >= 1"),
         ]
-        for ok, key, why in checks:
-            if not ok:
+        for passed, key, why in checks:
+            if not passed:
                 raise ConfigError(f"{key}: {why}")
         return self
+
+
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: v >= low
+
+
+def _in(low: float, high: float, high_open: bool = False) -> Callable[[Any], bool]:
+    return lambda v: low <= v < high if high_open else low <= v <= high
+
+
+# (key, test, why): checked one value at a time (each item of a list or tuple); floats are finite already.
+RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("data.max_prompt_length", _at_least(1), "must be >= 1"),
+    ("data.max_bad_row_fraction", _in(0, 1), "must be in [0, 1]"),
+    ("data.online_new_share", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("data.online_ema", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("data.synth_train", _at_least(1), "must be >= 1"),
+    ("data.synth_test", _at_least(0), "must be >= 0"),
+    ("rollout.n", _at_least(2), "a group needs at least 2 responses"),
+    ("rollout.prompts_per_step", _at_least(1), "must be >= 1"),
+    ("rollout.temperature", lambda v: v > 0, "must be > 0"),
+    ("rollout.top_p", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("rollout.top_k", _at_least(0), "must be >= 0 (0 = off)"),
+    ("rollout.max_new_tokens", _at_least(1), "must be >= 1"),
+    ("rollout.chunk_size", _at_least(0), "must be >= 0 (0 = all at once)"),
+    ("reward.bonus_coef", _at_least(0), "must be >= 0"),
+    ("reward.bonus_min_length", _at_least(0), "must be >= 0"),
+    ("reward.timeout_s", lambda v: v > 0, "must be > 0"),
+    ("algorithm.sigma", _at_least(0), "must be >= 0"),
+    ("algorithm.clip_low", _in(0, 1, high_open=True), "must be in [0, 1)"),
+    ("algorithm.clip_high", _at_least(0), "must be >= 0"),
+    ("algorithm.dual_clip", lambda v: v == 0 or v > 1, "must be 0 (off) or > 1"),
+    ("algorithm.kl_coef", _at_least(0), "must be >= 0"),
+    ("algorithm.dynamic_sampling_max_tries", _at_least(1), "must be >= 1"),
+    ("optim.lr", lambda v: v > 0, "must be > 0"),
+    ("optim.min_lr", _at_least(0), "must be >= 0"),
+    ("optim.betas", _in(0, 1, high_open=True), "must be in [0, 1)"),
+    ("optim.weight_decay", _at_least(0), "must be >= 0"),
+    (
+        "optim.grad_clip",
+        _at_least(0),
+        "must be >= 0 (0 = no clipping); a negative norm reverses every update",
+    ),
+    ("optim.warmup_ratio", _in(0, 1, high_open=True), "must be in [0, 1)"),
+    ("optim.mini_batch_size", _at_least(1), "must be >= 1"),
+    ("optim.micro_batch_size", _at_least(1), "must be >= 1"),
+    ("optim.ppo_epochs", _at_least(1), "must be >= 1"),
+    ("optim.epochs", _at_least(1), "must be >= 1"),
+    ("optim.max_steps", _at_least(0), "must be >= 0 (0 = as many as the data and epochs give)"),
+    ("optim.max_nonfinite_steps", _at_least(1), "must be >= 1"),
+    ("model.lora_rank", _at_least(0), "must be >= 0"),
+    ("model.lora_alpha", lambda v: v > 0, "must be > 0"),
+    ("model.lora_dropout", _in(0, 1, high_open=True), "must be in [0, 1)"),
+    ("logging.log_every", _at_least(1), "must be >= 1"),
+    ("logging.eval_every", _at_least(0), "must be >= 0 (0 = only at the end)"),
+    ("logging.dump_rollouts_every", _at_least(0), "must be >= 0 (0 = never)"),
+    ("checkpoint.every", _at_least(1), "must be >= 1"),
+    ("checkpoint.keep_last", _at_least(1), "must be >= 1"),
+    ("ladder.k", _at_least(1), "must be >= 1"),
+    ("ladder.own_share", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("ladder.proportions", _at_least(0), "must be >= 0"),
+    ("ladder.min_complexity", _at_least(0), "must be >= 0"),
+    ("ladder.batch_size", _at_least(1), "must be >= 1"),
+]
 
 
 def from_dict(cls: Any, data: Any, prefix: str = "") -> Any:
@@ -303,8 +341,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value is not None:
             raise ConfigError(f"{key}: expected null")
         return None
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp is float and not isinstance(value, bool) and isinstance(value, int | float | str):
+        # YAML 1.1 reads 1e-2 as a string; nan / inf are never a sensible setting
+        with contextlib.suppress(ValueError):
+            value = float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
     if tp in (int, float, str, bool):
         if isinstance(value, bool) and tp is not bool:
             raise ConfigError(f"{key}: expected {tp.__name__}, got a boolean")
@@ -339,24 +381,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             if not isinstance(node, dict):
                 raise ConfigError(f"override {arg!r}: {k} is not a section")
         node[keys[-1]] = value
-    # YAML gives floats like 1e-6 as strings (YAML 1.1); accept them where a float is expected.
-    return from_dict(Config, _floats_from_strings(Config, data)).validate()
-
-
-def _floats_from_strings(cls: Any, data: Any) -> Any:
-    if not isinstance(data, dict):
-        return data
-    hints = typing.get_type_hints(cls)
-    out = {}
-    for k, v in data.items():
-        tp = hints.get(k)
-        if tp is float and isinstance(v, str):
-            with contextlib.suppress(ValueError):  # else reported as a type error by from_dict
-                v = float(v)
-        elif tp is not None and dataclasses.is_dataclass(tp):
-            v = _floats_from_strings(tp, v)
-        out[k] = v
-    return out
+    return from_dict(Config, data).validate()
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
