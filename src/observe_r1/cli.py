@@ -409,10 +409,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.fn(args)
-    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
+    except (OSError, ValueError, ImportError, RuntimeError) as e:
         if args.verbose:
             raise
-        console.print(f"[red]error:[/red] {e}  [dim](-v shows the traceback)")
+        message = str(e)
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.strerror:
+            message = (
+                f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+            )  # a full disk, read-only output
+        console.print(Text("error: ", style="red") + Text(message) + Text("  (-v shows the traceback)", style="dim"),
+                      soft_wrap=True)  # fmt: skip
         return 2
 
 

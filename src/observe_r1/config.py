@@ -85,7 +85,8 @@ class RewardConfig:
     terms: list[RewardTerm] = field(
         default_factory=lambda: [RewardTerm("accuracy", 1.0), RewardTerm("observe_format", 0.5)]
     )
-    correct_term: str = "accuracy"  # the term whose value 1 means "correct" (for the bonus and f(d))
+    correct_term: str = "accuracy"  # the term that says whether a response is correct (bonus and f(d))
+    correct_threshold: float = 1.0  # a response is correct when its correct_term value is >= this
     bonus_coef: float = 0.2  # Observe-R1 bonus for the shortest correct response of a group; 0 = off
     bonus_min_length: int = 100  # tokens; the shortest correct response must be longer than this
     answer_fallback: bool = False  # without <answer> tags, grade the whole completion
@@ -147,6 +148,12 @@ class CheckpointConfig:
     # evaluation logs (eval/accuracy, eval/format_rate, ...); "" = off. Needs logging.eval_every and data.test.
     best_metric: str = ""
     best_mode: Literal["max", "min"] = "max"  # whether higher or lower values of best_metric are better
+    # start afresh in an output directory that holds a previous run (its checkpoints, metrics and rollouts
+    # are deleted first); without it such a directory is refused unless the run resumes from it
+    overwrite: bool = False
+    # resume even though the config differs from the checkpoint's (the new values apply and are logged);
+    # without it the differences are listed and the resume refused
+    allow_config_change: bool = False
 
 
 @dataclass
@@ -209,6 +216,11 @@ class Config:
                 (r.prompts_per_step * r.n) % o.mini_batch_size == 0,
                 "optim.mini_batch_size",
                 "must divide rollout.prompts_per_step * rollout.n (responses per rollout step)",
+            ),
+            (
+                not (c.overwrite and c.resume != "none"),
+                "checkpoint.overwrite",
+                "needs checkpoint.resume=none",
             ),
             (
                 not c.best_metric or self.logging.eval_every >= 1,

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import math
 import random
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,13 +64,15 @@ def prepare_inputs(cfg: Config, accelerator: Accelerator) -> Config:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if not (Path(model_path) / "config.json").is_file() and not cfg.model.path:
-            from observe_r1.models.tiny import build_tiny_vlm
+            from observe_r1.models import tiny
 
-            build_tiny_vlm(model_path, size=cfg.model.tiny_size, seed=cfg.seed)
+            build_atomically(Path(model_path), lambda tmp: tiny.build_tiny_vlm(tmp, size=cfg.model.tiny_size,
+                                                                               seed=cfg.seed))  # fmt: skip
         if not cfg.data.train and not Path(train[0]).is_file():
-            from observe_r1.data.synth import write_dataset
+            from observe_r1.data import synth
 
-            write_dataset(out / "data", cfg.data.synth_train, cfg.data.synth_test, seed=cfg.seed)
+            build_atomically(out / "data", lambda tmp: synth.write_dataset(tmp, cfg.data.synth_train,
+                                                                           cfg.data.synth_test, seed=cfg.seed))  # fmt: skip
     accelerator.wait_for_everyone()
     cfg = dataclasses.replace(
         cfg,
@@ -79,6 +82,18 @@ def prepare_inputs(cfg: Config, accelerator: Accelerator) -> Config:
     if accelerator.is_main_process:
         dump_config(cfg, out / "config.yaml")
     return cfg
+
+
+def build_atomically(final: Path, build: Any) -> None:
+    """`build(path)` into a temporary folder renamed to `final` when complete: a run killed while building
+    leaves no partial model or dataset for the next run to pick up."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    build(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
 
 
 def load_encoder(cfg: Config) -> ChatEncoder:
@@ -172,6 +187,42 @@ class RunState:
     history: list[dict] = dataclasses.field(default_factory=list)
     nonfinite_streak: int = 0
     best: float | None = None  # the best value of checkpoint.best_metric so far (its step: best.json)
+    zero_weight_streak: int = 0  # rollout steps in a row where f(d) was 0 for every group
+
+
+# Config keys that may differ between a checkpoint and the run resuming it: they change what is logged or
+# saved, or how long the run is, not the training itself. Every other difference needs allow_config_change.
+MAY_CHANGE = ("logging.", "checkpoint.", "ladder.", "data.test", "rollout.chunk_size", "model.attn_implementation",
+              "model.gradient_checkpointing", "optim.max_steps", "optim.epochs", "optim.max_nonfinite_steps")  # fmt: skip
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """`key: saved -> now` for every leaf that differs, except the keys in MAY_CHANGE."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        name = f"{prefix}{key}"
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{name}.")
+        elif _plain_value(a) != _plain_value(b) and not name.startswith(MAY_CHANGE):
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
+def _moved(x: Any, old: str | None, new: str) -> Any:
+    """`x` with paths inside the output directory `old` moved to `new` (a copied or renamed run directory:
+    the tiny model and data built into it)."""
+    if isinstance(x, dict):
+        return {k: _moved(v, old, new) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_moved(v, old, new) for v in x]
+    if old and isinstance(x, str) and (x == old or x.startswith(old.rstrip("/") + "/")):
+        return new + x[len(old) :]
+    return x
+
+
+def _plain_value(x: Any) -> Any:
+    return list(x) if isinstance(x, tuple) else x
 
 
 class Checkpointer:
@@ -188,22 +239,89 @@ class Checkpointer:
         )
 
     def resume(self) -> RunState:
-        path = ckpt.resolve_resume(self.cfg.checkpoint.resume, self.cfg.logging.output_dir)
-        if path is None:
-            return RunState()
+        """The newest checkpoint that passes its checks (`checkpoint.resume=auto`; older ones are tried in
+        turn, saying why), the one named, or a fresh start in an output directory without a previous run."""
+        c, out = self.cfg.checkpoint, Path(self.cfg.logging.output_dir)
+        tried = []
+        for path in ckpt.resume_candidates(c.resume, out):
+            try:
+                problem = ckpt.verify(path)
+                if problem is None:
+                    return self._load(path)
+            except ckpt.CheckpointError as e:
+                problem = str(e)
+            if c.resume != "auto":
+                raise ckpt.CheckpointError(f"checkpoint.resume={c.resume}: cannot be trusted: {problem}")
+            log.warning("checkpoint %s cannot be trusted (%s); trying the one before it", path, problem)
+            tried.append(path.name)
+        self._start_fresh(out, tried)
+        return RunState()
+
+    def _start_fresh(self, out: Path, tried: list[str]) -> None:
+        """Refuse to start over a previous run's checkpoints and metrics unless `checkpoint.overwrite`."""
+        previous = [p for p in (out / "checkpoints", out / "metrics.jsonl") if p.exists() and
+                    (p.is_file() and p.stat().st_size or p.is_dir() and any(p.iterdir()))]  # fmt: skip
+        if not previous:
+            return
+        if not self.cfg.checkpoint.overwrite:
+            why = (f"none of its checkpoints can be trusted ({', '.join(tried)})" if tried else
+                   "no checkpoint to resume from" if self.cfg.checkpoint.resume == "auto" else
+                   "checkpoint.resume=none")  # fmt: skip
+            raise ConfigError(
+                f"{out} holds a previous run ({', '.join(p.name for p in previous)}) and {why}: pass "
+                "checkpoint.overwrite=true (with checkpoint.resume=none) to clear it and start afresh, or choose "
+                "another logging.output_dir"
+            )
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            log.warning("checkpoint.overwrite: clearing the previous run in %s", out)
+            for p in (out / "checkpoints", out / "metrics.jsonl", out / "rollouts", out / "tensorboard"):
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        self.acc.wait_for_everyone()
+
+    def _load(self, path: Path) -> RunState:
         state = ckpt.load_trainer_state(path, self.acc.process_index)
+        now = to_dict(self.cfg)
+        saved = _moved(state.get("config", {}), state.get("config", {}).get("logging", {}).get("output_dir"),
+                       now["logging"]["output_dir"])  # fmt: skip
+        changes = config_changes(saved, now)
+        if changes and not self.cfg.checkpoint.allow_config_change:
+            raise ConfigError(f"the config differs from the one checkpoint {path} was trained with:\n  "
+                              + "\n  ".join(changes) + "\nresume with the same config, or pass "
+                              "checkpoint.allow_config_change=true to continue with the new values")  # fmt: skip
         ckpt.load_weights(self.acc.unwrap_model(self.model), path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
+        if changes:
+            self._apply_optimiser_settings()
+            log.warning("resuming %s with a changed config (checkpoint.allow_config_change):\n  %s", path,
+                        "\n  ".join(changes))  # fmt: skip
         if "rng" in state:
             ckpt.set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", path, state["step"])
-        run = RunState(state["step"], state["history"], state.get("nonfinite_streak", 0))
-        best = ckpt.best_record(self.cfg.logging.output_dir)  # the best of this output dir, wherever it was
-        if best is not None and best["metric"] == self.cfg.checkpoint.best_metric:
+        run = RunState(state["step"], state["history"], state.get("nonfinite_streak", 0),
+                       zero_weight_streak=state.get("zero_weight_streak", 0))  # fmt: skip
+        c = self.cfg.checkpoint
+        best = ckpt.best_record(self.cfg.logging.output_dir, c.best_metric, c.best_mode, run.history)
+        if best is not None and best["metric"] == c.best_metric:
             run.best = best["value"]
         return run
+
+    def _apply_optimiser_settings(self) -> None:
+        """The loaded optimiser and scheduler state carry the checkpoint's lr, betas and weight decay:
+        put the config's in their place (the schedule continues from the same step with the new lr)."""
+        o = self.cfg.optim
+        for group in self.optimizer.param_groups:
+            group.update(betas=o.betas, weight_decay=o.weight_decay, initial_lr=o.lr)
+        self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
+        lrs = [o.lr * f(self.scheduler.last_epoch) for f in self.scheduler.lr_lambdas]  # transformers' LambdaLR
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        self.scheduler._last_lr = list(lrs)
 
     def keep_best(self, run: RunState, metrics: dict[str, float]) -> None:
         """After an evaluation (`metrics`): with `checkpoint.best_metric`, save this step as
@@ -230,6 +348,7 @@ class Checkpointer:
             "step": run.step,
             "history": run.history,
             "nonfinite_streak": run.nonfinite_streak,
+            "zero_weight_streak": run.zero_weight_streak,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
@@ -268,12 +387,12 @@ def global_denominator(acc: Accelerator, masks: list[torch.Tensor], agg: str, ma
     return local * acc.num_processes  # every process has the same number of sequences
 
 
-def optimizer_step(
-    acc: Accelerator, params: list, optimizer, scheduler, grad_clip: float, run: RunState
-) -> float:
-    """Clip and step; a non-finite gradient norm skips the step (counted in `run.nonfinite_streak`).
+def optimizer_step(acc: Accelerator, params: list, optimizer, scheduler, cfg: Config, run: RunState) -> float:
+    """Clip and step; a non-finite gradient norm skips the step (counted in `run.nonfinite_streak`), and
+    `optim.max_nonfinite_steps` skipped optimiser steps in a row stop the run. Nothing is saved then: the
+    weights may be what went wrong, and the checkpoints already saved hold finite weights.
     Returns the gradient norm (global: DDP has already averaged the gradients)."""
-    grad_norm = acc.clip_grad_norm_(params, grad_clip or math.inf)
+    grad_norm = acc.clip_grad_norm_(params, cfg.optim.grad_clip or math.inf)
     if torch.isfinite(grad_norm):
         optimizer.step()
         scheduler.step()
@@ -284,17 +403,13 @@ def optimizer_step(
             "step %d: non-finite loss or gradient (norm %s); optimiser step skipped", run.step, grad_norm
         )
     optimizer.zero_grad(set_to_none=True)
-    return float(grad_norm)
-
-
-def check_nonfinite(cfg: Config, run: RunState, checkpointer: Checkpointer) -> None:
-    """Too many skipped steps in a row: save a checkpoint and stop with a message."""
     if run.nonfinite_streak >= cfg.optim.max_nonfinite_steps:
-        path = checkpointer.save(run)
+        last = ckpt.latest_checkpoint(cfg.logging.output_dir)
         raise RuntimeError(
-            f"{run.nonfinite_streak} optimiser steps in a row had a non-finite loss or gradient; stopped "
-            f"at step {run.step} (checkpoint {path}). Lower optim.lr or check the data and rewards."
+            f"{run.nonfinite_streak} optimiser steps in a row had a non-finite loss or gradient; stopped at step "
+            f"{run.step} (last checkpoint: {last or 'none'}). Lower optim.lr or check the data and rewards."
         )
+    return float(grad_norm)
 
 
 def evaluate_on_main(cfg: Config, acc: Accelerator, model, encoder: ChatEncoder, test: list[Sample], system: str,

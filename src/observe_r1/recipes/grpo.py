@@ -208,7 +208,6 @@ def train(cfg: Config) -> Path:
             if run.step % cfg.checkpoint.every == 0 or run.step == plan.steps:
                 checkpointer.save(run)
             bar(step, metrics)
-            common.check_nonfinite(cfg, run, checkpointer)
     if test and (not cfg.logging.eval_every or run.step % cfg.logging.eval_every):
         final = run_eval(e, policy, test)
         if tracker is not None:
@@ -404,7 +403,7 @@ def update(
                 stats["actor/entropy"].append(float((entropy.detach() * m).sum() / m.sum().clamp(min=1)))
                 for key, value in vars(s).items():
                     stats[f"actor/{key}"].append(value)
-            grad_norm = common.optimizer_step(acc, params, optimizer, scheduler, cfg.optim.grad_clip, run)
+            grad_norm = common.optimizer_step(acc, params, optimizer, scheduler, cfg, run)
             stats["actor/grad_norm"].append(grad_norm)
             if not math.isfinite(grad_norm):
                 stats["optim/skipped_steps"].append(1.0)

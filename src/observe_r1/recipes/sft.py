@@ -80,7 +80,7 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
                     loss = aggregate(-logp, mask[idx, : logp.shape[1]], "token_mean", denominator)
                     acc.backward(loss * world)
                 total += float(loss.detach())
-            grad_norm = common.optimizer_step(acc, params, optimizer, scheduler, o.grad_clip, run)
+            grad_norm = common.optimizer_step(acc, params, optimizer, scheduler, cfg, run)
             metrics = {
                 "sft/loss": total,
                 "sft/response_tokens": float(mask.sum()),
@@ -104,7 +104,6 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
             if run.step % cfg.checkpoint.every == 0 or run.step == steps:
                 checkpointer.save(run)
             bar(run.step - 1, metrics)
-            common.check_nonfinite(cfg, run, checkpointer)
     if test and (not cfg.logging.eval_every or run.step % cfg.logging.eval_every):
         final = common.evaluate_on_main(cfg, acc, policy, encoder, test, system, max(o.mini_batch_size, 8))
         if tracker is not None:
