@@ -210,10 +210,20 @@ def test_resume_after_sigkill_is_exact(shaping, tmp_path):
     assert [r.get("reward/total/mean") for r in ma] == [r.get("reward/total/mean") for r in mb]
 
 
+def test_process_share_gives_each_process_its_part_of_every_mini_batch():
+    from observe_r1.recipes.grpo import process_share
+
+    assert process_share(8, 4, 2, 0) == [0, 1, 4, 5] and process_share(8, 4, 2, 1) == [2, 3, 6, 7]
+    assert process_share(8, 8, 2, 1) == [4, 5, 6, 7]  # one mini-batch: contiguous halves
+    shares = [process_share(12, 6, 3, r) for r in range(3)]
+    assert sorted(sum(shares, [])) == list(range(12))
+
+
 def test_two_processes_equal_one(shaping, tmp_path):
-    # with the best checkpoint kept: only the main process evaluates, every process must join the save
-    common = ["optim.max_steps=2", "optim.mini_batch_size=16", "logging.dump_rollouts_every=0", "logging.eval_every=1",
-              "checkpoint.best_metric=eval/accuracy"]  # fmt: skip
+    # 2 mini-batches x 2 PPO epochs per rollout step: 4 optimiser steps, each on the same sequences as with
+    # 1 process. With the best checkpoint kept: only the main process evaluates, every process joins the save.
+    common = ["optim.max_steps=2", "optim.mini_batch_size=8", "optim.ppo_epochs=2", "logging.dump_rollouts_every=0",
+              "logging.eval_every=1", "checkpoint.best_metric=eval/accuracy"]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(cli(one, shaping, *common), check=True, capture_output=True, cwd=ROOT)
     torchrun = [
@@ -311,7 +321,9 @@ def test_micro_batches_go_longest_first_within_each_mini_batch():
     from observe_r1.recipes.grpo import Plan, micro_batches
 
     lengths = torch.tensor([3, 9, 1, 7, 5, 2, 8, 4])
-    plan = Plan(world=1, prompts=2, responses=8, mini=4, micro=2, steps=1, updates_per_step=2)
+    plan = Plan(
+        world=1, prompts=2, responses=8, mini=4, micro=2, steps=1, updates_per_step=2, positions=[0, 1]
+    )
     rollout = type("R", (), {"lengths": lengths, "__len__": lambda self: 8})()
     assert micro_batches(rollout, plan) == [[[1, 3], [0, 2]], [[6, 4], [7, 5]]]
 

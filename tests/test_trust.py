@@ -96,7 +96,9 @@ def test_state_files_are_json_and_safetensors(four_steps):
 
 def test_resume_with_a_changed_config_is_refused_then_allowed(shaping, four_steps, tmp_path):
     out = resumed_copy(four_steps, tmp_path / "run", drop_after=2)
-    with pytest.raises(ConfigError, match=r"optim\.lr: 0\.0001 -> 0\.001(.|\n)*rollout\.temperature: 1\.0 -> 0\.7"):
+    with pytest.raises(
+        ConfigError, match=r"optim\.lr: 0\.0001 -> 0\.001(.|\n)*rollout\.temperature: 1\.0 -> 0\.7"
+    ):
         run(shaping, out, "optim.max_steps=4", "optim.lr=1e-3", "rollout.temperature=0.7")
     run(shaping, out, "optim.max_steps=4", "optim.lr=1e-3", "checkpoint.allow_config_change=true")
     lrs = {r["step"]: r["optim/lr"] for r in metrics(out) if "optim/lr" in r}

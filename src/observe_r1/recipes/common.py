@@ -318,7 +318,9 @@ class Checkpointer:
         for group in self.optimizer.param_groups:
             group.update(betas=o.betas, weight_decay=o.weight_decay, initial_lr=o.lr)
         self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
-        lrs = [o.lr * f(self.scheduler.last_epoch) for f in self.scheduler.lr_lambdas]  # transformers' LambdaLR
+        lrs = [
+            o.lr * f(self.scheduler.last_epoch) for f in self.scheduler.lr_lambdas
+        ]  # transformers' LambdaLR
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
         self.scheduler._last_lr = list(lrs)

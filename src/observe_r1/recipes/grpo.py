@@ -6,8 +6,9 @@ One rollout step, top to bottom (each stage is one timed call):
   -> per PPO epoch and mini-batch: gradient accumulation over micro-batches, one optimiser step
   -> log -> evaluate / checkpoint when due.
 
-Processes: the step's prompts are drawn identically on every process and split into contiguous shares,
-so a group never straddles processes; rewards and advantages are per group, hence local; the loss is
+Processes: the step's prompts are drawn identically on every process and shared out so that each
+process's k-th mini-batch is its part of the k-th global one (`process_share`); a group never straddles
+processes; rewards and advantages are per group, hence local; the loss is
 normalised by mini-batch totals summed over processes and DDP averages gradients, so N processes compute
 the update of 1. Sequences are not shuffled between mini-batches (docs/grpo.md says why).
 
@@ -67,9 +68,10 @@ class Plan:
     micro: int
     steps: int  # rollout steps in the run
     updates_per_step: int  # optimiser steps per rollout step
+    positions: list[int]  # this process's prompts: positions in the step's prompts (see `process_share`)
 
     @classmethod
-    def make(cls, cfg: Config, world: int, dataset_size: int) -> Plan:
+    def make(cls, cfg: Config, world: int, dataset_size: int, rank: int = 0) -> Plan:
         r, o = cfg.rollout, cfg.optim
         for name, total in (
             ("rollout.prompts_per_step", r.prompts_per_step),
@@ -83,15 +85,12 @@ class Plan:
                 f"optim.mini_batch_size / processes ({mini}) must be a multiple of optim.micro_batch_size"
             )
         steps = o.max_steps or max(1, o.epochs * dataset_size // r.prompts_per_step)
-        return cls(
-            world,
-            prompts,
-            prompts * r.n,
-            mini,
-            o.micro_batch_size,
-            steps,
-            prompts * r.n // mini * o.ppo_epochs,
-        )
+        per_mini = o.mini_batch_size // r.n if o.mini_batch_size % (r.n * world) == 0 else r.prompts_per_step
+        if world > 1 and per_mini == r.prompts_per_step and o.mini_batch_size < r.prompts_per_step * r.n:
+            log.warning("optim.mini_batch_size=%d is not a multiple of rollout.n x processes (%d): each "
+                        "optimiser step sees other sequences than with 1 process", o.mini_batch_size, r.n * world)  # fmt: skip
+        return cls(world, prompts, prompts * r.n, mini, o.micro_batch_size, steps, prompts * r.n // mini * o.ppo_epochs,
+                   process_share(r.prompts_per_step, per_mini, world, rank))  # fmt: skip
 
 
 @dataclass
@@ -140,7 +139,7 @@ def train(cfg: Config) -> Path:
     common.seed_everything(cfg.seed)
     encoder = common.load_encoder(cfg)
     samples, test = common.load_data(cfg, encoder)
-    plan = Plan.make(cfg, acc.num_processes, len(samples))
+    plan = Plan.make(cfg, acc.num_processes, len(samples), acc.process_index)
 
     policy = common.build_policy(cfg)
     kl_on = cfg.algorithm.kl_mode != "off"
@@ -220,6 +219,16 @@ def train(cfg: Config) -> Path:
     return Path(cfg.logging.output_dir)
 
 
+def process_share(prompts: int, per_mini: int, world: int, rank: int) -> list[int]:
+    """The positions, among a step's `prompts`, of the prompts process `rank` rolls out. Each global
+    mini-batch (`per_mini` consecutive prompts) is split into `world` contiguous parts and this process takes
+    part `rank` of each, so its k-th local mini-batch is its part of the k-th global one: N processes then
+    take the same optimiser steps as 1, whatever the number of mini-batches and PPO epochs. A group (one
+    prompt's n responses) never straddles processes."""
+    share = per_mini // world
+    return [j * per_mini + rank * share + i for j in range(prompts // per_mini) for i in range(share)]
+
+
 # ------------------------------------------------------------------ rollout + rewards
 
 
@@ -264,13 +273,13 @@ def rollout_and_reward(e: Engine, step: int) -> StepBatch:
 def draw_once(e: Engine, step: int, attempt: int) -> StepBatch:
     """Take the next prompts (this process's contiguous share), generate n responses each, score them."""
     total = e.cfg.rollout.prompts_per_step
-    start = e.plan.prompts * e.acc.process_index
-    indices = e.sampler.next(total)[start : start + e.plan.prompts]
+    drawn = e.sampler.next(total)
+    indices = [drawn[p] for p in e.plan.positions]
     samples = [e.samples[i] for i in indices]
     prompts, images, bad = common.encode_prompts(samples, e.encoder, e.system)
     # globally unique, layout-independent group ids: they also seed the sampling of each response
     tries = e.cfg.algorithm.dynamic_sampling_max_tries
-    group_ids = [(step * tries + attempt) * total + start + i for i in range(len(samples))]
+    group_ids = [(step * tries + attempt) * total + p for p in e.plan.positions]
     with e.timer("rollout"):
         rollout = e.backend.generate(PromptBatch(prompts, group_ids, e.cfg.seed), e.sampling)
     with e.timer("reward"):
