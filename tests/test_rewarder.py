@@ -39,10 +39,12 @@ def test_unparsed_gold_is_counted():
 
 
 PLUGIN = """
-SEEN = {}
+import time
+SEEN = {"calls": []}
 
 def spy(completions, images, group_ids, prompts, answers, completion_ids, completion_lengths, **columns):
-    SEEN.update(images=images, group_ids=group_ids, columns=columns, prompts=prompts)
+    SEEN.update(images=images, columns=columns, prompts=prompts)
+    SEEN["calls"].append(group_ids)
     return [1.0 if images[i][0].getpixel((0, 0)) == (220, 40, 40) else 0.0 for i in range(len(completions))]
 
 def maybe(completions, **kw):
@@ -63,6 +65,23 @@ def short(completions, **kw):
 
 def strings(completions, **kw):
     return ["good"] * len(completions)
+
+def nan(completions, **kw):
+    return [float("nan")] * len(completions)
+
+def call_size(completions, **kw):
+    return [float(len(completions))] * len(completions)
+
+def hang(completions, **kw):
+    if any("hang" in c for c in completions):
+        time.sleep(1000)
+    return [1.0] * len(completions)
+
+def trl_style(completions, solution, **kwargs):  # TRL's signature: this dataset has no `solution` column
+    return [float(c == s) for c, s in zip(completions, solution)]
+
+def dense(completions, **kw):
+    return [0.6, 0.4] * (len(completions) // 2)
 """
 
 
@@ -74,15 +93,15 @@ def plugin(tmp_path):
 
 
 def test_plugin_from_file_sees_image_group_and_columns(plugin):
-    r = Rewarder([("accuracy", 1.0), (f"{plugin}:spy", 0.5)])
+    r = Rewarder([("accuracy", 1.0), (f"{plugin}:spy", 0.5)], workers=0)  # in this process: SEEN is visible
     out = r(batch([GOOD.format(1)] * 4, level=[1, 2, 3, 4], skill=["a"] * 4))
     import sys
 
     module = next(m for name, m in sys.modules.items() if name.startswith("observe_r1_reward_my_rewards"))
     seen = module.SEEN
-    assert seen["group_ids"] == [0, 0, 1, 1]
+    assert seen["calls"] == [[0, 0], [1, 1]]  # one call per group
     assert seen["images"][0][0].size == (28, 28)
-    assert seen["columns"] == {"level": [1, 2, 3, 4], "skill": ["a"] * 4}
+    assert seen["columns"] == {"level": [3, 4], "skill": ["a"] * 2}
     assert seen["prompts"][0][0]["role"] == "user"
     assert out.total.tolist() == [1.5] * 4 and out.metrics["reward/spy/mean"] == 1.0
 
@@ -145,3 +164,64 @@ def test_from_config(tmp_path):
     out = r(batch(["<think>x</think><answer>1</answer>", GOOD.format(1)]))
     assert out.total.tolist() == [1.5, 1.0]
     json.dumps(out.metrics)  # plain floats, loggable
+
+
+def test_terms_run_once_per_group_in_worker_processes(plugin):
+    with Rewarder([("accuracy", 1.0), (f"{plugin}:call_size", 1.0)], workers=2) as r:
+        out = r(batch([GOOD.format(1)] * 6))
+    assert out.terms["call_size"].tolist() == [2.0] * 6  # groups of 2 (group_ids 0 0 1 1 2 2)
+    assert out.terms["accuracy"].tolist() == [1.0] * 6
+
+
+def test_a_hanging_reward_is_bounded_from_any_thread(plugin):
+    """A response that hangs scores 0 and is counted; the others are scored. The bound holds in a thread
+    other than the main one (math-verify's SIGALRM limit does not)."""
+    import threading
+    import time
+
+    r = Rewarder([("accuracy", 1.0), (f"{plugin}:hang", 1.0)], timeout_s=0.5, workers=2)
+    result = {}
+    started = time.perf_counter()
+    thread = threading.Thread(
+        target=lambda: result.update(out=r(batch([GOOD.format(1), "hang", GOOD.format(1), GOOD.format(1)])))
+    )
+    thread.start()
+    thread.join(timeout=30)
+    r.close()
+    assert not thread.is_alive() and time.perf_counter() - started < 30
+    out = result["out"]
+    assert out.terms["hang"].tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert out.metrics["reward/timeouts"] == 1.0
+
+
+def test_a_term_that_hangs_on_every_response_stops_the_run(plugin):
+    from observe_r1.rewards import RewardTimeoutError
+
+    with (
+        Rewarder([("accuracy", 1.0), (f"{plugin}:hang", 1.0)], timeout_s=0.3, workers=2) as r,
+        pytest.raises(RewardTimeoutError, match="reward term hang took longer .* on every one of the 2"),
+    ):
+        r(batch(["hang 1", "hang 2"]))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_term_that_fails_on_every_response_stops_with_its_traceback(plugin, workers):
+    with (
+        Rewarder([("accuracy", 1.0), (f"{plugin}:trl_style", 1.0)], workers=workers) as r,
+        pytest.raises(RewardFunctionError, match=r"reward term trl_style raised on every one of the 4 ") as e,
+    ):
+        r(batch([GOOD.format(1)] * 4))
+    assert "missing 1 required positional argument: 'solution'" in str(e.value)
+
+
+def test_nan_is_an_error_naming_the_function(plugin):
+    with (
+        Rewarder([("accuracy", 1.0), (f"{plugin}:nan", 1.0)]) as r,
+        pytest.raises(RewardFunctionError, match="reward function nan returned nan; return None"),
+    ):
+        r(batch([GOOD.format(1)] * 2))
+
+
+def test_correct_is_a_threshold_on_the_correct_term(plugin):
+    r = Rewarder([(f"{plugin}:dense", 1.0)], correct_term="dense", correct_threshold=0.5, workers=0)
+    assert r(batch([GOOD.format(1)] * 4)).correct.tolist() == [True, False, True, False]

@@ -16,6 +16,7 @@ from observe_r1.cli import main
 from observe_r1.config import ConfigError, load_config
 from observe_r1.recipes import checkpoint as ckpt
 from observe_r1.recipes.grpo import train
+from observe_r1.rewards import RewardFunctionError, RewardTimeoutError
 from tests.test_train import SHAPING, TINY, metrics, overrides, state, weights
 
 FAST = ["logging.dump_rollouts_every=0", "optim.mini_batch_size=16", "checkpoint.keep_last=10"]
@@ -287,3 +288,44 @@ def test_a_full_disk_is_one_clear_line(shaping, tiny_model_dir, tmp_path, monkey
         and "ENOSPC: No space left on device" in out
     )
     assert "Traceback" not in out
+
+
+# ------------------------------------------------------------------ 3, 4, 7. rewards
+
+
+def reward_run(shaping, out, terms, *extra):
+    args = [f"reward.terms={terms}", f"logging.output_dir={out}", *FAST, *extra]
+    return train(load_config(TINY, args))
+
+
+def test_a_dense_correct_term_gets_a_threshold_and_a_loud_warning(shaping, tmp_path, caplog):
+    dense = f"[{{name: accuracy}}, {{name: '{shaping}:digits'}}]"
+    with caplog.at_level(logging.WARNING):
+        out = reward_run(shaping, tmp_path / "zero", dense, "reward.correct_term=digits", "optim.max_steps=3")
+    steps = [r for r in metrics(out) if "actor/loss" in r]
+    assert [r["advantage/zero_weight_streak"] for r in steps] == [1, 2, 3]
+    assert all(r["advantage/weight_mean"] == 0 and r["actor/grad_norm"] == 0 for r in steps)
+    assert "no gradient for 3 steps in a row" in caplog.text and "reward.correct_threshold" in caplog.text
+    out = reward_run(shaping, tmp_path / "dense", dense, "reward.correct_term=digits", "optim.max_steps=2",
+                     "reward.correct_threshold=0.02")  # fmt: skip
+    steps = [r for r in metrics(out) if "actor/loss" in r]
+    assert any(r["advantage/weight_mean"] > 0 for r in steps) and any(r["actor/grad_norm"] > 0 for r in steps)
+
+
+def test_training_stops_when_a_term_fails_on_every_response(shaping, tmp_path):
+    plugin = tmp_path / "trl_rewards.py"
+    plugin.write_text("def accuracy_reward(completions, solution, **kwargs):\n"
+                      "    return [float(c[0]['content'] == s) for c, s in zip(completions, solution)]\n")  # fmt: skip
+    terms = f"[{{name: accuracy}}, {{name: '{plugin}:accuracy_reward'}}]"
+    with pytest.raises(
+        RewardFunctionError, match="reward term accuracy_reward raised on every one of the 16"
+    ):
+        reward_run(shaping, tmp_path / "run", terms, "optim.max_steps=2")
+
+
+def test_training_stops_when_a_term_hangs_on_every_response(shaping, tmp_path):
+    plugin = tmp_path / "slow.py"
+    plugin.write_text("import time\n\ndef slow(completions, **kwargs):\n    time.sleep(1000)\n")
+    terms = f"[{{name: accuracy}}, {{name: '{plugin}:slow'}}]"
+    with pytest.raises(RewardTimeoutError, match="reward term slow took longer than reward.timeout_s=0.2 s"):
+        reward_run(shaping, tmp_path / "run", terms, "optim.max_steps=2", "reward.timeout_s=0.2")

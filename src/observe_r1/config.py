@@ -89,8 +89,11 @@ class RewardConfig:
     correct_threshold: float = 1.0  # a response is correct when its correct_term value is >= this
     bonus_coef: float = 0.2  # Observe-R1 bonus for the shortest correct response of a group; 0 = off
     bonus_min_length: int = 100  # tokens; the shortest correct response must be longer than this
-    answer_fallback: bool = False  # without <answer> tags, grade the whole completion
-    timeout_s: float = 5.0  # per math-verify call
+    answer_fallback: bool = (
+        False  # without <answer> tags, grade the whole completion (unsafe: docs/rewards.md)
+    )
+    timeout_s: float = 5.0  # seconds each response may take in each term (math-verify's grading included)
+    workers: int = 2  # processes that score rewards (in parallel, with the time bound); 0 = in this process
 
 
 @dataclass
@@ -260,6 +263,7 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("reward.bonus_coef", _at_least(0), "must be >= 0"),
     ("reward.bonus_min_length", _at_least(0), "must be >= 0"),
     ("reward.timeout_s", lambda v: v > 0, "must be > 0"),
+    ("reward.workers", _at_least(0), "must be >= 0 (0 = in the training process, without a time bound)"),
     ("algorithm.sigma", _at_least(0), "must be >= 0"),
     ("algorithm.clip_low", _in(0, 1, high_open=True), "must be in [0, 1)"),
     ("algorithm.clip_high", _at_least(0), "must be >= 0"),

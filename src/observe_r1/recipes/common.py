@@ -424,9 +424,10 @@ def evaluate_on_main(cfg: Config, acc: Accelerator, model, encoder: ChatEncoder,
     metrics: dict[str, float] = {}
     if acc.is_main_process:
         backend = HFRollout(acc.unwrap_model(model), encoder)
-        with autocast(acc.device, cfg.model.dtype):
-            result, _ = evaluate(backend, encoder, test, Rewarder.from_config(cfg.reward), system,
-                                 cfg.rollout.max_new_tokens, batch_size)  # fmt: skip
+        with autocast(acc.device, cfg.model.dtype), Rewarder.from_config(cfg.reward) as rewarder:
+            result, _ = evaluate(
+                backend, encoder, test, rewarder, system, cfg.rollout.max_new_tokens, batch_size
+            )
         metrics = {f"eval/{k}": v for k, v in result.items()}
     acc.wait_for_everyone()
     return metrics

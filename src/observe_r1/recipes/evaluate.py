@@ -163,7 +163,7 @@ def evaluate_checkpoint(
     samples = load_samples(data, encoder, text)[: limit or None]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(str(model_dir)).to(device).eval()
-    rewarder = Rewarder([("accuracy", 1.0), ("observe_format", 0.5)])
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with Rewarder([("accuracy", 1.0), ("observe_format", 0.5)]) as rewarder, amp:
         return evaluate(HFRollout(model, encoder), encoder, samples, rewarder, text, max_new_tokens, batch_size,
                         pass_k, on_batch=on_batch)  # fmt: skip

@@ -191,6 +191,7 @@ def train(cfg: Config) -> Path:
             stats |= kl_stats
             metrics = step_metrics(cfg, batch, scored, stats, timer.pop(), time.perf_counter() - started)
             metrics["optim/lr"] = scheduler.get_last_lr()[0]
+            metrics["advantage/zero_weight_streak"] = watch_zero_weights(e, run, scored)
             metrics = common.mean_across_processes(metrics, acc)
             run.step += 1
             evaluation = None  # on the main process only; the others get {}
@@ -213,6 +214,7 @@ def train(cfg: Config) -> Path:
             tracker.log(run.step, final)
         checkpointer.keep_best(run, final)
     checkpointer.export_merged()
+    e.rewarder.close()
     if tracker is not None:
         tracker.close()
     acc.wait_for_everyone()
@@ -329,6 +331,33 @@ def score(cfg: Config, batch: StepBatch) -> Scored:
     weights = difficulty_weights(correct, a.sigma) if a.difficulty_weighting else torch.ones(len(rewards))
     advantages = weights[:, None] * group_advantages(shaped, a.estimator)
     return Scored(rewards, shaped, correct, weights, advantages.flatten())
+
+
+ZERO_WEIGHT_STEPS = 3  # rollout steps in a row with f(d) = 0 for every group before the run warns
+
+
+def watch_zero_weights(e: Engine, run: common.RunState, scored: Scored) -> float:
+    """Count the rollout steps in a row where f(d) was 0 for every group on every process (no gradient at
+    all) and warn loudly from the third: a dense or partial-credit reward never makes a response "correct"
+    at the default threshold, so every group looks all-wrong. Returns the streak, logged as a metric."""
+    cfg = e.cfg
+    if not cfg.algorithm.difficulty_weighting:
+        return 0.0
+    run.zero_weight_streak = (
+        run.zero_weight_streak + 1 if _all_processes(e.acc, bool((scored.weights == 0).all())) else 0
+    )
+    if (
+        run.zero_weight_streak >= ZERO_WEIGHT_STEPS
+        and run.zero_weight_streak % (ZERO_WEIGHT_STEPS * 10) == ZERO_WEIGHT_STEPS
+    ):
+        log.warning(
+            "no gradient for %d steps in a row: f(d) = 0 for every group, because no group had both correct and "
+            "wrong responses (correct: reward term %r >= reward.correct_threshold=%g). With a dense or "
+            "partial-credit reward set reward.correct_threshold (e.g. 0.5) or algorithm.difficulty_weighting=false; "
+            "otherwise the data is too hard or too easy for this model.",
+            run.zero_weight_streak, cfg.reward.correct_term, cfg.reward.correct_threshold,
+        )  # fmt: skip
+    return float(run.zero_weight_streak)
 
 
 def token_advantages(cfg: Config, rollout: Rollout, scored: Scored, old_logp, ref_logp, device) -> tuple:

@@ -52,13 +52,17 @@ def build(
     encoder = ChatEncoder.from_pretrained(model, max_prompt_length=cfg.data.max_prompt_length,
                                           min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)  # fmt: skip
     samples = load_samples(data, encoder, system, cfg.data.max_bad_row_fraction)
-    rewarder = Rewarder.from_config(cfg.reward)
     easy = set()
-    if lc.easy_model:
-        easy = easy_filter(cfg, lc.easy_model, samples, rewarder, out.with_suffix(".easy.jsonl"), on_batch)
-        log.info("easy filter: %d of %d items answered directly and dropped", len(easy), len(samples))
-    todo = [(i, s) for i, s in enumerate(samples) if s.id not in easy]
-    scores = score(cfg, model, encoder, todo, rewarder, system, out.with_suffix(".scores.jsonl"), on_batch)
+    with Rewarder.from_config(cfg.reward) as rewarder:
+        if lc.easy_model:
+            easy = easy_filter(
+                cfg, lc.easy_model, samples, rewarder, out.with_suffix(".easy.jsonl"), on_batch
+            )
+            log.info("easy filter: %d of %d items answered directly and dropped", len(easy), len(samples))
+        todo = [(i, s) for i, s in enumerate(samples) if s.id not in easy]
+        scores = score(
+            cfg, model, encoder, todo, rewarder, system, out.with_suffix(".scores.jsonl"), on_batch
+        )
     items = [Item(s, scores[s.id]["difficulty"], scores[s.id]["complexity"]) for _, s in todo]
     ladder = build_ladder(items, lc.own_share, lc.min_complexity, lc.proportions, cfg.seed)
     write(ladder, out)

@@ -1,47 +1,48 @@
-"""Reward terms combined with weights, with plug-ins and per-sample isolation.
+"""Reward terms combined with weights, scored group by group in worker processes with a time bound.
 
-A reward function is any callable taking keyword arguments for a whole batch of completions (TRL's API,
-plus the image and the group):
+Each term (observe_r1.rewards.terms) is called once per group (the n responses of one prompt), in
+`reward.workers` worker processes (0: in this process, unbounded: for debugging). A call on a group of n
+responses may take n x `reward.timeout_s` seconds; past that its worker is killed and the responses are
+tried one by one, each bounded by `timeout_s`; a response that still takes longer scores 0 for that term
+and is counted in `reward/timeouts`. The bound holds whichever thread asks for the rewards (math-verify's own
+SIGALRM limit works only in a main thread; the workers run it in theirs).
 
-    fn(completions, completion_ids, completion_lengths, prompts, images, answers, group_ids, **columns)
-        -> list[float | None] | list[dict[str, float | None]]
-
-`None` means "not applicable": it is left out of that term's mean and adds nothing to the total. A dict
-holds named sub-scores: each is logged, and their sum is the term's value. Functions should accept
-`**kwargs` so that new columns do not break them.
-
-Isolation: if a function raises, it is called again sample by sample; samples that still raise score 0
-for that term, the traceback is logged once per distinct error and counted in `reward/errors`, and
-training goes on. A function that returns the wrong length or type is a bug in the function: it fails
-at once with a message naming it (`RewardFunctionError`).
+Isolation: a response on which a function raises scores 0 for that term; the traceback is logged once per
+distinct error and counted in `reward/errors`. A term that raises, or times out, on every response of a
+step stops the run with the first traceback and the term's name: a function written for another
+framework's signature would otherwise train on zeros. A function that returns the wrong length or type, or
+NaN, fails at once with a message naming it (`RewardFunctionError`).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import math
-import numbers
-import sys
-import traceback
-from collections.abc import Callable
+import multiprocessing
+import weakref
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
+from pebble import ProcessExpired, ProcessPool
 
-from observe_r1.rewards.accuracy import grade
-from observe_r1.rewards.format import format_reward
+from observe_r1.rewards.terms import (
+    Call,
+    RewardFunctionError,
+    call_term,
+    init_worker,
+    make_term,
+    term_name,
+    wants_images,
+    worker_call,
+)
 
 log = logging.getLogger(__name__)
 
-RewardFn = Callable[..., list]
 
-
-class RewardFunctionError(TypeError):
-    """A reward function returned something other than one float / None / dict per completion."""
+class RewardTimeoutError(RuntimeError):
+    """A reward term took longer than its time bound on every response of a step."""
 
 
 @dataclass
@@ -60,92 +61,45 @@ class RewardBatch:
     def __len__(self) -> int:
         return len(self.completions)
 
-    def kwargs(self) -> dict[str, list[Any]]:
-        fixed = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "columns"}
-        return {**self.columns, **fixed}
+    def kwargs(self, rows: list[int], images: bool = True) -> dict[str, list[Any]]:
+        """The keyword arguments of a call on these rows (`images` only if asked for)."""
+        fixed = [k for k in self.__dataclass_fields__ if k != "columns" and (images or k != "images")]
+        return {
+            k: [v[i] for i in rows]
+            for k, v in [*self.columns.items(), *((k, getattr(self, k)) for k in fixed)]
+        }
+
+    def groups(self) -> list[list[int]]:
+        """Rows of each run of equal group ids (a GRPO group: the n responses of one prompt)."""
+        runs: list[list[int]] = []
+        for i, g in enumerate(self.group_ids):
+            if runs and self.group_ids[runs[-1][0]] == g:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        return runs
 
 
 @dataclass
 class RewardResult:
     total: torch.Tensor  # [B] weighted sum of the terms
     terms: dict[str, torch.Tensor]  # [B] raw value per term; NaN where the function returned None
-    correct: torch.Tensor  # [B] bool: the correctness term is 1
+    correct: torch.Tensor  # [B] bool: the correctness term reaches its threshold
     metrics: dict[str, float]
 
 
-# ------------------------------------------------------------------ built-in terms
+@dataclass
+class TermOutcome:
+    """One term over a whole batch."""
 
-
-class Accuracy:
-    """Batch form of `grade`; also reports how many golds fell back to text and how many timed out."""
-
-    def __init__(self, timeout_s: float = 5.0, fallback: bool = False):
-        self.timeout_s, self.fallback = timeout_s, fallback
-        self.last_metrics: dict[str, float] = {}
-
-    def __call__(self, completions: list[str], answers: list[str], **_: Any) -> list[float]:
-        grades = [
-            grade(c, a, self.timeout_s, self.fallback) for c, a in zip(completions, answers, strict=True)
-        ]
-        n = max(len(grades), 1)
-        self.last_metrics = {
-            "reward/unparsed_gold": sum(g.unparsed_gold for g in grades) / n,
-            "reward/timeouts": float(sum(g.timed_out for g in grades)),
-        }
-        return [g.score for g in grades]
-
-
-def _format_term(layout: str) -> RewardFn:
-    def fn(completions: list[str], **_: Any) -> list[float]:
-        return [format_reward(c, layout) for c in completions]
-
-    fn.__name__ = f"{layout}_format"
-    return fn
-
-
-BUILTINS: dict[str, Callable[..., RewardFn]] = {
-    "accuracy": lambda timeout_s, fallback: Accuracy(timeout_s, fallback),
-    "observe_format": lambda **_: _format_term("observe"),
-    "observe_format_nested": lambda **_: _format_term("observe_nested"),
-    "think_format": lambda **_: _format_term("think"),
-    "think_format_empty_ok": lambda **_: _format_term("think_empty_ok"),
-}
-
-
-def load_function(ref: str) -> RewardFn:
-    """`path/to/file.py:fn` or `package.module:fn` -> the callable, with an error that says what is wrong."""
-    if ":" not in ref:
-        raise ValueError(
-            f"reward {ref!r}: not a built-in ({', '.join(BUILTINS)}) nor `file.py:fn` / `module:fn`"
-        )
-    target, name = ref.rsplit(":", 1)
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise FileNotFoundError(f"reward {ref!r}: file {path} not found")
-        module_name = f"observe_r1_reward_{path.stem}_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(target)
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ValueError(f"reward {ref!r}: {target} has no callable {name!r}")
-    return fn
-
-
-def term_name(ref: str) -> str:
-    return ref.rsplit(":", 1)[-1] if ":" in ref else ref
-
-
-# ------------------------------------------------------------------ combination
+    raw: list  # a value (float, None or dict) per row
+    errors: list[tuple[int, str, str]] = field(default_factory=list)  # (row, message, traceback)
+    timed_out: list[int] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 class Rewarder:
-    """Scores a RewardBatch with weighted terms; `correct_term` names the term whose 1s mean "correct"."""
+    """Scores a RewardBatch with weighted terms; a response is correct when `correct_term` >= `correct_threshold`."""
 
     def __init__(
         self,
@@ -153,85 +107,158 @@ class Rewarder:
         correct_term: str = "accuracy",
         timeout_s: float = 5.0,
         answer_fallback: bool = False,
+        workers: int = 2,
+        correct_threshold: float = 1.0,
     ):
-        self.terms: list[tuple[str, float, RewardFn]] = []
-        for ref, weight in terms:
-            name = term_name(ref)
-            if any(name == n for n, _, _ in self.terms):
-                raise ValueError(f"reward term {name!r} appears twice")
-            maker = BUILTINS.get(ref)
-            fn = maker(timeout_s=timeout_s, fallback=answer_fallback) if maker else load_function(ref)
-            self.terms.append((name, weight, fn))
-        if correct_term not in [n for n, _, _ in self.terms]:
+        self.refs = [ref for ref, _ in terms]
+        self.names = [term_name(ref) for ref in self.refs]
+        self.weights = [w for _, w in terms]
+        duplicate = next((n for i, n in enumerate(self.names) if n in self.names[:i]), None)
+        if duplicate:
+            raise ValueError(f"reward term {duplicate!r} appears twice")
+        # built here too, so a bad reference fails before anything runs, and for workers=0
+        self.fns = [make_term(ref, timeout_s, answer_fallback) for ref in self.refs]
+        self.send_images = [wants_images(fn) for fn in self.fns]
+        if correct_term not in self.names:
             raise ValueError(f"reward.correct_term {correct_term!r} is not one of the reward terms")
-        self.correct_term = correct_term
+        self.correct_term, self.correct_threshold = correct_term, correct_threshold
+        self.timeout_s, self.fallback, self.workers = timeout_s, answer_fallback, workers
+        self._pool: ProcessPool | None = None
         self._seen_errors: set[tuple[str, str]] = set()
 
     @classmethod
     def from_config(cls, cfg: Any) -> Rewarder:
         """From a `RewardConfig`."""
-        return cls(
-            [(t.name, t.weight) for t in cfg.terms], cfg.correct_term, cfg.timeout_s, cfg.answer_fallback
-        )
+        return cls([(t.name, t.weight) for t in cfg.terms], cfg.correct_term, cfg.timeout_s, cfg.answer_fallback,
+                   cfg.workers, cfg.correct_threshold)  # fmt: skip
+
+    def __enter__(self) -> Rewarder:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool.join()
+            self._pool = None
 
     def __call__(self, batch: RewardBatch) -> RewardResult:
+        outcomes = self._score(batch)
         total = torch.zeros(len(batch))
         values: dict[str, torch.Tensor] = {}
         metrics: dict[str, float] = {}
-        errors = 0
-        for name, weight, fn in self.terms:
-            raw, n_errors = self._call(name, fn, batch)
-            errors += n_errors
-            value = torch.tensor([_term_value(x) for x in raw], dtype=torch.float32)
+        counts: dict[str, int] = {}
+        for name, weight, out in zip(self.names, self.weights, outcomes, strict=True):
+            self._check(name, out, len(batch))
+            value = torch.tensor([_term_value(x) for x in out.raw], dtype=torch.float32)
             values[name] = value
             total += weight * torch.nan_to_num(value, nan=0.0)
-            metrics.update(term_metrics(name, raw, value))
-            metrics.update(getattr(fn, "last_metrics", {}))
+            metrics.update(term_metrics(name, out.raw, value))
+            for key, n in [
+                *out.counts.items(),
+                ("errors", len(out.errors)),
+                ("timeouts", len(out.timed_out)),
+            ]:
+                counts[key] = counts.get(key, 0) + n
+        n = max(len(batch), 1)
         metrics["reward/total/mean"] = float(total.mean()) if len(batch) else 0.0
-        metrics["reward/errors"] = float(errors)
-        correct = values[self.correct_term] >= 1.0 - 1e-6  # NaN compares False
+        metrics["reward/errors"] = float(counts["errors"])
+        metrics["reward/timeouts"] = float(
+            counts["timeouts"]
+        )  # calls bounded here + gradings math-verify stopped
+        if "unparsed_gold" in counts:
+            metrics["reward/unparsed_gold"] = counts["unparsed_gold"] / n
+        correct = values[self.correct_term] >= self.correct_threshold  # NaN compares False
         return RewardResult(total, values, correct, metrics)
 
-    def _call(self, name: str, fn: RewardFn, batch: RewardBatch) -> tuple[list, int]:
-        kwargs = batch.kwargs()
-        try:
-            return _checked(fn, fn(**kwargs), len(batch)), 0
-        except RewardFunctionError:
-            raise
-        except Exception:  # noqa: BLE001 - user code; find the sample(s) that raise
-            pass
-        out, errors = [], 0
-        for i in range(len(batch)):
-            try:
-                out += _checked(fn, fn(**{k: v[i : i + 1] for k, v in kwargs.items()}), 1)
-            except RewardFunctionError:
-                raise
-            except Exception as e:  # noqa: BLE001
-                errors += 1
-                out.append(0.0)
-                key = (name, f"{type(e).__name__}: {e}")
-                if key not in self._seen_errors:
-                    self._seen_errors.add(key)
-                    log.warning(
-                        "reward %s raised on a sample (scored 0; logged once):\n%s",
-                        name,
-                        traceback.format_exc(),
-                    )
-        return out, errors
-
-
-def _checked(fn: RewardFn, out: Any, n: int) -> list:
-    name = getattr(fn, "__name__", type(fn).__name__)
-    if not isinstance(out, list | tuple) or len(out) != n:
-        got = f"{type(out).__name__} of length {len(out)}" if hasattr(out, "__len__") else type(out).__name__
-        raise RewardFunctionError(f"reward function {name} must return a list of {n} values, got {got}")
-    for x in out:
-        values = x.values() if isinstance(x, dict) else [x]
-        if not all(v is None or isinstance(v, numbers.Real) for v in values):
+    def _check(self, name: str, out: TermOutcome, n: int) -> None:
+        """Log each distinct error once; stop when a term failed or timed out on every response."""
+        for _, message, trace in out.errors:
+            if (name, message) not in self._seen_errors:
+                self._seen_errors.add((name, message))
+                log.warning("reward %s raised on a response (scored 0; logged once):\n%s", name, trace)
+        if n and len(out.errors) == n:
             raise RewardFunctionError(
-                f"reward function {name} returned {x!r}; each value must be a float, None, or a dict of floats"
+                f"reward term {name} raised on every one of the {n} responses of this step (written for another "
+                f"signature? see docs/rewards.md); the first error:\n{out.errors[0][2]}"
             )
-    return list(out)
+        if n and len(out.timed_out) == n:
+            raise RewardTimeoutError(
+                f"reward term {name} took longer than reward.timeout_s={self.timeout_s} s on every one of the {n} "
+                "responses of this step: it hangs, or needs a larger reward.timeout_s"
+            )
+
+    # ------------------------------------------------------------ calls
+
+    def _score(self, batch: RewardBatch) -> list[TermOutcome]:
+        groups = batch.groups()
+        calls = {(t, g): batch.kwargs(rows, self.send_images[t]) for t in range(len(self.refs))
+                 for g, rows in enumerate(groups)}  # fmt: skip
+        if self.workers == 0:
+            done = {key: call_term(self.fns[key[0]], kwargs) for key, kwargs in calls.items()}
+            timed_out: dict[tuple[int, int], list[int]] = {}
+        else:
+            done, timed_out = self._in_workers(calls)
+        outcomes = []
+        for t in range(len(self.refs)):
+            out = TermOutcome([None] * len(batch))
+            for g, rows in enumerate(groups):
+                call = done[(t, g)]
+                for i, v in zip(rows, call.values, strict=True):
+                    out.raw[i] = v
+                out.errors += [(rows[i], m, tb) for i, m, tb in call.errors]
+                out.timed_out += [rows[i] for i in timed_out.get((t, g), [])]
+                for key, n in call.counts.items():
+                    out.counts[key] = out.counts.get(key, 0) + n
+            outcomes.append(out)
+        return outcomes
+
+    def _in_workers(self, calls: dict) -> tuple[dict, dict]:
+        """Run the calls in the worker pool; a call past its bound is retried response by response."""
+        pool = self._get_pool()
+        futures = {key: pool.schedule(worker_call, (key[0], kw), timeout=self.timeout_s * len(kw["completions"]))
+                   for key, kw in calls.items()}  # fmt: skip
+        done: dict[tuple[int, int], Call] = {}
+        retry = []
+        for key, future in futures.items():
+            try:
+                done[key] = future.result()
+            except (FutureTimeout, ProcessExpired):
+                retry.append(key)
+        timed_out: dict[tuple[int, int], list[int]] = {}
+        singles = {(key, i): pool.schedule(worker_call, (key[0], {k: v[i : i + 1] for k, v in calls[key].items()}),
+                                           timeout=self.timeout_s)
+                   for key in retry for i in range(len(calls[key]["completions"]))}  # fmt: skip
+        for key in retry:
+            call = Call([])
+            for i in range(len(calls[key]["completions"])):
+                try:
+                    one = singles[(key, i)].result()
+                    call.values += one.values
+                    call.errors += [(i, m, tb) for _, m, tb in one.errors]
+                    for name, n in one.counts.items():
+                        call.counts[name] = call.counts.get(name, 0) + n
+                except FutureTimeout:
+                    call.values.append(0.0)
+                    timed_out.setdefault(key, []).append(i)
+                except ProcessExpired as e:  # the function killed its worker (os._exit, a crash)
+                    call.values.append(0.0)
+                    call.errors.append((i, f"worker process died: {e}", f"worker process died: {e}"))
+            done[key] = call
+        return done, timed_out
+
+    def _get_pool(self) -> ProcessPool:
+        if self._pool is None:
+            # forkserver: workers fork from a clean server process (not from a process holding a model and
+            # threads), so a worker killed for a timeout is replaced in milliseconds
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["observe_r1.rewards.terms"])
+            self._pool = ProcessPool(self.workers, initializer=init_worker,
+                                     initargs=(self.refs, self.timeout_s, self.fallback), context=context)  # fmt: skip
+            weakref.finalize(self, self._pool.stop)
+        return self._pool
 
 
 def _term_value(x: Any) -> float:

@@ -1,0 +1,184 @@
+"""Reward terms: the built-in ones, plug-ins by reference, and one call of a term with per-response isolation.
+
+This module imports no torch: the reward worker processes (observe_r1.rewards.compose) import it alone.
+
+A reward function is any callable taking keyword arguments for the responses of one group (TRL's API, plus
+the image and the group):
+
+    fn(completions, completion_ids, completion_lengths, prompts, answers, group_ids, [images], **columns)
+        -> list[float | None] | list[dict[str, float | None]]
+
+`None` means "not applicable". A dict holds named sub-scores (each logged; their sum is the term's value).
+`images` (PIL images of each response's prompt) is passed only to functions that name it, so the pixels
+are not sent to every worker for every term. Functions should accept `**kwargs` so new columns do not
+break them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import math
+import numbers
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from observe_r1.rewards.accuracy import grade
+from observe_r1.rewards.format import format_reward
+
+RewardFn = Callable[..., list]
+
+
+class RewardFunctionError(TypeError):
+    """A reward function returned something other than one finite float / None / dict per completion, or
+    failed on every response of a step."""
+
+
+class Accuracy:
+    """Batch form of `grade`. After each call `counts` holds how many golds fell back to text and how many
+    gradings timed out (reported by the worker with the call's values)."""
+
+    def __init__(self, timeout_s: float = 5.0, fallback: bool = False):
+        self.timeout_s, self.fallback = timeout_s, fallback
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, completions: list[str], answers: list[str], **_: Any) -> list[float]:
+        grades = [
+            grade(c, a, self.timeout_s, self.fallback) for c, a in zip(completions, answers, strict=True)
+        ]
+        self.counts = {"unparsed_gold": sum(g.unparsed_gold for g in grades),
+                       "timeouts": sum(g.timed_out for g in grades)}  # fmt: skip
+        return [g.score for g in grades]
+
+
+def _format_term(layout: str) -> RewardFn:
+    def fn(completions: list[str], **_: Any) -> list[float]:
+        return [format_reward(c, layout) for c in completions]
+
+    fn.__name__ = f"{layout}_format"
+    return fn
+
+
+BUILTINS: dict[str, Callable[..., RewardFn]] = {
+    "accuracy": lambda timeout_s, fallback: Accuracy(timeout_s, fallback),
+    "observe_format": lambda **_: _format_term("observe"),
+    "observe_format_nested": lambda **_: _format_term("observe_nested"),
+    "think_format": lambda **_: _format_term("think"),
+    "think_format_empty_ok": lambda **_: _format_term("think_empty_ok"),
+}
+
+
+def load_function(ref: str) -> RewardFn:
+    """`path/to/file.py:fn` or `package.module:fn` -> the callable, with an error that says what is wrong."""
+    if ":" not in ref:
+        raise ValueError(
+            f"reward {ref!r}: not a built-in ({', '.join(BUILTINS)}) nor `file.py:fn` / `module:fn`"
+        )
+    target, name = ref.rsplit(":", 1)
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise FileNotFoundError(f"reward {ref!r}: file {path} not found")
+        module_name = f"observe_r1_reward_{path.stem}_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"reward {ref!r}: {target} has no callable {name!r}")
+    return fn
+
+
+def make_term(ref: str, timeout_s: float, fallback: bool) -> RewardFn:
+    maker = BUILTINS.get(ref)
+    return maker(timeout_s=timeout_s, fallback=fallback) if maker else load_function(ref)
+
+
+def term_name(ref: str) -> str:
+    return ref.rsplit(":", 1)[-1] if ":" in ref else ref
+
+
+def wants_images(fn: RewardFn) -> bool:
+    try:
+        return "images" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a callable without a signature: give it everything
+        return True
+
+
+# ------------------------------------------------------------------ one call
+
+
+@dataclass
+class Call:
+    """What one call of a term on some responses gave: a value per response, the responses that raised
+    (index, "Type: message", traceback), and the term's counters."""
+
+    values: list
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def call_term(fn: RewardFn, kwargs: dict[str, list]) -> Call:
+    """Call `fn` on all responses at once; if it raises, response by response: those that still raise score
+    0 and are reported. A wrong return (length, type, NaN) is a bug in the function: RewardFunctionError."""
+    n = len(kwargs["completions"])
+    try:
+        return Call(check_values(fn, fn(**kwargs), n), counts=dict(getattr(fn, "counts", {})))
+    except RewardFunctionError:
+        raise
+    except Exception:  # noqa: BLE001 - user code; find the response(s) that raise
+        pass
+    out = Call([])
+    for i in range(n):
+        try:
+            out.values += check_values(fn, fn(**{k: v[i : i + 1] for k, v in kwargs.items()}), 1)
+            for key, count in getattr(fn, "counts", {}).items():
+                out.counts[key] = out.counts.get(key, 0) + count
+        except RewardFunctionError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            out.values.append(0.0)
+            out.errors.append((i, f"{type(e).__name__}: {e}", traceback.format_exc()))
+    return out
+
+
+def check_values(fn: RewardFn, out: Any, n: int) -> list:
+    name = getattr(fn, "__name__", type(fn).__name__)
+    if not isinstance(out, list | tuple) or len(out) != n:
+        got = f"{type(out).__name__} of length {len(out)}" if hasattr(out, "__len__") else type(out).__name__
+        raise RewardFunctionError(f"reward function {name} must return a list of {n} values, got {got}")
+    for x in out:
+        values = x.values() if isinstance(x, dict) else [x]
+        if not all(v is None or isinstance(v, numbers.Real) for v in values):
+            raise RewardFunctionError(
+                f"reward function {name} returned {x!r}; each value must be a float, None, or a dict of floats"
+            )
+        if any(v is not None and not math.isfinite(v) for v in values):
+            raise RewardFunctionError(
+                f"reward function {name} returned {x!r}; return None (not NaN or inf) for 'not applicable'"
+            )
+    return list(out)
+
+
+# ------------------------------------------------------------------ the worker side
+
+
+_WORKER_TERMS: list[RewardFn] = []
+
+
+def init_worker(refs: list[str], timeout_s: float, fallback: bool) -> None:
+    """Build the terms once per worker process."""
+    _WORKER_TERMS[:] = [make_term(ref, timeout_s, fallback) for ref in refs]
+
+
+def worker_call(term: int, kwargs: dict[str, list]) -> Call:
+    return call_term(_WORKER_TERMS[term], kwargs)
