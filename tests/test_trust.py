@@ -270,11 +270,14 @@ def test_a_kill_while_replacing_best_leaves_the_old_one(shaping, tmp_path, monke
 # ------------------------------------------------------------------ 13. full disk, read-only output
 
 
-def test_a_full_disk_is_one_clear_line(shaping, tiny_model_dir, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("code, text", [(errno.ENOSPC, "ENOSPC: No space left on device"),
+                                        (errno.EROFS, "EROFS: Read-only file system")])  # fmt: skip
+def test_a_full_disk_or_read_only_output_is_one_clear_line(code, text, shaping, tiny_model_dir, tmp_path,
+                                                          monkeypatch, capsys):  # fmt: skip
     import transformers.modeling_utils as mu
 
     def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", str(args[1]))
+        raise OSError(code, __import__("os").strerror(code), str(args[1]))
 
     monkeypatch.setattr(mu, "safe_save_file", full)
     args = overrides(shaping, tmp_path / "run", "optim.max_steps=1", f"model.path={tiny_model_dir}")
