@@ -3,6 +3,7 @@ silent wrong training or a lost checkpoint (issue 13). Each test failed on the c
 
 import errno
 import json
+import os
 import logging
 import pickle
 import shutil
@@ -277,19 +278,15 @@ def test_a_full_disk_or_read_only_output_is_one_clear_line(code, text, shaping, 
     import transformers.modeling_utils as mu
 
     def full(*args, **kwargs):
-        raise OSError(code, __import__("os").strerror(code), str(args[1]))
+        raise OSError(code, os.strerror(code), str(args[1]))
 
     monkeypatch.setattr(mu, "safe_save_file", full)
     args = overrides(shaping, tmp_path / "run", "optim.max_steps=1", f"model.path={tiny_model_dir}")
-    code = main(["train", str(TINY), *args])
+    exit_code = main(["train", str(TINY), *args])
     out = capsys.readouterr().out
-    assert code == 2
-    line = next(x for x in out.splitlines() if x.startswith("error:"))
-    assert (
-        "cannot write checkpoint" in line
-        and "step-000001" in out
-        and "ENOSPC: No space left on device" in out
-    )
+    assert exit_code == 2
+    (line,) = [x for x in out.splitlines() if x.startswith("error:")]
+    assert "cannot write checkpoint" in line and "step-000001" in line and text in line
     assert "Traceback" not in out
 
 
