@@ -3,8 +3,8 @@ silent wrong training or a lost checkpoint (issue 13). Each test failed on the c
 
 import errno
 import json
-import os
 import logging
+import os
 import pickle
 import shutil
 from pathlib import Path
