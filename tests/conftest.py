@@ -24,6 +24,17 @@ def synth_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def shaping(tmp_path_factory):
+    """A reward plug-in `digits` (share of digits in the response). A random policy is never correct, so f(d)
+    would zero every advantage: training tests shape the reward with it (and turn f(d) off) to get a gradient."""
+    path = tmp_path_factory.mktemp("reward") / "shaping.py"
+    path.write_text(
+        "def digits(completions, **kw):\n    return [sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions]\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
 def encoder(tiny_model_dir):
     from observe_r1.models.inputs import ChatEncoder
 

@@ -20,9 +20,6 @@ from observe_r1.recipes.grpo import train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
-# A random policy is never correct, so f(d) would zero every advantage: these runs shape the reward with a
-# plug-in (share of digits) and turn difficulty weighting off, to get a gradient.
-SHAPING = "def digits(completions, **kw):\n    return [sum(c.isdigit() for c in t) / max(len(t), 1) for t in completions]\n"
 
 STEP_METRICS = [
     "reward/accuracy/mean", "reward/accuracy/rate_1", "reward/observe_format/mean", "reward/digits/mean",
@@ -33,13 +30,6 @@ STEP_METRICS = [
     "actor/ratio_max", "optim/lr", "perf/tokens_per_s", "time/rollout", "time/reward", "time/old_logprob", "time/ref",
     "time/advantage", "time/update",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def shaping(tmp_path_factory):
-    path = tmp_path_factory.mktemp("reward") / "shaping.py"
-    path.write_text(SHAPING)
-    return path
 
 
 def overrides(shaping, out, *extra):

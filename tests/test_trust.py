@@ -18,16 +18,9 @@ from observe_r1.config import ConfigError, load_config
 from observe_r1.recipes import checkpoint as ckpt
 from observe_r1.recipes.grpo import train
 from observe_r1.rewards import RewardFunctionError, RewardTimeoutError
-from tests.test_train import SHAPING, TINY, metrics, overrides, state, weights
+from tests.test_train import TINY, metrics, overrides, state, weights
 
 FAST = ["logging.dump_rollouts_every=0", "optim.mini_batch_size=16", "checkpoint.keep_last=10"]
-
-
-@pytest.fixture(scope="module")
-def shaping(tmp_path_factory):
-    path = tmp_path_factory.mktemp("reward") / "shaping.py"
-    path.write_text(SHAPING)
-    return path
 
 
 def run(shaping, out, *extra):
