@@ -44,7 +44,7 @@ def write_model(out: Path, size: str) -> Path:
     """The tiny builder's tokenizer and image processor; for size "3b" the real 3B architecture."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from observe_r1.models.tiny import MIN_PIXELS, build_tiny_vlm
+    from observe_r1.toy.tiny import MIN_PIXELS, build_tiny_vlm
 
     if size != "3b":
         return build_tiny_vlm(out, size=size)
@@ -65,7 +65,7 @@ def qwen25_vl_3b_config():
     """The 3B architecture with the special-token ids of the tiny builder's tokenizer."""
     from transformers import Qwen2_5_VLConfig
 
-    from observe_r1.models.tiny import tiny_config, train_tokenizer
+    from observe_r1.toy.tiny import tiny_config, train_tokenizer
 
     small = tiny_config(train_tokenizer(512), "tiny")
     ids = {k: getattr(small.text_config, k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
@@ -107,9 +107,9 @@ def main() -> None:
     args = p.parse_args()
 
     from observe_r1.config import load_config
-    from observe_r1.data.synth import write_dataset
     from observe_r1.models.policy import load_model
     from observe_r1.recipes.grpo import train
+    from observe_r1.toy.synth import write_dataset
 
     out = Path(args.out)
     model_dir = write_model(out / "model", args.size)

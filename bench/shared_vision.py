@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 
 from observe_r1.data.dataset import load_samples
-from observe_r1.data.synth import write_dataset
 from observe_r1.models.inputs import ChatEncoder
-from observe_r1.models.policy import completion_logprobs, load_model, sequence_inputs
-from observe_r1.models.tiny import build_tiny_vlm
-from observe_r1.recipes.common import chunks, encode_prompts
+from observe_r1.models.policy import completion_logprobs, load_model
 from observe_r1.rollout.base import PromptBatch, SamplingParams
+from observe_r1.rollout.batch import chunks, sequence_inputs
 from observe_r1.rollout.hf import HFRollout
+from observe_r1.toy.synth import write_dataset
+from observe_r1.toy.tiny import build_tiny_vlm
+from observe_r1.training.scoring import encode_prompts
 
 
 def own_copies(inputs: dict, rollout, index: list[int], encoder: ChatEncoder) -> dict:
@@ -67,7 +68,7 @@ def main() -> None:
         encoder = ChatEncoder.from_pretrained(model_dir, max_pixels=args.image * args.image)
         model = load_model(str(model_dir))
         samples = load_samples(data["train"])[: args.prompts]
-        prompts, _, _ = encode_prompts(samples, encoder, "")
+        prompts, _, _ = encode_prompts(samples, [s.messages for s in samples], encoder)
         batch = PromptBatch(prompts=prompts, group_ids=list(range(len(prompts))))
         rollout = HFRollout(model, encoder).generate(
             batch, SamplingParams(n=args.n, max_new_tokens=args.tokens)

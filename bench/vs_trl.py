@@ -265,7 +265,7 @@ def main() -> None:
 
     logging.disable(logging.INFO)
     transformers.logging.set_verbosity_error()
-    from observe_r1.models.tiny import build_tiny_lm
+    from observe_r1.toy.tiny import build_tiny_lm
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

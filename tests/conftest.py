@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from observe_r1.data.synth import write_dataset
-from observe_r1.models.tiny import build_tiny_vlm
+from observe_r1.toy.synth import write_dataset
+from observe_r1.toy.tiny import build_tiny_vlm
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 from observe_r1.models.inputs import ChatEncoder, PromptError
-from observe_r1.models.tiny import TAG_TOKENS, build_tiny_vlm, count_parameters
+from observe_r1.toy.tiny import TAG_TOKENS, build_tiny_vlm, count_parameters
 
 
 def user(n_images, text="How many shapes?"):
@@ -199,8 +199,8 @@ def test_image_tokens_get_3d_rope_positions(model, encoder):
 
 def test_training_forward_sees_the_positions_generation_saw(model, encoder):
     """Teacher-forcing a greedy completion through the training inputs reproduces it token by token."""
-    from observe_r1.models.policy import sequence_inputs
     from observe_r1.rollout.base import PromptBatch, SamplingParams
+    from observe_r1.rollout.batch import sequence_inputs
     from observe_r1.rollout.hf import HFRollout
 
     prompts = [encoder.encode(user(1, "How many red shapes?"), [image(112, 112)], "a"),

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from observe_r1.data.synth import COLOURS, LEVELS, generate_split, render, write_dataset
+from observe_r1.toy.synth import COLOURS, LEVELS, generate_split, render, write_dataset
 
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 LAYOUT = re.compile(r"^<observe>\n.+\n</observe>\n<think>\n.+\n</think>\n<answer>[^\n]+</answer>$", re.S)

@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from observe_r1.config import load_config
-from observe_r1.recipes.checkpoint import load_tree
 from observe_r1.recipes.grpo import train
+from observe_r1.training.checkpoint import RunState
+from observe_r1.training.state import load_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
@@ -80,14 +81,30 @@ def test_three_steps_train_log_and_checkpoint(shaping, tmp_path):
     assert any((out / "tensorboard").iterdir())
 
 
-def fake_engine(micro, tiny_model_dir, encoder, *extra):
+def actor(micro, model, encoder, optimizer, *extra):
+    """The GRPO actor of one process, its mini-batch 8 sequences, with a scheduler that does nothing."""
     from accelerate import Accelerator
 
+    from observe_r1.recipes.grpo import Actor, Plan
+
     cfg = load_config(TINY, ["algorithm.kl_mode=off", "optim.grad_clip=0", *extra])
-    return SimpleNamespace(
-        cfg=cfg, acc=Accelerator(cpu=True), encoder=encoder, sampling=SimpleNamespace(temperature=1.0),
-        plan=SimpleNamespace(mini=8, micro=micro, world=1),
-    )  # fmt: skip
+    plan = Plan(
+        world=1, prompts=2, responses=8, mini=8, micro=micro, steps=1, updates_per_step=1, positions=[0, 1]
+    )
+    return Actor(
+        cfg, plan, Accelerator(cpu=True), encoder, model, optimizer, SimpleNamespace(step=lambda: None)
+    )
+
+
+def trajectory(rollout, sequence_advantages):
+    """A trajectory with its sequence advantages set (the update reads only those of the scoring stage)."""
+    from observe_r1.algos import Advantages
+    from observe_r1.rollout.batch import Trajectory
+
+    empty = torch.zeros(0)
+    return Trajectory(
+        [], [], [], rollout, None, advantages=Advantages(empty, empty, empty, empty, sequence_advantages)
+    )
 
 
 class GradRecorder:
@@ -106,8 +123,6 @@ class GradRecorder:
 
 
 def test_gradient_accumulation_1x8_equals_8x1(tiny_model_dir, encoder):
-    from observe_r1.recipes.common import RunState
-    from observe_r1.recipes.grpo import update
     from observe_r1.rollout.base import PromptBatch, SamplingParams
     from observe_r1.rollout.hf import HFRollout
     from tests.test_rollout import prompt
@@ -124,10 +139,10 @@ def test_gradient_accumulation_1x8_equals_8x1(tiny_model_dir, encoder):
     adv = torch.linspace(-1, 1, 8)[:, None] * mask
     grads = []
     for micro in (8, 1):
-        e = fake_engine(micro, tiny_model_dir, encoder)
         opt = GradRecorder(model.parameters())
-        sched = SimpleNamespace(step=lambda: None)
-        stats = update(e, model, opt, sched, rollout, adv, mask, None, None, RunState(), adv[:, 0])
+        traj = trajectory(rollout, adv[:, 0])
+        traj.mask, traj.token_advantages = mask, adv
+        stats = actor(micro, model, encoder, opt).update(traj, RunState())
         grads.append(opt.grads)
         assert stats["actor/grad_norm"] > 0
     for a, b in zip(*grads, strict=True):
@@ -137,8 +152,7 @@ def test_gradient_accumulation_1x8_equals_8x1(tiny_model_dir, encoder):
 def test_on_policy_kl_in_reward_equals_a_separate_old_logprob_pass(tiny_model_dir, encoder):
     """On-policy, the KL penalty comes from the update's own forward pass: same gradient as computing the
     old log-probs in a pass of their own first."""
-    from observe_r1.recipes.common import RunState
-    from observe_r1.recipes.grpo import all_logprobs, token_advantages, update
+    from observe_r1.recipes.grpo import add_token_advantages
     from observe_r1.rollout.base import PromptBatch, SamplingParams
     from observe_r1.rollout.hf import HFRollout
     from tests.test_rollout import prompt
@@ -148,16 +162,17 @@ def test_on_policy_kl_in_reward_equals_a_separate_old_logprob_pass(tiny_model_di
     rollout = HFRollout(model, encoder).generate(
         PromptBatch(prompts, [0, 1], seed=0), SamplingParams(n=4, max_new_tokens=16)
     )
-    e = fake_engine(4, tiny_model_dir, encoder, "algorithm.kl_mode=reward", "algorithm.kl_coef=0.5")
-    scored = SimpleNamespace(advantages=torch.linspace(-1, 1, 8))
-    old = all_logprobs(e, model, rollout)
+    kl = ["algorithm.kl_mode=reward", "algorithm.kl_coef=0.5"]
+    old = actor(4, model, encoder, None, *kl).logprobs(model, trajectory(rollout, None))
     ref = old - 0.3 * torch.rand(old.shape, generator=torch.Generator().manual_seed(0))
     grads = []
     for old_logp in (old, None):
-        token_adv, mask, _ = token_advantages(e.cfg, rollout, scored, old_logp, ref, torch.device("cpu"))
         opt = GradRecorder(model.parameters())
-        stats = update(e, model, opt, SimpleNamespace(step=lambda: None), rollout, token_adv, mask, old_logp, ref,
-                       RunState(), scored.advantages)  # fmt: skip
+        a = actor(4, model, encoder, opt, *kl)
+        traj = trajectory(rollout, torch.linspace(-1, 1, 8))
+        traj.old_logp, traj.ref_logp = old_logp, ref
+        add_token_advantages(a.cfg, traj, torch.device("cpu"))
+        stats = a.update(traj, RunState())
         grads.append(opt.grads)
         assert old_logp is not None or stats["actor/kl_ref"] > 0  # on-policy, the update measures the KL
     for a, b in zip(*grads, strict=True):
@@ -283,7 +298,7 @@ def test_text_only_prompts_mixed_with_images(shaping, tmp_path):
 def test_text_only_causal_lm_trains_and_reloads(shaping, tmp_path):
     from observe_r1.models.inputs import ChatEncoder, PromptError
     from observe_r1.models.policy import load_model
-    from observe_r1.models.tiny import build_tiny_lm
+    from observe_r1.toy.tiny import build_tiny_lm
 
     model = build_tiny_lm(tmp_path / "lm")
     assert not (model / "preprocessor_config.json").exists()
@@ -308,14 +323,11 @@ def test_text_only_causal_lm_trains_and_reloads(shaping, tmp_path):
 
 
 def test_micro_batches_go_longest_first_within_each_mini_batch():
-    from observe_r1.recipes.grpo import Plan, micro_batches
+    from observe_r1.rollout.batch import micro_batches
 
     lengths = torch.tensor([3, 9, 1, 7, 5, 2, 8, 4])
-    plan = Plan(
-        world=1, prompts=2, responses=8, mini=4, micro=2, steps=1, updates_per_step=2, positions=[0, 1]
-    )
     rollout = type("R", (), {"lengths": lengths, "__len__": lambda self: 8})()
-    assert micro_batches(rollout, plan) == [[[1, 3], [0, 2]], [[6, 4], [7, 5]]]
+    assert micro_batches(rollout, mini=4, micro=2) == [[[1, 3], [0, 2]], [[6, 4], [7, 5]]]
 
 
 def test_frozen_vision_tower_does_not_move(shaping, tmp_path):
@@ -378,7 +390,7 @@ def test_best_checkpoint_is_the_best_evaluation_and_survives_resume(shaping, tmp
 
     # a random policy's evaluations do not move, so the evaluation is scripted: a score per step
     scores = iter([0.3, 0.5, 0.4, 0.5, 0.45, 0.2, 0.1])
-    monkeypatch.setattr(grpo, "run_eval", lambda e, policy, test: {"eval/score": next(scores)})
+    monkeypatch.setattr(grpo, "evaluate_on_main", lambda *args: {"eval/score": next(scores)})
     best = ["logging.eval_every=1", "checkpoint.every=1", "checkpoint.keep_last=10", "logging.dump_rollouts_every=0",
             "checkpoint.best_metric=eval/score"]  # fmt: skip
     out = run(shaping, tmp_path / "run", "optim.max_steps=4", *best)

@@ -15,9 +15,9 @@ from safetensors.torch import load_file, save_file
 
 from observe_r1.cli import main
 from observe_r1.config import ConfigError, load_config
-from observe_r1.recipes import checkpoint as ckpt
 from observe_r1.recipes.grpo import train
 from observe_r1.rewards import RewardFunctionError, RewardTimeoutError
+from observe_r1.training import checkpoint as ckpt
 from tests.test_train import TINY, metrics, overrides, state, weights
 
 FAST = ["logging.dump_rollouts_every=0", "optim.mini_batch_size=16", "checkpoint.keep_last=10"]
@@ -198,8 +198,7 @@ def test_a_used_output_directory_is_refused_unless_overwritten(shaping, tmp_path
 
 
 def test_a_half_built_tiny_model_or_dataset_is_never_reused(shaping, tmp_path, monkeypatch):
-    from observe_r1.data import synth
-    from observe_r1.models import tiny
+    from observe_r1.toy import synth, tiny
 
     real_model, real_data = tiny.build_tiny_vlm, synth.write_dataset
 
@@ -236,7 +235,7 @@ def test_a_bad_best_json_is_recomputed_from_the_history(garbage, shaping, tmp_pa
     from observe_r1.recipes import grpo
 
     scores = iter([0.3, 0.5, 0.4, 0.45])
-    monkeypatch.setattr(grpo, "run_eval", lambda e, policy, test: {"eval/score": next(scores)})
+    monkeypatch.setattr(grpo, "evaluate_on_main", lambda *args: {"eval/score": next(scores)})
     best = ["logging.eval_every=1", "checkpoint.best_metric=eval/score"]
     out = run(shaping, tmp_path / "run", "optim.max_steps=3", *best)
     (out / "checkpoints" / "best" / "best.json").write_text(garbage)
@@ -250,7 +249,7 @@ def test_a_kill_while_replacing_best_leaves_the_old_one(shaping, tmp_path, monke
     from observe_r1.recipes import grpo
 
     scores = iter([0.3, 0.5, 0.2])
-    monkeypatch.setattr(grpo, "run_eval", lambda e, policy, test: {"eval/score": next(scores)})
+    monkeypatch.setattr(grpo, "evaluate_on_main", lambda *args: {"eval/score": next(scores)})
     best = ["logging.eval_every=1", "checkpoint.best_metric=eval/score"]
     out = run(shaping, tmp_path / "run", "optim.max_steps=2", *best)
     root = out / "checkpoints"

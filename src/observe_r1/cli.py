@@ -41,7 +41,7 @@ def progress_bar() -> Progress:
 
 def synth_levels(text: str) -> tuple[int, ...]:
     """`--levels 1,2,3` -> (1, 2, 3); empty = all levels."""
-    from observe_r1.data.synth import LEVELS
+    from observe_r1.toy.synth import LEVELS
 
     levels = tuple(int(x) for x in text.split(",")) if text else tuple(LEVELS)
     unknown = [lv for lv in levels if lv not in LEVELS]
@@ -51,7 +51,7 @@ def synth_levels(text: str) -> tuple[int, ...]:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from observe_r1.data.synth import write_dataset
+    from observe_r1.toy.synth import write_dataset
 
     levels = args.levels
     with progress_bar() as bar:
@@ -68,7 +68,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     from observe_r1.models.policy import load_model
-    from observe_r1.models.tiny import build_like, build_tiny_lm, build_tiny_vlm, count_parameters
+    from observe_r1.toy.tiny import build_like, build_tiny_lm, build_tiny_vlm, count_parameters
 
     if args.like:
         out = build_like(args.like, args.out_dir, args.layers, args.vision_layers, seed=args.seed)
@@ -205,7 +205,8 @@ def cmd_ladder_build(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from observe_r1.recipes.demo import DemoOptions, comparison_rows, run_demo
+    from observe_r1.recipes.demo import comparison_rows, run_demo
+    from observe_r1.recipes.options import DemoOptions
 
     opts = DemoOptions(out=Path(args.out), seed=args.seed, pool=args.pool, test=args.test, steps=args.steps,
                        k=args.k, model=args.model or "", levels=args.levels or DemoOptions.levels, val=args.val,
@@ -224,7 +225,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from observe_r1.recipes.ablate import AblationOptions, run_ablation
+    from observe_r1.recipes.ablate import run_ablation
+    from observe_r1.recipes.options import AblationOptions
 
     opts = AblationOptions(Path(args.out), args.seeds, args.variants, args.pool, args.test, args.steps,
                            args.eval_every, args.k)  # fmt: skip
@@ -253,7 +255,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from observe_r1.recipes.demo import DemoOptions  # light: the recipe imports its heavy parts when it runs
+    from observe_r1.recipes.options import DemoOptions  # plain dataclasses: the recipes load only when run
 
     parser = argparse.ArgumentParser(prog="observe-r1", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

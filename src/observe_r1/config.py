@@ -27,8 +27,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    path: str = ""  # HF directory of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint; "" = build a tiny one
-    tiny_size: Literal["tiny", "small"] = "tiny"  # size built when path is ""
+    path: str = ""  # HF directory of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint (or a causal LM), or "tiny"
+    tiny_size: Literal["tiny", "small"] = "tiny"  # with path "tiny": the size of the random model built
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     # the frozen KL reference's weights: auto = the compute precision (bf16 on GPU halves its memory; it is
     # never updated, so it needs no fp32 master copy), fp32 on CPU
@@ -46,9 +46,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: list[str] = field(
-        default_factory=list
-    )  # jsonl / parquet files (native, Observe-R1 or EasyR1 rows)
+    # jsonl / parquet files (docs/data.md: native, Observe-R1, EasyR1, verl, TRL rows), or [synth]: the
+    # synthetic ladder rendered into the output directory (synth_train / synth_test rows)
+    train: list[str] = field(default_factory=list)
     test: list[str] = field(default_factory=list)
     system_prompt: str = "observe"  # a preset name (observe, think, none) or the literal text
     max_prompt_length: int = 9216  # tokens, image tokens included; longer prompts are rejected, never cut
@@ -58,13 +58,13 @@ class DataConfig:
     online_new_share: float = 0.5  # online sampler: share of each step's prompts that are new ladder items
     online_ema: float = 0.5  # online sampler: weight of the newest accuracy in an item's pass rate
     max_bad_row_fraction: float = 0.5  # refuse a dataset where more rows than this are bad
-    synth_train: int = 512  # when `train` is empty: rows of synthetic data to generate into the output dir
+    synth_train: int = 512  # with [synth]: rows of synthetic data rendered into the output dir
     synth_test: int = 64
 
 
 @dataclass
 class RolloutConfig:
-    backend: Literal["hf"] = "hf"
+    backend: Literal["hf"] = "hf"  # what generates the rollouts: HF `generate` on the policy itself
     n: int = 8  # responses per prompt (the group)
     prompts_per_step: int = 128
     temperature: float = 1.0
@@ -134,7 +134,6 @@ class OptimConfig:
 @dataclass
 class LoggingConfig:
     output_dir: str = "runs/observe-r1"
-    log_every: int = 1
     tensorboard: bool = True
     wandb: bool = False
     dump_rollouts_every: int = 10
@@ -289,7 +288,6 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.lora_rank", _at_least(0), "must be >= 0"),
     ("model.lora_alpha", lambda v: v > 0, "must be > 0"),
     ("model.lora_dropout", _in(0, 1, high_open=True), "must be in [0, 1)"),
-    ("logging.log_every", _at_least(1), "must be >= 1"),
     ("logging.eval_every", _at_least(0), "must be >= 0 (0 = only at the end)"),
     ("logging.dump_rollouts_every", _at_least(0), "must be >= 0 (0 = never)"),
     ("checkpoint.every", _at_least(1), "must be >= 1"),

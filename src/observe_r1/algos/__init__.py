@@ -17,8 +17,10 @@ from observe_r1.algos.loss import (
     loss_denominator,
     policy_loss,
 )
+from observe_r1.algos.observe import Advantages, observe_advantages, token_advantages
 
 __all__ = [
+    "Advantages",
     "Estimator",
     "KLEstimator",
     "LossAgg",
@@ -30,6 +32,8 @@ __all__ = [
     "kl_divergence",
     "kl_reward_advantages",
     "loss_denominator",
+    "observe_advantages",
     "policy_loss",
+    "token_advantages",
     "zero_variance_groups",
 ]

@@ -37,6 +37,7 @@ from typing import Any
 from PIL import Image
 
 from observe_r1.data.prompts import with_system_prompt
+from observe_r1.models.inputs import PromptError
 
 log = logging.getLogger(__name__)
 
@@ -428,8 +429,6 @@ def check_images(sample: Sample) -> None:
 
 
 def check_prompt_length(sample: Sample, encoder: Any, system_prompt: str = "") -> None:
-    from observe_r1.models.inputs import PromptError
-
     messages = with_system_prompt(sample.messages, system_prompt)
     try:
         n = encoder.prompt_length(messages, sample.image_sizes, sample.id)

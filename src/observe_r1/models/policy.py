@@ -1,5 +1,6 @@
 """Loading the policy (full fine-tune or LoRA, frozen or trained vision tower) and the frozen reference,
-and computing log-probabilities of completion tokens in micro-batches with their images."""
+and computing log-probabilities of completion tokens with their images (inputs from
+`observe_r1.rollout.batch.sequence_inputs`). Imports nothing of observe_r1."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-from observe_r1.models.inputs import ChatEncoder
-from observe_r1.rollout.base import Rollout
 
 
 def load_model(path: str, attn_implementation: str = "sdpa", **kwargs: Any) -> torch.nn.Module:
@@ -37,8 +36,6 @@ def prepare_policy(model: Any, cfg: Any) -> Any:
     if cfg.freeze_vision and tower is not None:
         tower.requires_grad_(False)
     if cfg.lora_rank > 0:
-        from peft import LoraConfig, get_peft_model
-
         # Adapters go on the language model only (the vision tower has modules of the same names). A trained
         # tower is a peft `modules_to_save`: trained in full, saved with the adapters, merged on export, and
         # still the base tower when the adapters are disabled for the reference.
@@ -81,39 +78,6 @@ def reference_of(policy: torch.nn.Module, reference: torch.nn.Module | None) -> 
         return
     with policy.disable_adapter():  # type: ignore[operator]
         yield policy
-
-
-def sequence_inputs(rollout: Rollout, index: list[int], encoder: ChatEncoder) -> dict[str, torch.Tensor]:
-    """Model inputs for sequences `index`: [left-padded prompt | right-padded completion], trimmed to the
-    longest completion among them (so micro-batches of short responses stay short). The n responses to one
-    prompt share its images: `pixel_values` holds each distinct prompt's images once, and `image_source`
-    says which of them fills each image of the batch, in order (see `completion_logprobs`)."""
-    width = int(rollout.lengths[index].max())
-    owners = [rollout.prompt_index[i] for i in index]
-    batch = encoder.collate([rollout.prompts[p] for p in owners], padding_side="left")
-    completion = rollout.completion_ids[index, :width]
-    completion_mask = rollout.completion_mask[index, :width]
-    batch["input_ids"] = torch.cat([batch["input_ids"], completion], dim=1)
-    batch["attention_mask"] = torch.cat([batch["attention_mask"], completion_mask], dim=1)
-    if "mm_token_type_ids" in batch:  # completion tokens are text
-        batch["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(completion)], 1)
-    if "pixel_values" in batch:
-        pixels: list[torch.Tensor] = []
-        grids: list[torch.Tensor] = []
-        first: dict[int, int] = {}  # where each prompt's images start
-        counts: dict[int, int] = {}
-        for p in dict.fromkeys(owners):
-            prompt = rollout.prompts[p]
-            if prompt.pixel_values is not None and prompt.image_grid_thw is not None:
-                first[p], counts[p] = sum(counts.values()), len(prompt.image_grid_thw)
-                pixels.append(prompt.pixel_values)
-                grids.append(prompt.image_grid_thw)
-        batch["pixel_values"], batch["image_grid_thw_distinct"] = torch.cat(pixels), torch.cat(grids)
-        batch["image_source"] = torch.tensor(
-            [first[p] + k for p in owners for k in range(counts.get(p, 0))], dtype=torch.long
-        )
-    batch["completion_ids"], batch["completion_mask"] = completion, completion_mask
-    return batch
 
 
 def _vision_inputs(model: Any, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:

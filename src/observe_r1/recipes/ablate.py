@@ -14,14 +14,20 @@ steps. Writes OUT/ablation.md, OUT/ablation.json and OUT/ablation.png (accuracy 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from observe_r1.recipes.demo import DemoOptions, clear, cold_start_path, demo_config, grpo_config
+from matplotlib.figure import Figure
+
+from observe_r1.recipes.demo import clear, cold_start_path, demo_config, grpo_config
+from observe_r1.recipes.evaluate import evaluate_checkpoint
+from observe_r1.recipes.grpo import train
+from observe_r1.recipes.ladder import build
+from observe_r1.recipes.options import AblationOptions, DemoOptions
+from observe_r1.toy.synth import write_dataset
 
 BASE = ["data.sampler=shuffled", "reward.bonus_coef=0", "algorithm.difficulty_weighting=false",
         "reward.terms=[{name: accuracy, weight: 1.0}, {name: think_format, weight: 0.5}]"]  # fmt: skip
@@ -36,25 +42,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }  # fmt: skip
 
 
-@dataclasses.dataclass
-class AblationOptions:
-    out: Path
-    seeds: Sequence[int] = (0, 1, 2)
-    variants: str = "abcde"
-    pool: int = 320
-    test: int = 200
-    steps: int = 40
-    eval_every: int = 10
-    k: int = 4
-    levels: tuple[int, ...] = DemoOptions.levels  # the demo's
-
-
 def run_ablation(opts: AblationOptions, overrides: Sequence[str] = (), console: Any = None) -> dict[str, Any]:
-    from observe_r1.data.synth import write_dataset
-    from observe_r1.recipes.evaluate import evaluate_checkpoint
-    from observe_r1.recipes.grpo import train
-    from observe_r1.recipes.ladder import build
-
     unknown = set(opts.variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {''.join(VARIANTS)}")
@@ -151,12 +139,8 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for key, v in summary["variants"].items():
         ax.plot(
             v["curve_steps"], [100 * a for a in v["curve_mean"]], marker=".", label=f"({key}) {v['name']}"
@@ -165,4 +149,3 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -25,29 +25,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from observe_r1.config import Config, load_config
+from observe_r1.recipes.evaluate import evaluate_checkpoint, write_report
+from observe_r1.recipes.grpo import train
+from observe_r1.recipes.ladder import build
+from observe_r1.recipes.options import DemoOptions
+from observe_r1.toy.synth import write_dataset
+from observe_r1.training.checkpoint import best_record, latest_checkpoint
 
 log = logging.getLogger(__name__)
 
 ASSETS = resources.files("observe_r1") / "assets"
-
-
-@dataclasses.dataclass
-class DemoOptions:
-    out: Path
-    seed: int = 0
-    pool: int = 320  # training prompts scored for the ladder
-    test: int = 200
-    steps: int = 120  # GRPO steps: 4 passes over a 240-item ladder (40 were too few: docs/results.md)
-    # validation items (never the test split): greedy accuracy on them every `eval_every` steps picks the
-    # checkpoint reported as "after"; 0 = no validation, the last checkpoint is "after"
-    val: int = 100
-    eval_every: int = 10
-    k: int = 4  # responses per item for the ladder
-    model: str = ""  # a cold-start checkpoint; "" = the shipped one
-    # synthetic levels of the pool and the test split: counting, the skill this model can still learn by RL
-    # (levels 2-6 are held back by what its 112 px, 4-layer vision tower can see; docs/results.md)
-    levels: tuple[int, ...] = (1,)
 
 
 def cold_start_path() -> Path:
@@ -89,12 +79,6 @@ def grpo_config(
 
 
 def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = None) -> dict[str, Any]:
-    from observe_r1.data.synth import write_dataset
-    from observe_r1.recipes.checkpoint import best_record, latest_checkpoint
-    from observe_r1.recipes.evaluate import evaluate_checkpoint, write_report
-    from observe_r1.recipes.grpo import train
-    from observe_r1.recipes.ladder import build
-
     started = time.perf_counter()
     out = Path(opts.out)
     clear(out)
@@ -261,15 +245,11 @@ See `ladder.summary.md`, `eval_before/eval.md`, `eval_after/eval.md` and `grpo/m
 
 
 def plots(out: Path, metrics_path: Path, before: dict[str, float], after: dict[str, float]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [json.loads(x) for x in metrics_path.read_text().splitlines()]
     rows = [r for r in rows if "reward/total/mean" in r]
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
+    fig = Figure(figsize=(18, 3.6))
+    axes = fig.subplots(1, 4)
     panels = [
         ("reward/total/mean", "reward (mean)"),
         ("accuracy", "accuracy (rollouts)"),
@@ -292,10 +272,10 @@ def plots(out: Path, metrics_path: Path, before: dict[str, float], after: dict[s
         ax.set(title=title, xlabel="GRPO step")
     fig.tight_layout()
     fig.savefig(out / "training.png", dpi=100)
-    plt.close(fig)
 
     levels = sorted(k for k in before if k.startswith("accuracy/level_"))
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.subplots()
     x = range(len(levels))
     ax.bar([i - 0.2 for i in x], [before[k] for k in levels], width=0.4, label="before (cold start)")
     ax.bar([i + 0.2 for i in x], [after.get(k, 0) for k in levels], width=0.4, label="after GRPO")
@@ -304,4 +284,3 @@ def plots(out: Path, metrics_path: Path, before: dict[str, float], after: dict[s
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "levels.png", dpi=100)
-    plt.close(fig)

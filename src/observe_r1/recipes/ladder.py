@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from observe_r1.config import Config
 from observe_r1.data.dataset import Sample, load_samples, to_native_row
@@ -26,11 +27,11 @@ from observe_r1.data.ladder import Item, Ladder, build_ladder, summary
 from observe_r1.data.prompts import DIRECT, system_prompt
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import load_model
-from observe_r1.recipes import common
-from observe_r1.recipes.evaluate import reward_batch
 from observe_r1.rewards import Rewarder
-from observe_r1.rollout.base import PromptBatch, SamplingParams
+from observe_r1.rollout.base import SamplingParams
 from observe_r1.rollout.hf import HFRollout
+from observe_r1.training.runtime import autocast
+from observe_r1.training.scoring import generate_and_score
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +96,15 @@ def score(
         sampling = SamplingParams(
             cfg.ladder.k, r.temperature, r.top_p, r.top_k, r.max_new_tokens, chunk_size=r.chunk_size
         )
-        with cache.open("a") as f, common.autocast(_device(), cfg.model.dtype):
+        with cache.open("a") as f, autocast(_device(), cfg.model.dtype):
             for start in range(0, len(pending), cfg.ladder.batch_size):
                 chunk = pending[start : start + cfg.ladder.batch_size]
-                batch = [s for _, s in chunk]
-                prompts, images, _ = common.encode_prompts(batch, encoder, system)
                 # group ids are the items' positions in the data, so scores do not depend on batching or resume
-                rollout = backend.generate(PromptBatch(prompts, [i for i, _ in chunk], cfg.seed), sampling)
-                correct = rewarder(reward_batch(rollout, batch, images, system)).correct.view(len(batch), -1)
-                lengths = rollout.lengths.view(len(batch), -1).float()
+                got = generate_and_score(backend, encoder, rewarder, [s for _, s in chunk], [i for i, _ in chunk],
+                                         sampling, system, cfg.seed)  # fmt: skip
+                batch = got.samples
+                correct = got.result.correct.view(len(batch), -1)
+                lengths = got.rollout.lengths.view(len(batch), -1).float()
                 for j, s in enumerate(batch):
                     row = {"id": s.id, "difficulty": 1.0 - float(correct[j].float().mean()),
                            "complexity": float(lengths[j].mean()), "k": cfg.ladder.k}  # fmt: skip
@@ -125,11 +126,10 @@ def easy_filter(cfg, model_dir, samples: list[Sample], rewarder, cache: Path, on
         sampling = SamplingParams(n=1, greedy=True, max_new_tokens=64)
         with cache.open("a") as f:
             for start in range(0, len(pending), cfg.ladder.batch_size):
-                batch = pending[start : start + cfg.ladder.batch_size]
-                prompts, images, _ = common.encode_prompts(batch, encoder, DIRECT)
-                rollout = backend.generate(PromptBatch(prompts, list(range(len(batch))), cfg.seed), sampling)
-                correct = rewarder(reward_batch(rollout, batch, images, DIRECT)).correct
-                for s, ok in zip(batch, correct.tolist(), strict=True):
+                chunk = pending[start : start + cfg.ladder.batch_size]
+                got = generate_and_score(backend, encoder, rewarder, chunk, list(range(len(chunk))), sampling, DIRECT,
+                                         cfg.seed)  # fmt: skip
+                for s, ok in zip(got.samples, got.result.correct.tolist(), strict=True):
                     done[s.id] = {"id": s.id, "correct": bool(ok)}
                     f.write(json.dumps(done[s.id]) + "\n")
     return {i for i, r in done.items() if r["correct"]}
@@ -169,12 +169,8 @@ def summary_table(ladder: Ladder) -> str:
 
 def figure(ladder: Ladder, path: Path) -> None:
     """Left: difficulty vs complexity of every item, by stage. Middle: stage sizes. Right: the ramp."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    a, b, c = fig.subplots(1, 3)
     if ladder.rows:
         d = [it.difficulty for it, _ in ladder.rows]
         x = [it.complexity for it, _ in ladder.rows]
@@ -193,4 +189,3 @@ def figure(ladder: Ladder, path: Path) -> None:
     c.set(xlabel="position in the ladder", ylabel="difficulty (running mean)", title="the ramp")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -12,6 +12,7 @@ policy will later generate, so SFT and RL see the same sequences.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from pathlib import Path
@@ -22,23 +23,27 @@ import torch
 from observe_r1.algos import aggregate
 from observe_r1.config import Config
 from observe_r1.data.dataset import Sample
-from observe_r1.data.prompts import system_prompt
+from observe_r1.data.prompts import system_prompt, with_system_prompt
 from observe_r1.data.sampler import make_sampler
 from observe_r1.models.inputs import ChatEncoder
-from observe_r1.models.policy import completion_logprobs, sequence_inputs
-from observe_r1.recipes import common
+from observe_r1.models.policy import completion_logprobs
 from observe_r1.rollout.base import Rollout
+from observe_r1.rollout.batch import chunks, sequence_inputs
+from observe_r1.training import loop, runtime, setup
+from observe_r1.training.checkpoint import Checkpointer
+from observe_r1.training.evaluation import evaluate_on_main
+from observe_r1.training.scoring import encode_prompts
 
 log = logging.getLogger(__name__)
 
 
 def sft(cfg: Config, export: str | Path | None = None) -> Path:
     """Run SFT as configured; with `export`, also write the final model there (bf16, HF format)."""
-    acc = common.make_accelerator()
-    cfg = common.prepare_inputs(cfg, acc)
-    common.seed_everything(cfg.seed)
-    encoder = common.load_encoder(cfg)
-    samples, test = common.load_data(cfg, encoder)
+    acc = runtime.make_accelerator()
+    cfg = setup.prepare_inputs(cfg, acc)
+    runtime.seed_everything(cfg.seed)
+    encoder = setup.load_encoder(cfg)
+    samples, test = setup.load_data(cfg, encoder)
     samples = with_responses(samples, cfg.sft.response_column)
     if cfg.data.sampler == "online":
         raise ValueError(
@@ -52,27 +57,30 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
     mini = o.mini_batch_size // world
     steps = o.max_steps or max(1, o.epochs * len(samples) // o.mini_batch_size)
 
-    policy = common.build_policy(cfg)
-    optimizer, scheduler = common.build_optimizer(cfg, policy, steps)
-    policy, optimizer = common.prepare_model(acc, policy, optimizer, samples)
+    policy = setup.build_policy(cfg)
+    optimizer, scheduler = runtime.build_optimizer(cfg, policy, steps)
+    policy, optimizer = runtime.prepare_model(acc, policy, optimizer, any(not s.images for s in samples))
     sampler = make_sampler(cfg.data.sampler, len(samples), cfg.seed)
-    checkpointer = common.Checkpointer(cfg, acc, policy, optimizer, scheduler, sampler, encoder)
+    checkpointer = Checkpointer(cfg, acc, policy, optimizer, scheduler, sampler, encoder)
     run = checkpointer.resume()
-    tracker = common.make_tracker(cfg, run, acc)
+    tracker = setup.make_tracker(cfg, run, acc)
     system = system_prompt(cfg.data.system_prompt)
     params = [p for p in policy.parameters() if p.requires_grad]
-    amp = common.autocast(acc.device, cfg.model.dtype)
-    log.info("SFT: %d optimiser steps x %d samples on %d process(es)", steps, o.mini_batch_size, world)
+    amp = runtime.autocast(acc.device, cfg.model.dtype)
 
-    with common.progress(acc, steps, run.step, "SFT") as bar:
+    def evaluate() -> dict[str, float]:
+        return evaluate_on_main(cfg, acc, policy, encoder, test, system)
+
+    log.info("SFT: %d optimiser steps x %d samples on %d process(es)", steps, o.mini_batch_size, world)
+    with runtime.progress(acc, steps, run.step, "SFT") as bar:
         while run.step < steps:
             started = time.perf_counter()
             start = mini * acc.process_index
             batch = [samples[i] for i in sampler.next(o.mini_batch_size)[start : start + mini]]
             rollout = reference_rollout(batch, encoder, system, cfg.sft.response_column)
-            micros = common.chunks(range(mini), o.micro_batch_size)
+            micros = chunks(range(mini), o.micro_batch_size)
             mask = rollout.completion_mask.to(acc.device, torch.float32)
-            denominator = common.global_denominator(acc, [mask[m] for m in micros], "token_mean", 0)
+            denominator = runtime.global_denominator(acc, [mask[m] for m in micros], "token_mean", 0)
             total = 0.0
             for k, idx in enumerate(micros):
                 with acc.no_sync(policy) if k < len(micros) - 1 else contextlib.nullcontext(), amp:
@@ -80,7 +88,7 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
                     loss = aggregate(-logp, mask[idx, : logp.shape[1]], "token_mean", denominator)
                     acc.backward(loss * world)
                 total += float(loss.detach())
-            grad_norm = common.optimizer_step(acc, params, optimizer, scheduler, cfg, run)
+            grad_norm = runtime.optimizer_step(acc, params, optimizer, scheduler, cfg, run)
             metrics = {
                 "sft/loss": total,
                 "sft/response_tokens": float(mask.sum()),
@@ -88,31 +96,15 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
                 "optim/lr": scheduler.get_last_lr()[0],
                 "perf/step_s": time.perf_counter() - started,
             }
-            metrics = common.mean_across_processes(metrics, acc)
-            run.step += 1
-            evaluation = None  # on the main process only; the others get {}
-            if cfg.logging.eval_every and run.step % cfg.logging.eval_every == 0 and test:
-                evaluation = common.evaluate_on_main(
-                    cfg, acc, policy, encoder, test, system, max(o.mini_batch_size, 8)
-                )
-                metrics.update(evaluation)
-            if tracker is not None:
-                tracker.log(run.step - 1, metrics)
-                run.history = tracker.history
-            if evaluation is not None:  # after the log, so the best checkpoint's history has this step
-                checkpointer.keep_best(run, evaluation)
-            if run.step % cfg.checkpoint.every == 0 or run.step == steps:
-                checkpointer.save(run)
-            bar(run.step - 1, metrics)
-    if test and (not cfg.logging.eval_every or run.step % cfg.logging.eval_every):
-        final = common.evaluate_on_main(cfg, acc, policy, encoder, test, system, max(o.mini_batch_size, 8))
-        if tracker is not None:
-            tracker.log(run.step, final)
-        checkpointer.keep_best(run, final)
+            metrics = runtime.mean_across_processes(metrics, acc)
+            step = run.step
+            metrics = loop.end_of_step(
+                cfg, run, metrics, tracker, checkpointer, evaluate if test else None, steps
+            )
+            bar(step, metrics)
+    loop.finish(cfg, acc, run, tracker, checkpointer, evaluate if test else None)
     if export is not None and acc.is_main_process:
         export_model(acc.unwrap_model(policy), encoder, Path(export))
-    if tracker is not None:
-        tracker.close()
     acc.wait_for_everyone()
     return Path(cfg.logging.output_dir)
 
@@ -134,7 +126,10 @@ def with_responses(samples: list[Sample], column: str) -> list[Sample]:
 
 def reference_rollout(samples: list[Sample], encoder: ChatEncoder, system: str, column: str) -> Rollout:
     """The reference responses as a Rollout: one 'response' per prompt, ending with the end token."""
-    prompts, _, _ = common.encode_prompts(samples, encoder, system)
+    samples = list(samples)  # a prompt that fails to encode is replaced by the previous good one, here too
+    prompts, _, _ = encode_prompts(
+        samples, [with_system_prompt(s.messages, system) for s in samples], encoder
+    )
     eos = encoder.tokenizer.eos_token_id
     ids = [
         encoder.tokenizer(s.metadata[column], add_special_tokens=False)["input_ids"] + [eos] for s in samples
@@ -160,8 +155,6 @@ def reference_rollout(samples: list[Sample], encoder: ChatEncoder, system: str, 
 def export_model(model: Any, encoder: ChatEncoder, out: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write the model in `dtype` (bf16 halves the size of a shipped checkpoint) with its tokenizer and
     image processor; `from_pretrained(..., dtype=torch.float32)` reads it back for training."""
-    import copy
-
     copy.deepcopy(model).to(dtype).save_pretrained(out, safe_serialization=True)
     encoder.save_pretrained(out)
     return out

@@ -28,6 +28,7 @@ import torch
 from pebble import ProcessExpired, ProcessPool
 
 from observe_r1.rewards.terms import (
+    FORMAT_TERMS,
     Call,
     RewardFunctionError,
     call_term,
@@ -131,6 +132,13 @@ class Rewarder:
         """From a `RewardConfig`."""
         return cls([(t.name, t.weight) for t in cfg.terms], cfg.correct_term, cfg.timeout_s, cfg.answer_fallback,
                    cfg.workers, cfg.correct_threshold)  # fmt: skip
+
+    @property
+    def format_term(self) -> str | None:
+        """The first built-in format term (its 1s give `format_rate`), or None."""
+        return next(
+            (name for name, ref in zip(self.names, self.refs, strict=True) if ref in FORMAT_TERMS), None
+        )
 
     def __enter__(self) -> Rewarder:
         return self

@@ -73,6 +73,9 @@ BUILTINS: dict[str, Callable[..., RewardFn]] = {
 }
 
 
+FORMAT_TERMS = {name for name in BUILTINS if "_format" in name}  # the layout checks among the built-ins
+
+
 def load_function(ref: str) -> RewardFn:
     """`path/to/file.py:fn` or `package.module:fn` -> the callable, with an error that says what is wrong."""
     if ":" not in ref:

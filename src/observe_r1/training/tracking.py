@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from torch.utils.tensorboard import SummaryWriter
+
 log = logging.getLogger(__name__)
 
 
@@ -51,13 +53,11 @@ class Tracker:
         self.path.write_text("".join(json.dumps(m) + "\n" for m in self.history))  # drop steps to be redone
         self.tb = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
             self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
         self.wandb = None
         if wandb:
             try:
-                import wandb as wb
+                import wandb as wb  # optional
 
                 self.wandb = wb.init(project="observe-r1", config=config, dir=str(output_dir), resume="allow")
             except ImportError:

@@ -22,22 +22,30 @@ periodic evaluation was best so far, with `best.json` (metric, value, step); it 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import errno
 import hashlib
 import json
 import logging
 import math
 import os
-import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from peft import set_peft_model_state_dict
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from observe_r1.config import Config, ConfigError, to_dict
+from observe_r1.models.policy import load_model
+from observe_r1.training.state import load_tree, rng_state, save_tree, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -48,66 +56,6 @@ STATE = "trainer_state"
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written, or one on disk is incomplete, corrupt or not finite."""
-
-
-# ------------------------------------------------------------------ state as JSON + safetensors
-
-
-def save_tree(obj: Any, stem: Path) -> None:
-    """Write nested dicts / lists / tuples / numbers / strings / tensors / numpy arrays as STEM.json (the
-    structure) and STEM.safetensors (the tensors). `load_tree` reads them back without unpickling."""
-    tensors: dict[str, torch.Tensor] = {}
-
-    def enc(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            key = f"t{len(tensors)}"
-            tensors[key] = x.detach().cpu().contiguous().clone()
-            return {"__tensor__": key}
-        if isinstance(x, np.ndarray):
-            return {"__ndarray__": enc(torch.from_numpy(x.astype(np.int64) if x.dtype == np.uint32 else x)),
-                    "dtype": str(x.dtype)}  # fmt: skip
-        if isinstance(x, np.generic):
-            return x.item()
-        if isinstance(x, tuple):
-            return {"__tuple__": [enc(v) for v in x]}
-        if isinstance(x, list):
-            return [enc(v) for v in x]
-        if isinstance(x, dict):
-            if all(isinstance(k, str) and not k.startswith("__") for k in x):
-                return {k: enc(v) for k, v in x.items()}
-            return {"__items__": [[enc(k), enc(v)] for k, v in x.items()]}
-        if x is None or isinstance(x, bool | int | float | str):
-            return x
-        raise TypeError(f"cannot store a {type(x).__name__} in a checkpoint")
-
-    structure = enc(obj)
-    save_file(tensors, str(stem.with_suffix(".safetensors")))
-    stem.with_suffix(".json").write_text(json.dumps(structure))
-
-
-def load_tree(stem: Path) -> Any:
-    tensors = load_file(str(stem.with_suffix(".safetensors")))
-
-    def dec(x: Any) -> Any:
-        if isinstance(x, list):
-            return [dec(v) for v in x]
-        if not isinstance(x, dict):
-            return x
-        if "__tensor__" in x:
-            return tensors[x["__tensor__"]]
-        if "__ndarray__" in x:
-            return dec(x["__ndarray__"]).numpy().astype(x["dtype"])
-        if "__tuple__" in x:
-            return tuple(dec(v) for v in x["__tuple__"])
-        if "__items__" in x:
-            return {_hashable(dec(k)): dec(v) for k, v in x["__items__"]}
-        return {k: dec(v) for k, v in x.items()}
-
-    return dec(json.loads(stem.with_suffix(".json").read_text()))
-
-
-def _hashable(x: Any) -> Any:
-    return tuple(x) if isinstance(x, list) else x
 
 
 # ------------------------------------------------------------------ finding and checking checkpoints
@@ -173,25 +121,6 @@ def resume_candidates(resume: str, output_dir: str | Path) -> list[Path]:
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     found = checkpoint_dirs(output_dir)
     return found[-1] if found else None
-
-
-# ------------------------------------------------------------------ RNG
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ------------------------------------------------------------------ saving
@@ -335,12 +264,8 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load checkpointed weights (full model or LoRA adapter) into an already built policy, in place, after
     checking they are finite. Full weights go through `from_pretrained`, which knows how transformers
     renames keys on save."""
-    from observe_r1.models.policy import load_model
-
     try:
         if (path / "adapter_model.safetensors").is_file():
-            from peft import set_peft_model_state_dict
-
             weights = load_file(path / "adapter_model.safetensors")
         else:
             weights = load_model(str(path)).state_dict()
@@ -353,3 +278,196 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         set_peft_model_state_dict(model, weights)
     else:
         model.load_state_dict(weights, strict=True)
+
+
+# ------------------------------------------------------------------ the run's checkpointer
+
+
+@dataclass
+class RunState:
+    step: int = 0  # the next rollout/training step to run
+    history: list[dict] = dataclasses.field(default_factory=list)
+    nonfinite_streak: int = 0
+    best: float | None = None  # the best value of checkpoint.best_metric so far (its step: best.json)
+    zero_weight_streak: int = 0  # rollout steps in a row where f(d) was 0 for every group
+
+
+# Config keys that may differ between a checkpoint and the run resuming it: they change what is logged or
+# saved, or how long the run is, not the training itself. Every other difference needs allow_config_change.
+MAY_CHANGE = ("logging.", "checkpoint.", "ladder.", "data.test", "rollout.chunk_size", "model.attn_implementation",
+              "model.gradient_checkpointing", "optim.max_steps", "optim.epochs", "optim.max_nonfinite_steps")  # fmt: skip
+
+
+def config_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """`key: saved -> now` for every leaf that differs, except the keys in MAY_CHANGE."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        name = f"{prefix}{key}"
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{name}.")
+        elif _plain_value(a) != _plain_value(b) and not name.startswith(MAY_CHANGE):
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
+def _moved(x: Any, old: str | None, new: str) -> Any:
+    """`x` with paths inside the output directory `old` moved to `new` (a copied or renamed run directory:
+    the tiny model and data built into it)."""
+    if isinstance(x, dict):
+        return {k: _moved(v, old, new) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_moved(v, old, new) for v in x]
+    if old and isinstance(x, str) and (x == old or x.startswith(old.rstrip("/") + "/")):
+        return new + x[len(old) :]
+    return x
+
+
+def _plain_value(x: Any) -> Any:
+    return list(x) if isinstance(x, tuple) else x
+
+
+class Checkpointer:
+    """Resume at start-up, save every `checkpoint.every` steps and at the end, and keep the best."""
+
+    def __init__(self, cfg: Config, accelerator: Accelerator, model, optimizer, scheduler, sampler, encoder):
+        self.cfg, self.acc = cfg, accelerator
+        self.model, self.optimizer, self.scheduler, self.sampler, self.encoder = (
+            model,
+            optimizer,
+            scheduler,
+            sampler,
+            encoder,
+        )
+
+    def resume(self) -> RunState:
+        """The newest checkpoint that passes its checks (`checkpoint.resume=auto`; older ones are tried in
+        turn, saying why), the one named, or a fresh start in an output directory without a previous run."""
+        c, out = self.cfg.checkpoint, Path(self.cfg.logging.output_dir)
+        tried = []
+        for path in resume_candidates(c.resume, out):
+            try:
+                problem = verify(path)
+                if problem is None:
+                    return self._load(path)
+            except CheckpointError as e:
+                problem = str(e)
+            if c.resume != "auto":
+                raise CheckpointError(f"checkpoint.resume={c.resume}: cannot be trusted: {problem}")
+            log.warning("checkpoint %s cannot be trusted (%s); trying the one before it", path, problem)
+            tried.append(path.name)
+        self._start_fresh(out, tried)
+        return RunState()
+
+    def _start_fresh(self, out: Path, tried: list[str]) -> None:
+        """Refuse to start over a previous run's checkpoints and metrics unless `checkpoint.overwrite`."""
+        previous = [p for p in (out / "checkpoints", out / "metrics.jsonl") if p.exists() and
+                    (p.is_file() and p.stat().st_size or p.is_dir() and any(p.iterdir()))]  # fmt: skip
+        if not previous:
+            return
+        if not self.cfg.checkpoint.overwrite:
+            why = (f"none of its checkpoints can be trusted ({', '.join(tried)})" if tried else
+                   "no checkpoint to resume from" if self.cfg.checkpoint.resume == "auto" else
+                   "checkpoint.resume=none")  # fmt: skip
+            raise ConfigError(
+                f"{out} holds a previous run ({', '.join(p.name for p in previous)}) and {why}: pass "
+                "checkpoint.overwrite=true (with checkpoint.resume=none) to clear it and start afresh, or choose "
+                "another logging.output_dir"
+            )
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            log.warning("checkpoint.overwrite: clearing the previous run in %s", out)
+            for p in (out / "checkpoints", out / "metrics.jsonl", out / "rollouts", out / "tensorboard"):
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+        self.acc.wait_for_everyone()
+
+    def _load(self, path: Path) -> RunState:
+        state = load_trainer_state(path, self.acc.process_index)
+        now = to_dict(self.cfg)
+        saved = _moved(state.get("config", {}), state.get("config", {}).get("logging", {}).get("output_dir"),
+                       now["logging"]["output_dir"])  # fmt: skip
+        changes = config_changes(saved, now)
+        if changes and not self.cfg.checkpoint.allow_config_change:
+            raise ConfigError(f"the config differs from the one checkpoint {path} was trained with:\n  "
+                              + "\n  ".join(changes) + "\nresume with the same config, or pass "
+                              "checkpoint.allow_config_change=true to continue with the new values")  # fmt: skip
+        load_weights(self.acc.unwrap_model(self.model), path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        if changes:
+            self._apply_optimiser_settings()
+            log.warning("resuming %s with a changed config (checkpoint.allow_config_change):\n  %s", path,
+                        "\n  ".join(changes))  # fmt: skip
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d", path, state["step"])
+        run = RunState(state["step"], state["history"], state.get("nonfinite_streak", 0),
+                       zero_weight_streak=state.get("zero_weight_streak", 0))  # fmt: skip
+        c = self.cfg.checkpoint
+        best = best_record(self.cfg.logging.output_dir, c.best_metric, c.best_mode, run.history)
+        if best is not None and best["metric"] == c.best_metric:
+            run.best = best["value"]
+        return run
+
+    def _apply_optimiser_settings(self) -> None:
+        """The loaded optimiser and scheduler state carry the checkpoint's lr, betas and weight decay:
+        put the config's in their place (the schedule continues from the same step with the new lr)."""
+        o = self.cfg.optim
+        for group in self.optimizer.param_groups:
+            group.update(betas=o.betas, weight_decay=o.weight_decay, initial_lr=o.lr)
+        self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
+        lrs = [
+            o.lr * f(self.scheduler.last_epoch) for f in self.scheduler.lr_lambdas
+        ]  # transformers' LambdaLR
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        self.scheduler._last_lr = list(lrs)
+
+    def keep_best(self, run: RunState, metrics: dict[str, float]) -> None:
+        """After an evaluation (`metrics`): with `checkpoint.best_metric`, save this step as
+        OUTPUT/checkpoints/best when it beats the best so far."""
+        c = self.cfg.checkpoint
+        if not c.best_metric:
+            return
+        # only the main process evaluated; all must decide alike (saving is collective)
+        value, logged = broadcast_object_list([metrics.get(c.best_metric), sorted(metrics)])
+        if value is None:
+            raise ConfigError(
+                f"checkpoint.best_metric: the evaluation logs no {c.best_metric!r}; it logs {', '.join(logged)}"
+            )
+        better = run.best is None or (value > run.best if c.best_mode == "max" else value < run.best)
+        if math.isnan(value) or not better:
+            return
+        run.best = value
+        record = {"metric": c.best_metric, "value": value, "step": run.step}
+        path = self.save(run, name="best", notes={"best.json": record})
+        log.info("best %s so far: %.4g at step %d -> %s", c.best_metric, value, run.step, path)
+
+    def save(self, run: RunState, name: str = "", notes: dict[str, Any] | None = None) -> Path:
+        state = {
+            "step": run.step,
+            "history": run.history,
+            "nonfinite_streak": run.nonfinite_streak,
+            "zero_weight_streak": run.zero_weight_streak,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "config": to_dict(self.cfg),
+        }
+        c = self.cfg.checkpoint
+        return save_checkpoint(self.cfg.logging.output_dir, run.step, self.model, self.encoder, state,
+                                    c.keep_last, self.acc, name, notes)  # fmt: skip
+
+    def export_merged(self) -> Path | None:
+        """With LoRA and `checkpoint.merge_lora`: the merged full model in OUTPUT/merged."""
+        if not (self.cfg.model.lora_rank and self.cfg.checkpoint.merge_lora and self.acc.is_main_process):
+            return None
+        merged = copy.deepcopy(self.acc.unwrap_model(self.model)).merge_and_unload()
+        out = Path(self.cfg.logging.output_dir) / "merged"
+        merged.save_pretrained(out)
+        self.encoder.save_pretrained(out)
+        return out

@@ -27,6 +27,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from observe_r1.data.prompts import OBSERVE, THINK
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
 SIZES = ("small", "large")
@@ -343,8 +345,6 @@ def native_row(sid: str, image: str, s: SynthSample) -> dict:
 
 def corpus(n: int = 600, seed: int = 0) -> list[str]:
     """Text of questions and reference responses, for training the tiny models' tokenizer."""
-    from observe_r1.data.prompts import OBSERVE, THINK
-
     rng = random.Random(f"observe-r1-corpus/{seed}")
     texts = [
         OBSERVE,

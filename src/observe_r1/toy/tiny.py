@@ -31,8 +31,8 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from observe_r1.data.synth import corpus
 from observe_r1.models.inputs import load_image_processor
+from observe_r1.toy.synth import corpus
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",

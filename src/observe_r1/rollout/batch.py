@@ -1,0 +1,83 @@
+"""A rollout step's batch: the Trajectory that carries one step's responses through the stages, and the
+model inputs of any of its sequences. Imports data, models, rewards, algos and rollout.base."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from observe_r1.algos import Advantages
+from observe_r1.data.dataset import Sample
+from observe_r1.models.inputs import ChatEncoder
+from observe_r1.rewards import RewardResult
+from observe_r1.rollout.base import Rollout
+
+
+@dataclass
+class Trajectory:
+    """One rollout step of this process. It picks up what each stage adds: the advantages after scoring,
+    then the loss mask and token advantages, the rollout policy's and the reference's log-probs."""
+
+    samples: list[Sample]  # one per group
+    indices: list[int]  # each group's position in the dataset
+    images: list[list]  # one list of PIL images per group
+    rollout: Rollout
+    rewards: RewardResult
+    tries: int = 1  # draws (dynamic sampling)
+    bad_prompts: int = 0
+    advantages: Advantages | None = None
+    mask: torch.Tensor | None = None  # [B, T] loss mask
+    token_advantages: torch.Tensor | None = None  # [B, T]
+    old_logp: torch.Tensor | None = None  # [B, T] the rollout policy's, when the update is off-policy
+    ref_logp: torch.Tensor | None = None  # [B, T] the reference's, with the KL on
+
+    def __len__(self) -> int:
+        return len(self.rollout)
+
+
+def chunks(seq, size: int) -> list[list[int]]:
+    """Consecutive index lists of at most `size` (mini- and micro-batches)."""
+    seq = list(seq)
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def micro_batches(rollout: Rollout, mini: int, micro: int) -> list[list[list[int]]]:
+    """Each mini-batch's micro-batches. Inside a mini-batch the sequences go longest first, so each
+    micro-batch, trimmed to its longest completion, carries little padding; the optimiser step still sums
+    over the same sequences."""
+    by_length = [sorted(m, key=lambda i: -int(rollout.lengths[i])) for m in chunks(range(len(rollout)), mini)]
+    return [chunks(m, micro) for m in by_length]
+
+
+def sequence_inputs(rollout: Rollout, index: list[int], encoder: ChatEncoder) -> dict[str, torch.Tensor]:
+    """Model inputs for sequences `index`: [left-padded prompt | right-padded completion], trimmed to the
+    longest completion among them (so micro-batches of short responses stay short). The n responses to one
+    prompt share its images: `pixel_values` holds each distinct prompt's images once, and `image_source`
+    says which of them fills each image of the batch, in order (see `completion_logprobs`)."""
+    width = int(rollout.lengths[index].max())
+    owners = [rollout.prompt_index[i] for i in index]
+    batch = encoder.collate([rollout.prompts[p] for p in owners], padding_side="left")
+    completion = rollout.completion_ids[index, :width]
+    completion_mask = rollout.completion_mask[index, :width]
+    batch["input_ids"] = torch.cat([batch["input_ids"], completion], dim=1)
+    batch["attention_mask"] = torch.cat([batch["attention_mask"], completion_mask], dim=1)
+    if "mm_token_type_ids" in batch:  # completion tokens are text
+        batch["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(completion)], 1)
+    if "pixel_values" in batch:
+        pixels: list[torch.Tensor] = []
+        grids: list[torch.Tensor] = []
+        first: dict[int, int] = {}  # where each prompt's images start
+        counts: dict[int, int] = {}
+        for p in dict.fromkeys(owners):
+            prompt = rollout.prompts[p]
+            if prompt.pixel_values is not None and prompt.image_grid_thw is not None:
+                first[p], counts[p] = sum(counts.values()), len(prompt.image_grid_thw)
+                pixels.append(prompt.pixel_values)
+                grids.append(prompt.image_grid_thw)
+        batch["pixel_values"], batch["image_grid_thw_distinct"] = torch.cat(pixels), torch.cat(grids)
+        batch["image_source"] = torch.tensor(
+            [first[p] + k for p in owners for k in range(counts.get(p, 0))], dtype=torch.long
+        )
+    batch["completion_ids"], batch["completion_mask"] = completion, completion_mask
+    return batch

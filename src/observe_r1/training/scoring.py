@@ -1,0 +1,103 @@
+"""Generate and score: encode prompts, sample responses with a rollout backend, and score them with the
+rewards. The one chain that GRPO, evaluation and the NeuraLadder builder share.
+Imports data, models, rewards and rollout."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from observe_r1.data.dataset import Sample
+from observe_r1.data.prompts import with_system_prompt
+from observe_r1.models.inputs import ChatEncoder, EncodedPrompt, PromptError
+from observe_r1.rewards import RewardBatch, Rewarder, RewardResult
+from observe_r1.rollout.base import PromptBatch, Rollout, RolloutBackend, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoredRollout:
+    """Responses to some prompts, scored: one entry of `samples` and `images` per prompt (group)."""
+
+    samples: list[Sample]  # a prompt that failed to encode is replaced by the previous good one
+    images: list[list]  # PIL images of each prompt
+    rollout: Rollout
+    result: RewardResult
+    bad_prompts: int = 0
+
+
+def generate_and_score(
+    backend: RolloutBackend,
+    encoder: ChatEncoder,
+    rewarder: Rewarder,
+    samples: list[Sample],
+    group_ids: list[int],
+    sampling: SamplingParams,
+    system: str,
+    seed: int = 0,
+    timer: Callable[[str], contextlib.AbstractContextManager] | None = None,
+) -> ScoredRollout:
+    """`sampling.n` responses to each sample's prompt (with `system` as its system prompt unless it has its
+    own), scored. `group_ids` are explicit and globally unique: with `seed` they fix every sampled token.
+    `timer("rollout")` / `timer("reward")` time the two stages when given."""
+    stage = timer or (lambda name: contextlib.nullcontext())
+    samples = list(samples)
+    messages = [with_system_prompt(s.messages, system) for s in samples]
+    prompts, images, bad = encode_prompts(samples, messages, encoder)
+    with stage("rollout"):
+        rollout = backend.generate(PromptBatch(prompts, group_ids, seed), sampling)
+    with stage("reward"):
+        result = rewarder(reward_batch(rollout, samples, messages, images))
+    return ScoredRollout(samples, images, rollout, result, bad)
+
+
+def encode_prompts(
+    samples: list[Sample], messages: list[list[dict]], encoder: ChatEncoder
+) -> tuple[list[EncodedPrompt], list[list], int]:
+    """Encode each sample's prompt. One that fails now (an image deleted since validation, say) is replaced
+    (in `samples` and `messages` too) by the previous good prompt of the batch and counted, so batch shapes
+    and processes stay in step."""
+    prompts: list[EncodedPrompt | None] = []
+    images: list[list] = []
+    bad = 0
+    for s, m in zip(samples, messages, strict=True):
+        try:
+            imgs = s.load_images()
+            prompts.append(encoder.encode(m, imgs, s.id))
+            images.append(imgs)
+        except (OSError, PromptError) as e:
+            log.warning("prompt %s skipped at training time: %s", s.id, e)
+            prompts.append(None)
+            images.append([])
+            bad += 1
+    good = [i for i, p in enumerate(prompts) if p is not None]
+    if not good:
+        raise RuntimeError(f"every prompt of this batch failed to encode: {[s.id for s in samples]}")
+    for i, p in enumerate(prompts):
+        if p is None:
+            j = max([g for g in good if g < i], default=good[0])
+            prompts[i], images[i], samples[i], messages[i] = prompts[j], images[j], samples[j], messages[j]
+    return prompts, images, bad  # type: ignore[return-value]
+
+
+def reward_batch(
+    rollout: Rollout, samples: list[Sample], messages: list[list[dict]], images: list[list]
+) -> RewardBatch:
+    """The RewardBatch of a rollout: per response, its prompt's messages, images, gold and dataset columns."""
+    idx = rollout.prompt_index
+    columns = sorted({k for s in samples for k in s.metadata})
+    return RewardBatch(
+        completions=rollout.texts,
+        completion_ids=[
+            row[: int(n)].tolist() for row, n in zip(rollout.completion_ids, rollout.lengths, strict=True)
+        ],
+        completion_lengths=[int(n) for n in rollout.lengths],
+        prompts=[messages[i] for i in idx],
+        images=[images[i] for i in idx],
+        answers=[samples[i].answer for i in idx],
+        group_ids=list(rollout.group_ids),
+        columns={c: [samples[i].metadata.get(c) for i in idx] for c in columns},
+    )

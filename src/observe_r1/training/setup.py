@@ -1,0 +1,122 @@
+"""Setting up a training run: its inputs (a real checkpoint and data files, or the toy model and synthetic
+data when the config asks for them), the encoder, data, policy, reference and metrics tracker.
+Imports config, data, models, toy and the other training modules."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from observe_r1.config import Config, ConfigError, dump_config, to_dict
+from observe_r1.data.dataset import Sample, load_samples
+from observe_r1.data.prompts import system_prompt
+from observe_r1.models.inputs import ChatEncoder
+from observe_r1.models.policy import frozen, load_model, prepare_policy
+from observe_r1.toy import synth, tiny
+from observe_r1.training.checkpoint import RunState
+from observe_r1.training.runtime import reference_dtype
+from observe_r1.training.tracking import Tracker
+
+TINY = "tiny"  # model.path that builds a random tiny Qwen2.5-VL into OUTPUT/base-model
+SYNTH = "synth"  # data.train / data.test entry that renders the synthetic ladder into OUTPUT/data
+
+
+def prepare_inputs(cfg: Config, acc: Accelerator) -> Config:
+    """Resolve `model.path: tiny` and `data.train / data.test: [synth]` by building them into the output
+    directory (once; atomically), and write the resolved config there. Returns the resolved config."""
+    out = Path(cfg.logging.output_dir)
+    if not cfg.model.path:
+        raise ConfigError(
+            "model.path is empty: give a checkpoint folder, or `tiny` to build a random tiny Qwen2.5-VL into the "
+            "output directory (`observe-r1 tiny-model DIR` writes one where you like)"
+        )
+    if not cfg.data.train:
+        raise ConfigError(
+            "data.train is empty: give jsonl / parquet files, or [synth] for the synthetic ladder"
+        )
+    model_path = str(out / "base-model") if cfg.model.path == TINY else cfg.model.path
+    data = out / "data"
+
+    def files(names: list[str], split: str) -> list[str]:
+        return [str(data / f"{split}.jsonl") if name == SYNTH else name for name in names]
+
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.model.path == TINY and not (Path(model_path) / "config.json").is_file():
+            build_atomically(
+                Path(model_path),
+                lambda tmp: tiny.build_tiny_vlm(tmp, size=cfg.model.tiny_size, seed=cfg.seed),
+            )
+        if SYNTH in cfg.data.train + cfg.data.test and not (data / "train.jsonl").is_file():
+            build_atomically(data, lambda tmp: synth.write_dataset(tmp, cfg.data.synth_train, cfg.data.synth_test,
+                                                                   seed=cfg.seed))  # fmt: skip
+    acc.wait_for_everyone()
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, path=model_path),
+        data=dataclasses.replace(
+            cfg.data, train=files(cfg.data.train, "train"), test=files(cfg.data.test, "test")
+        ),
+    )
+    if acc.is_main_process:
+        dump_config(cfg, out / "config.yaml")
+    return cfg
+
+
+def build_atomically(final: Path, build: Callable[[Path], object]) -> None:
+    """`build(path)` into a temporary folder renamed to `final` when complete: a run killed while building
+    leaves no partial model or dataset for the next run to pick up."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    build(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def load_encoder(cfg: Config) -> ChatEncoder:
+    encoder = ChatEncoder.from_pretrained(
+        cfg.model.path,
+        max_prompt_length=cfg.data.max_prompt_length,
+        min_pixels=cfg.data.min_pixels,
+        max_pixels=cfg.data.max_pixels,
+    )
+    encoder.system_prompt = cfg.data.system_prompt  # recorded in every checkpoint (observe_r1.json)
+    return encoder
+
+
+def load_data(cfg: Config, encoder: ChatEncoder) -> tuple[list[Sample], list[Sample]]:
+    system = system_prompt(cfg.data.system_prompt)
+    train = load_samples(cfg.data.train, encoder, system, cfg.data.max_bad_row_fraction)
+    test = (
+        load_samples(cfg.data.test, encoder, system, cfg.data.max_bad_row_fraction) if cfg.data.test else []
+    )
+    if cfg.checkpoint.best_metric and not test:
+        raise ConfigError("checkpoint.best_metric needs data.test: the evaluation split it is measured on")
+    return train, test
+
+
+def build_policy(cfg: Config) -> torch.nn.Module:
+    return prepare_policy(load_model(cfg.model.path, cfg.model.attn_implementation), cfg.model)
+
+
+def build_reference(cfg: Config, device: torch.device) -> torch.nn.Module | None:
+    """The frozen KL reference, when the KL is on and the policy is not LoRA (then the reference is the
+    policy with its adapters disabled: no second copy in memory)."""
+    if cfg.algorithm.kl_mode == "off" or cfg.model.lora_rank:
+        return None
+    return frozen(load_model(cfg.model.path, dtype=reference_dtype(cfg, device))).to(device)
+
+
+def make_tracker(cfg: Config, run: RunState, acc: Accelerator) -> Tracker | None:
+    if not acc.is_main_process:
+        return None
+    return Tracker(
+        cfg.logging.output_dir, run.history, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg)
+    )
