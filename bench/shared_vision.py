@@ -3,7 +3,7 @@
     python bench/shared_vision.py [--size small] [--prompts 8] [--n 8] [--tokens 96] [--micro 16] [--image 112]
 
 One rollout of the `--size` tiny model (random init) on synthetic prompts, then forward + backward over the
-update's micro-batches (longest first inside the mini-batch, as `grpo.update` plans them) two ways, in
+update's micro-batches (longest first inside the mini-batch, as `grpo.Actor.update` plans them) two ways, in
 alternating rounds: as the training loop now runs them (`sequence_inputs`: the vision encoder once per
 distinct image of a micro-batch) and with every sequence bringing its own copy of its pixels (before).
 Prints the median seconds of each, the ratio, the patches through the vision tower, and checks that the

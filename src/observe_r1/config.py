@@ -27,7 +27,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    path: str = ""  # HF directory of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint (or a causal LM), or "tiny"
+    path: str = (
+        ""  # HF directory of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL checkpoint (or a causal LM), or "tiny"
+    )
     tiny_size: Literal["tiny", "small"] = "tiny"  # with path "tiny": the size of the random model built
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     # the frozen KL reference's weights: auto = the compute precision (bf16 on GPU halves its memory; it is

@@ -1,6 +1,7 @@
 """Reward terms: the built-in ones, plug-ins by reference, and one call of a term with per-response isolation.
 
-This module imports no torch: the reward worker processes (observe_r1.rewards.compose) import it alone.
+This module imports no torch and nothing of observe_r1 beyond rewards.accuracy / rewards.format: the reward
+worker processes (observe_r1.rewards.compose) import it alone.
 
 A reward function is any callable taking keyword arguments for the responses of one group (TRL's API, plus
 the image and the group):
@@ -26,7 +27,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from observe_r1.rewards.accuracy import grade
 from observe_r1.rewards.format import format_reward
@@ -39,21 +40,33 @@ class RewardFunctionError(TypeError):
     failed on every response of a step."""
 
 
+@runtime_checkable
+class CountingTerm(Protocol):
+    """A term that reports counters with its values (summed over calls, logged as `reward/<counter>`)."""
+
+    def score(self, **kwargs: Any) -> tuple[list, dict[str, int]]: ...
+
+
 class Accuracy:
-    """Batch form of `grade`. After each call `counts` holds how many golds fell back to text and how many
-    gradings timed out (reported by the worker with the call's values)."""
+    """Batch form of `grade`; it counts the golds that fell back to text and the gradings that timed out."""
 
     def __init__(self, timeout_s: float = 5.0, fallback: bool = False):
         self.timeout_s, self.fallback = timeout_s, fallback
-        self.counts: dict[str, int] = {}
 
-    def __call__(self, completions: list[str], answers: list[str], **_: Any) -> list[float]:
+    def score(
+        self, completions: list[str], answers: list[str], **_: Any
+    ) -> tuple[list[float], dict[str, int]]:
         grades = [
             grade(c, a, self.timeout_s, self.fallback) for c, a in zip(completions, answers, strict=True)
         ]
-        self.counts = {"unparsed_gold": sum(g.unparsed_gold for g in grades),
-                       "timeouts": sum(g.timed_out for g in grades)}  # fmt: skip
-        return [g.score for g in grades]
+        counts = {
+            "unparsed_gold": sum(g.unparsed_gold for g in grades),
+            "timeouts": sum(g.timed_out for g in grades),
+        }
+        return [g.score for g in grades], counts
+
+    def __call__(self, completions: list[str], answers: list[str], **kwargs: Any) -> list[float]:
+        return self.score(completions=completions, answers=answers, **kwargs)[0]
 
 
 def _format_term(layout: str) -> RewardFn:
@@ -135,7 +148,8 @@ def call_term(fn: RewardFn, kwargs: dict[str, list]) -> Call:
     0 and are reported. A wrong return (length, type, NaN) is a bug in the function: RewardFunctionError."""
     n = len(kwargs["completions"])
     try:
-        return Call(check_values(fn, fn(**kwargs), n), counts=dict(getattr(fn, "counts", {})))
+        values, counts = _scored(fn, kwargs)
+        return Call(check_values(fn, values, n), counts=counts)
     except RewardFunctionError:
         raise
     except Exception:  # noqa: BLE001 - user code; find the response(s) that raise
@@ -143,8 +157,9 @@ def call_term(fn: RewardFn, kwargs: dict[str, list]) -> Call:
     out = Call([])
     for i in range(n):
         try:
-            out.values += check_values(fn, fn(**{k: v[i : i + 1] for k, v in kwargs.items()}), 1)
-            for key, count in getattr(fn, "counts", {}).items():
+            values, counts = _scored(fn, {k: v[i : i + 1] for k, v in kwargs.items()})
+            out.values += check_values(fn, values, 1)
+            for key, count in counts.items():
                 out.counts[key] = out.counts.get(key, 0) + count
         except RewardFunctionError:
             raise
@@ -152,6 +167,10 @@ def call_term(fn: RewardFn, kwargs: dict[str, list]) -> Call:
             out.values.append(0.0)
             out.errors.append((i, f"{type(e).__name__}: {e}", traceback.format_exc()))
     return out
+
+
+def _scored(fn: RewardFn, kwargs: dict[str, list]) -> tuple[Any, dict[str, int]]:
+    return fn.score(**kwargs) if isinstance(fn, CountingTerm) else (fn(**kwargs), {})
 
 
 def check_values(fn: RewardFn, out: Any, n: int) -> list:
