@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from observe_r1.algos import aggregate, kl_divergence, loss_denominator, policy_loss
+from observe_r1.algos import aggregate, kl_divergence, loss_denominator, policy_loss, tis_weights
 
 
 def naive_token_losses(logp, old, adv, clip_low, clip_high, dual_clip):
@@ -95,3 +95,17 @@ def test_aggregation_splits_across_micro_batches_exactly():
         denom = loss_denominator([mask[i : i + 1] for i in range(8)], mode, 5)
         parts = sum(aggregate(x[i : i + 1], mask[i : i + 1], mode, denom) for i in range(8))
         torch.testing.assert_close(whole, parts)
+
+
+def test_truncated_importance_sampling_by_hand():
+    # trainer and engine log-probs of three tokens: ratios pi_trainer / pi_engine = e^0.5, e^-0.2, e^2 -> capped at 2
+    trainer = torch.tensor([[-1.0, -2.0, -0.5]])
+    engine = torch.tensor([[-1.5, -1.8, -2.5]])
+    w = tis_weights(trainer, engine, cap=2.0)
+    torch.testing.assert_close(w, torch.tensor([[math.exp(0.5), math.exp(-0.2), 2.0]]))
+    # on-policy (ratio 1) the loss is -sum(w * A) / tokens: advantages 1, -1, 2
+    adv, mask = torch.tensor([[1.0, -1.0, 2.0]]), torch.ones(1, 3)
+    loss, _ = policy_loss(trainer, trainer, adv, mask, denominator=3.0, token_weights=w)
+    torch.testing.assert_close(loss, torch.tensor(-(math.exp(0.5) - math.exp(-0.2) + 4.0) / 3))
+    plain, _ = policy_loss(trainer, trainer, adv, mask, denominator=3.0)
+    torch.testing.assert_close(plain, torch.tensor(-2.0 / 3))

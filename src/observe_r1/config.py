@@ -65,8 +65,24 @@ class DataConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """rollout.backend: vllm (docs/rollout.md)."""
+
+    gpu_memory_utilization: float = 0.3  # share of the device memory the engine may take (weights + KV cache)
+    kv_cache_gb: float = 0.0  # KV cache size in GiB; 0 = what gpu_memory_utilization leaves (set it on CPU)
+    max_model_len: int = 0  # 0 = data.max_prompt_length + rollout.max_new_tokens
+    tensor_parallel_size: int = 1
+    enable_sleep_mode: bool = False  # GPU: free the engine's memory while the trainer updates
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    enforce_eager: bool = True  # no CUDA graphs / compilation: a faster start, a slower decode
+
+
+@dataclass
 class RolloutConfig:
-    backend: Literal["hf"] = "hf"  # what generates the rollouts: HF `generate` on the policy itself
+    # what generates the rollouts: hf = HF `generate` on the policy itself; vllm = a colocated vLLM engine,
+    # weights synced every step (docs/rollout.md)
+    backend: Literal["hf", "vllm"] = "hf"
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     n: int = 8  # responses per prompt (the group)
     prompts_per_step: int = 128
     temperature: float = 1.0
@@ -112,6 +128,9 @@ class AlgorithmConfig:
     kl_coef: float = 0.01
     entropy_coef: float = 0.0
     mask_truncated: bool = False
+    # truncated importance sampling for the engine/trainer mismatch (rollout.backend: vllm): each token's loss
+    # is weighted by min(pi_trainer / pi_engine, tis_cap) of the rollout weights; 0 = off (verl and TRL use 2)
+    tis_cap: float = 0.0
     dynamic_sampling: bool = False  # DAPO: drop zero-variance groups and refill
     dynamic_sampling_max_tries: int = 3
 
@@ -271,6 +290,11 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("algorithm.dual_clip", lambda v: v == 0 or v > 1, "must be 0 (off) or > 1"),
     ("algorithm.kl_coef", _at_least(0), "must be >= 0"),
     ("algorithm.dynamic_sampling_max_tries", _at_least(1), "must be >= 1"),
+    ("algorithm.tis_cap", lambda v: v == 0 or v >= 1, "must be 0 (off) or >= 1"),
+    ("rollout.vllm.gpu_memory_utilization", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("rollout.vllm.kv_cache_gb", _at_least(0), "must be >= 0"),
+    ("rollout.vllm.max_model_len", _at_least(0), "must be >= 0"),
+    ("rollout.vllm.tensor_parallel_size", _at_least(1), "must be >= 1"),
     ("optim.lr", lambda v: v > 0, "must be > 0"),
     ("optim.min_lr", _at_least(0), "must be >= 0"),
     ("optim.betas", _in(0, 1, high_open=True), "must be in [0, 1)"),

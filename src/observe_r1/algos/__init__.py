@@ -16,6 +16,7 @@ from observe_r1.algos.loss import (
     kl_divergence,
     loss_denominator,
     policy_loss,
+    tis_weights,
 )
 from observe_r1.algos.observe import Advantages, observe_advantages, token_advantages
 
@@ -34,6 +35,7 @@ __all__ = [
     "loss_denominator",
     "observe_advantages",
     "policy_loss",
+    "tis_weights",
     "token_advantages",
     "zero_variance_groups",
 ]

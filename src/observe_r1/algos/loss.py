@@ -66,6 +66,13 @@ def kl_divergence(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str | K
     return KL_ESTIMATORS[KLEstimator(estimator)](logp, ref_logp)
 
 
+def tis_weights(trainer_logp: torch.Tensor, engine_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """[B, T] truncated importance-sampling weights min(pi_trainer / pi_engine, cap) for tokens sampled by an
+    inference engine whose numerics differ from the trainer's (Yao et al. 2025, "Your efficient RL framework
+    secretly brings you off-policy RL training"; verl's and TRL's TIS), detached."""
+    return torch.exp(trainer_logp - engine_logp).clamp(max=cap).detach()
+
+
 @dataclass
 class LossStats:
     clip_fraction: float  # share of tokens where the clipped term was chosen
@@ -85,9 +92,11 @@ def policy_loss(
     dual_clip: float = 0.0,  # 0 = off; else c > 1: for negative advantages the loss is at most c * |A|
     agg: str | LossAgg = LossAgg.TOKEN_MEAN,
     denominator: float = 1.0,
+    token_weights: torch.Tensor | None = None,  # [B, T] detached per-token weights (truncated IS), or None
 ) -> tuple[torch.Tensor, LossStats]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7) with clip-higher (DAPO: separate low/high
-    epsilon) and dual-clip (Ye et al. 2020). Returns the aggregated loss and detached statistics."""
+    epsilon) and dual-clip (Ye et al. 2020); `token_weights` scale each token's term (`tis_weights`).
+    Returns the aggregated loss and detached statistics."""
     mask = mask.to(logp.dtype)
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
@@ -96,6 +105,8 @@ def policy_loss(
     per_token = torch.maximum(unclipped, clipped)
     if dual_clip > 0:
         per_token = torch.where(advantages < 0, torch.minimum(per_token, -advantages * dual_clip), per_token)
+    if token_weights is not None:
+        per_token = per_token * token_weights
     loss = aggregate(per_token, mask, agg, denominator)
     with torch.no_grad():
         n = mask.sum().clamp(min=1)

@@ -28,7 +28,14 @@ from typing import Any
 
 import torch
 
-from observe_r1.algos import aggregate, kl_divergence, observe_advantages, policy_loss, token_advantages
+from observe_r1.algos import (
+    aggregate,
+    kl_divergence,
+    observe_advantages,
+    policy_loss,
+    tis_weights,
+    token_advantages,
+)
 from observe_r1.algos import zero_variance_groups as zero_variance
 from observe_r1.config import Config
 from observe_r1.data.dataset import Sample
@@ -40,7 +47,6 @@ from observe_r1.rewards import Rewarder
 from observe_r1.rewards.compose import merge_results
 from observe_r1.rollout.base import SamplingParams, select_groups
 from observe_r1.rollout.batch import Trajectory, micro_batches, sequence_inputs
-from observe_r1.rollout.hf import HFRollout
 from observe_r1.training import loop, runtime, setup
 from observe_r1.training.checkpoint import Checkpointer, RunState
 from observe_r1.training.evaluation import evaluate_on_main
@@ -49,7 +55,6 @@ from observe_r1.training.tracking import StageTimer
 
 log = logging.getLogger(__name__)
 
-BACKENDS = {"hf": HFRollout}  # rollout.backend -> the class that generates
 ZERO_WEIGHT_STEPS = 3  # rollout steps in a row with f(d) = 0 for every group before the run warns
 
 
@@ -120,7 +125,7 @@ def train(cfg: Config) -> Path:
     tracker = setup.make_tracker(cfg, run, acc)
     r, system = cfg.rollout, system_prompt(cfg.data.system_prompt)
     sampling = SamplingParams(r.n, r.temperature, r.top_p, r.top_k, r.max_new_tokens, chunk_size=r.chunk_size)
-    backend = BACKENDS[r.backend](acc.unwrap_model(policy), encoder)
+    backend = setup.make_backend(cfg, acc.unwrap_model(policy), encoder)
     timer, amp = StageTimer(), runtime.autocast(acc.device, cfg.model.dtype)
     actor = Actor(cfg, plan, acc, encoder, policy, optimizer, scheduler)
 
@@ -146,9 +151,8 @@ def train(cfg: Config) -> Path:
     with runtime.progress(acc, plan.steps, run.step, "GRPO") as bar:
         while run.step < plan.steps:
             step, started = run.step, time.perf_counter()
-            backend.update_weights(
-                acc.unwrap_model(policy)
-            )  # HF: the policy itself; an engine copies weights
+            with timer("sync"):  # HF: the policy itself generates; vLLM: the engine gets a copy
+                backend.update_weights(acc.unwrap_model(policy))
             with amp:
                 traj = rollout_and_reward(
                     cfg, acc, draw, step, plan.prompts, encoder.pad_token_id
@@ -156,7 +160,9 @@ def train(cfg: Config) -> Path:
             with timer("advantage"):
                 traj.advantages = advantages(cfg, traj)
             with timer("old_logprob"), amp:
-                if plan.updates_per_step > 1:  # on-policy, the update's own forward pass gives them
+                # on-policy from the policy itself, the update's own forward pass gives them; an engine's
+                # tokens are scored by the trainer too (rollout/logprob_diff, truncated IS)
+                if plan.updates_per_step > 1 or traj.rollout.logprobs is not None:
                     traj.old_logp = actor.logprobs(acc.unwrap_model(policy), traj)
             with timer("ref"), amp:
                 if cfg.algorithm.kl_mode != "off":
@@ -164,7 +170,7 @@ def train(cfg: Config) -> Path:
                         traj.ref_logp = actor.logprobs(ref, traj)
             with timer("update"), amp:
                 kl_stats = add_token_advantages(cfg, traj, acc.device)
-                stats = actor.update(traj, run) | kl_stats
+                stats = actor.update(traj, run) | kl_stats | engine_mismatch(traj)
             metrics = step_metrics(
                 cfg, traj, rewarder.format_term, stats, timer.pop(), time.perf_counter() - started
             )
@@ -282,6 +288,17 @@ def add_token_advantages(cfg: Config, traj: Trajectory, device: torch.device) ->
     return {}
 
 
+def engine_mismatch(traj: Trajectory) -> dict[str, float]:
+    """How far the engine's log-probs of its own tokens are from the trainer's at the same weights:
+    `rollout/logprob_diff/mean` and `/max` over response tokens (none for the HF backend: it is the trainer)."""
+    if traj.rollout.logprobs is None or traj.old_logp is None or traj.mask is None:
+        return {}
+    mask = traj.mask.cpu()
+    diff = (traj.old_logp.cpu() - traj.rollout.logprobs).abs() * mask
+    return {"rollout/logprob_diff/mean": float(diff.sum() / mask.sum().clamp(min=1)),
+            "rollout/logprob_diff/max": float(diff.max())}  # fmt: skip
+
+
 def watch_zero_weights(cfg: Config, acc: Any, run: RunState, traj: Trajectory) -> float:
     """Count the rollout steps in a row where f(d) was 0 for every group on every process (no gradient at
     all) and warn loudly from the third: a dense or partial-credit reward never makes a response "correct"
@@ -361,8 +378,15 @@ class Actor:
                             kl = kl_divergence(old, traj.ref_logp[idx, :width], a.kl_estimator)
                             adv = token_advantages(seq_adv[idx], m, kl, a.kl_coef)
                             stats["actor/kl_ref"].append(float((kl * m).sum() / m.sum().clamp(min=1)))
+                        weights = None
+                        if a.tis_cap and traj.rollout.logprobs is not None:  # the engine sampled these
+                            engine = traj.rollout.logprobs[idx, :width].to(old.device)
+                            weights = tis_weights(old, engine, a.tis_cap)
+                            stats["actor/tis_weight_mean"].append(
+                                float((weights * m).sum() / m.sum().clamp(min=1))
+                            )
                         loss, s = policy_loss(logp, old, adv, m, a.clip_low, a.clip_high, a.dual_clip, a.loss_agg,
-                                              denominator)  # fmt: skip
+                                              denominator, weights)  # fmt: skip
                         if a.kl_mode == "loss":
                             assert traj.ref_logp is not None
                             kl = kl_divergence(logp, traj.ref_logp[idx, :width], a.kl_estimator)

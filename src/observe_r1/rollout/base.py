@@ -1,9 +1,9 @@
-"""The rollout stage's types and the backend Protocol (HF generate today; vLLM would sit behind the same)."""
+"""The rollout stage's types and the backend Protocol (HF generate, vLLM). Imports models."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -26,6 +26,7 @@ class PromptBatch:
     prompts: list[EncodedPrompt]  # one per group
     group_ids: list[int]  # explicit, globally unique group ids (never batch positions)
     seed: int = 0  # with the group id and the response index, fixes every sampled token
+    images: list[list[Any]] | None = None  # PIL images of each prompt (an engine takes images, not pixels)
 
 
 @dataclass
@@ -40,6 +41,9 @@ class Rollout:
     lengths: torch.Tensor  # [B] generated tokens including the end token
     truncated: torch.Tensor  # [B] bool: no end token within max_new_tokens
     texts: list[str]  # [B] decoded, special tokens dropped
+    logprobs: torch.Tensor | None = (
+        None  # [B, T] the engine's log-probs of the sampled tokens (vLLM), or None
+    )
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -68,9 +72,12 @@ def select_groups(parts: list[tuple[Rollout, list[int]]], n: int, pad_token_id: 
             truncated.append(rollout.truncated[rows])
     width = max(t.shape[1] for t in ids)
 
-    def pad(ts: list[torch.Tensor], value: int) -> torch.Tensor:
+    def pad(ts: list[torch.Tensor], value: float) -> torch.Tensor:
         return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in ts])
 
+    engine = [
+        r.logprobs[g * n : (g + 1) * n] for r, groups in parts if r.logprobs is not None for g in groups
+    ]
     return Rollout(
         prompts=prompts,
         prompt_index=prompt_index,
@@ -80,4 +87,5 @@ def select_groups(parts: list[tuple[Rollout, list[int]]], n: int, pad_token_id: 
         lengths=torch.cat(lengths),
         truncated=torch.cat(truncated),
         texts=texts,
+        logprobs=pad(engine, 0.0) if len(engine) == len(ids) else None,
     )

@@ -48,7 +48,7 @@ def generate_and_score(
     messages = [with_system_prompt(s.messages, system) for s in samples]
     prompts, images, bad = encode_prompts(samples, messages, encoder)
     with stage("rollout"):
-        rollout = backend.generate(PromptBatch(prompts, group_ids, seed), sampling)
+        rollout = backend.generate(PromptBatch(prompts, group_ids, seed, images), sampling)
     with stage("reward"):
         result = rewarder(reward_batch(rollout, samples, messages, images))
     return ScoredRollout(samples, images, rollout, result, bad)

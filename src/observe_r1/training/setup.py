@@ -17,6 +17,9 @@ from observe_r1.data.dataset import Sample, load_samples
 from observe_r1.data.prompts import system_prompt
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import frozen, load_model, prepare_policy
+from observe_r1.rollout.base import RolloutBackend
+from observe_r1.rollout.hf import HFRollout
+from observe_r1.rollout.vllm import VLLMRollout
 from observe_r1.toy import synth, tiny
 from observe_r1.training.checkpoint import RunState
 from observe_r1.training.runtime import reference_dtype
@@ -112,6 +115,14 @@ def build_reference(cfg: Config, device: torch.device) -> torch.nn.Module | None
     if cfg.algorithm.kl_mode == "off" or cfg.model.lora_rank:
         return None
     return frozen(load_model(cfg.model.path, dtype=reference_dtype(cfg, device))).to(device)
+
+
+def make_backend(cfg: Config, policy: torch.nn.Module, encoder: ChatEncoder) -> RolloutBackend:
+    """`rollout.backend`: the policy itself generating (hf), or a colocated vLLM engine (vllm)."""
+    if cfg.rollout.backend == "vllm":
+        max_len = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
+        return VLLMRollout(cfg.model.path, encoder, cfg.rollout.vllm, cfg.seed, max_len)
+    return HFRollout(policy, encoder)
 
 
 def make_tracker(cfg: Config, run: RunState, acc: Accelerator) -> Tracker | None:
