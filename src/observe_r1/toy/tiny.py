@@ -5,7 +5,8 @@ the tokenizer is a byte-level BPE trained with the `tokenizers` library on the s
 and the image processor is Qwen2-VL's. The output directory loads with
 `AutoModelForImageTextToText.from_pretrained` and `AutoTokenizer.from_pretrained` like a hub checkpoint.
 
-Sizes: `tiny` (~0.6M parameters, for tests) and `small` (~4M, big enough to learn the synthetic tasks).
+Sizes: `tiny` (~0.6M parameters, for tests), `small` (~4M, big enough to learn the synthetic tasks) and
+`medium` (~25M text model, for speed benchmarks).
 `build_like` starts instead from a real checkpoint's `config.json` (e.g. Qwen2.5-VL-3B-Instruct's): the
 real widths, vision tower and token ids at a reduced depth, with a local tokenizer whose special tokens
 sit at the real ids, and the real chat template and image-processor config when they are beside it.
@@ -83,6 +84,20 @@ SIZES: dict[str, dict[str, Any]] = {
         ),
         vision=dict(
             depth=4, hidden_size=128, intermediate_size=256, num_heads=4, fullatt_block_indexes=[1, 3]
+        ),
+        vocab_size=768,
+    ),
+    "medium": dict(  # tens of millions of parameters: the variable-length speed benchmark (bench/vs_trl.py)
+        text=dict(
+            hidden_size=512,
+            intermediate_size=1536,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            mrope_section=[8, 12, 12],
+        ),
+        vision=dict(
+            depth=4, hidden_size=256, intermediate_size=512, num_heads=4, fullatt_block_indexes=[1, 3]
         ),
         vocab_size=768,
     ),

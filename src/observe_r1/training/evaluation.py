@@ -107,7 +107,10 @@ def evaluate_on_main(cfg: Config, acc: Accelerator, model, encoder: ChatEncoder,
     metrics: dict[str, float] = {}
     if acc.is_main_process:
         backend = HFRollout(acc.unwrap_model(model), encoder)
-        with autocast(acc.device, cfg.model.dtype), Rewarder.from_config(cfg.reward) as rewarder:
+        with (
+            autocast(acc.device, cfg.model.dtype, generation=True),
+            Rewarder.from_config(cfg.reward) as rewarder,
+        ):
             result, _ = evaluate(backend, encoder, test, rewarder, system, cfg.rollout.max_new_tokens,
                                  eval_batch_size(cfg))  # fmt: skip
         metrics = {f"eval/{k}": v for k, v in result.items()}

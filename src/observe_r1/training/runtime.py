@@ -58,11 +58,15 @@ def build_optimizer(
     return optimizer, scheduler
 
 
-def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bf16 compute on GPU by default (weights stay fp32); fp32 on CPU."""
+def autocast(device: torch.device, dtype: str, generation: bool = False) -> contextlib.AbstractContextManager:
+    """`model.dtype` as autocast (weights stay fp32): bf16 on GPU by default, fp32 on CPU unless asked. On CPU
+    `generation` stays fp32 whatever is asked: there autocast makes HF `generate` about 2x slower, while it
+    speeds the training passes up 2-2.5x on CPUs with bf16 (docs/results.md)."""
     low = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if dtype == "auto" and device.type == "cuda":
         low = torch.bfloat16
+    if generation and device.type != "cuda":
+        low = None
     return torch.autocast(device.type, dtype=low) if low is not None else contextlib.nullcontext()
 
 

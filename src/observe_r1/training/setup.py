@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from transformers import AutoConfig
 
 from observe_r1.config import Config, ConfigError, dump_config, to_dict
 from observe_r1.data.dataset import Sample, load_samples
@@ -120,7 +121,8 @@ def build_reference(cfg: Config, device: torch.device) -> torch.nn.Module | None
 def make_backend(cfg: Config, policy: torch.nn.Module, encoder: ChatEncoder) -> RolloutBackend:
     """`rollout.backend`: the policy itself generating (hf), or a colocated vLLM engine (vllm)."""
     if cfg.rollout.backend == "vllm":
-        max_len = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
+        positions = AutoConfig.from_pretrained(cfg.model.path).get_text_config().max_position_embeddings
+        max_len = min(cfg.data.max_prompt_length + cfg.rollout.max_new_tokens, positions)
         return VLLMRollout(cfg.model.path, encoder, cfg.rollout.vllm, cfg.seed, max_len)
     return HFRollout(policy, encoder)
 
