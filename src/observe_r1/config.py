@@ -72,7 +72,9 @@ class VLLMConfig:
 
     gpu_memory_utilization: float = 0.3  # share of the device memory the engine may take (weights + KV cache)
     kv_cache_gb: float = 0.0  # KV cache size in GiB; 0 = what gpu_memory_utilization leaves (set it on CPU)
-    max_model_len: int = 0  # 0 = data.max_prompt_length + rollout.max_new_tokens, at most the model's positions
+    max_model_len: int = (
+        0  # 0 = data.max_prompt_length + rollout.max_new_tokens, at most the model's positions
+    )
     tensor_parallel_size: int = 1
     enable_sleep_mode: bool = False  # GPU: free the engine's memory while the trainer updates
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
