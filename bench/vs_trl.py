@@ -73,6 +73,7 @@ def our_config(args, model: Path, data: Path, out: Path):
         [
             f"seed={args.seed}",
             f"model.path={model}",
+            f"model.packing={str(not args.no_packing).lower()}",
             f"data.train=[{data}]",
             "data.system_prompt=none",
             "data.sampler=sequential",
@@ -365,6 +366,8 @@ def main() -> None:
     p.add_argument("--micro", type=int, default=None,
                    help="our micro-batch (fixed: the whole batch, as TRL; varlen: 8, filled longest first: less "
                    "padding, the same optimiser step)")  # fmt: skip
+    p.add_argument("--no-packing", action="store_true",
+                   help="our micro-batches padded (model.packing=false) instead of packed")  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")

@@ -118,3 +118,25 @@ def test_select_groups_keeps_group_major_order(backend, prompts):
         and s.prompt_index == [0, 0, 1, 1]
     )
     assert torch.equal(s.lengths, torch.cat([r.lengths[4:6], r.lengths[0:2]]))
+
+
+def test_each_distinct_image_is_encoded_once_per_rollout(backend, prompts, monkeypatch):
+    """The n responses to a prompt share its images: the vision tower sees each image once per generate call
+    (was n times), and the responses are those generated from each row's own copy of the pixels."""
+    import observe_r1.models.policy as policy
+
+    seen: list[int] = []
+    tower = backend.model.model.visual
+    handle = tower.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    sampling = SamplingParams(n=4, max_new_tokens=10, chunk_size=6)  # chunks cut through the second group
+    try:
+        shared = backend.generate(PromptBatch(prompts, [5, 6, 7], seed=3), sampling)
+        patches = [int(p.image_grid_thw.prod(-1).sum()) for p in prompts]
+        assert seen == [patches[0] + patches[1], patches[1] + patches[2]]
+        seen.clear()
+        monkeypatch.setattr(policy, "takes_encoded_images", lambda model: False)  # each row its own pixels
+        copied = backend.generate(PromptBatch(prompts, [5, 6, 7], seed=3), sampling)
+        assert seen == [4 * patches[0] + 2 * patches[1], 2 * patches[1] + 4 * patches[2]]
+    finally:
+        handle.remove()
+    assert torch.equal(shared.completion_ids, copied.completion_ids) and shared.texts == copied.texts

@@ -122,12 +122,14 @@ class GradRecorder:
             p.grad = None
 
 
-def test_gradient_accumulation_1x8_equals_8x1(tiny_model_dir, encoder):
+def test_gradient_accumulation_1x8_equals_8x1_padded_or_packed(tiny_model_dir, encoder):
+    """One micro-batch of 8 or 8 of 1, padded or packed (`model.packing`): the same optimiser step."""
+    from observe_r1.models.policy import load_model
     from observe_r1.rollout.base import PromptBatch, SamplingParams
     from observe_r1.rollout.hf import HFRollout
     from tests.test_rollout import prompt
 
-    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    model = load_model(str(tiny_model_dir))
     prompts = [
         prompt(encoder, "How many?"),
         prompt(encoder, "What is the sum of the numbers?", (0, 0, 200), 168),
@@ -135,18 +137,23 @@ def test_gradient_accumulation_1x8_equals_8x1(tiny_model_dir, encoder):
     rollout = HFRollout(model, encoder).generate(
         PromptBatch(prompts, [0, 1], seed=0), SamplingParams(n=4, max_new_tokens=16)
     )
+    rollout.lengths = torch.tensor([16, 3, 9, 12, 1, 16, 7, 5])  # responses of several lengths to pack
+    rollout.completion_mask = (torch.arange(16)[None] < rollout.lengths[:, None]).long()
     mask = rollout.completion_mask.float()
     adv = torch.linspace(-1, 1, 8)[:, None] * mask
     grads = []
-    for micro in (8, 1):
+    for micro, packing in ((8, False), (1, False), (8, True), (3, True)):
         opt = GradRecorder(model.parameters())
         traj = trajectory(rollout, adv[:, 0])
         traj.mask, traj.token_advantages = mask, adv
-        stats = actor(micro, model, encoder, opt).update(traj, RunState())
+        stats = actor(micro, model, encoder, opt, f"model.packing={str(packing).lower()}").update(
+            traj, RunState()
+        )
         grads.append(opt.grads)
         assert stats["actor/grad_norm"] > 0
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_on_policy_kl_in_reward_equals_a_separate_old_logprob_pass(tiny_model_dir, encoder):

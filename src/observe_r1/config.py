@@ -37,7 +37,10 @@ class ModelConfig:
     # the frozen KL reference's weights: auto = the compute precision (bf16 on GPU halves its memory; it is
     # never updated, so it needs no fp32 master copy), fp32 on CPU
     reference_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "sdpa"  # sdpa, flash_attention_2/3 (GPU) or eager
+    # training passes run each micro-batch's sequences end to end without padding (docs/training.md); needs
+    # sdpa or flash attention, and for a vision-language model transformers >= 5.20
+    packing: bool = True
     freeze_vision: bool = False  # the paper trains the vision tower too
     gradient_checkpointing: bool = False
     lora_rank: int = 0  # 0 = full fine-tuning

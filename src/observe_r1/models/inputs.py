@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,39 @@ class ChatEncoder:
 
     def collate(self, prompts: list[EncodedPrompt], padding_side: str = "left") -> dict[str, torch.Tensor]:
         """Pad to a batch: left padding for generation (the default), right padding for training."""
+        batch = self._pad(prompts, padding_side)
+        pixels = [p.pixel_values for p in prompts if p.pixel_values is not None]
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels)
+            batch["image_grid_thw"] = torch.cat(
+                [p.image_grid_thw for p in prompts if p.image_grid_thw is not None]
+            )
+        return batch
+
+    def collate_shared(
+        self, prompts: list[EncodedPrompt], owners: list[int], padding_side: str = "left"
+    ) -> dict[str, torch.Tensor]:
+        """`collate` of `prompts[o] for o in owners`, where several rows answer one prompt (the n responses of
+        a group) and share its images: `pixel_values` holds each distinct prompt's images once,
+        `image_grid_thw_distinct` their grids, and `image_source` says which of them fills each image of the
+        batch, in order (`models.policy.encode_images` encodes them once and hands the features over)."""
+        rows = [prompts[o] for o in owners]
+        batch = self._pad(rows, padding_side)
+        distinct = [o for o in dict.fromkeys(owners) if prompts[o].image_grid_thw is not None]
+        if not distinct:
+            return batch
+        first = dict(
+            zip(distinct, [0, *accumulate(len(prompts[o].image_grid_thw) for o in distinct)], strict=False)
+        )
+        batch["image_grid_thw"] = torch.cat([p.image_grid_thw for p in rows if p.image_grid_thw is not None])
+        batch["pixel_values"] = torch.cat([prompts[o].pixel_values for o in distinct])
+        batch["image_grid_thw_distinct"] = torch.cat([prompts[o].image_grid_thw for o in distinct])
+        batch["image_source"] = torch.tensor(
+            [first[o] + k for o in owners if o in first for k in range(len(prompts[o].image_grid_thw))]
+        )
+        return batch
+
+    def _pad(self, prompts: list[EncodedPrompt], padding_side: str) -> dict[str, torch.Tensor]:
         width = max(len(p.input_ids) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -184,11 +218,6 @@ class ChatEncoder:
             # Which tokens are image tokens: without it transformers 5 gives image tokens 1D text positions
             # instead of Qwen-VL's 3D (time, row, column) RoPE positions, silently (its processor adds it).
             batch["mm_token_type_ids"] = (ids == self.image_token_id).long()
-        pixels = [p.pixel_values for p in prompts if p.pixel_values is not None]
-        grids = [p.image_grid_thw for p in prompts if p.image_grid_thw is not None]
-        if pixels:
-            batch["pixel_values"] = torch.cat(pixels)
-            batch["image_grid_thw"] = torch.cat(grids)
         return batch
 
     def decode(self, ids: torch.Tensor | list[list[int]], skip_special_tokens: bool = True) -> list[str]:

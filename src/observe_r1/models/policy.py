@@ -1,11 +1,11 @@
 """Loading the policy (full fine-tune or LoRA, frozen or trained vision tower) and the frozen reference,
 and computing log-probabilities of completion tokens with their images (inputs from
-`observe_r1.rollout.batch.sequence_inputs`). Imports nothing of observe_r1."""
+`observe_r1.rollout.batch.sequence_inputs`), padded or packed (`observe_r1.models.packing`, the one module it
+imports)."""
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,11 +13,16 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
+from observe_r1.models.packing import PACKED_SDPA, can_pack, pack, takes_encoded_images
+
 
 def load_model(path: str, attn_implementation: str = "sdpa", **kwargs: Any) -> torch.nn.Module:
     """A vision-language model, or a text-only causal LM when the checkpoint has no vision config.
     fp32 master weights everywhere; bf16 happens under autocast on GPU (see `compute_dtype`).
-    (lr 1e-6 updates vanish when added to bf16 weights.)"""
+    (lr 1e-6 updates vanish when added to bf16 weights.) `sdpa` loads as `PACKED_SDPA`: the same attention,
+    which can also run packed micro-batches."""
+    if attn_implementation == "sdpa":
+        attn_implementation = PACKED_SDPA
     is_vlm = getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
     auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
     kwargs.setdefault("dtype", torch.float32)
@@ -80,13 +85,13 @@ def reference_of(policy: torch.nn.Module, reference: torch.nn.Module | None) -> 
         yield policy
 
 
-def _vision_inputs(model: Any, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The vision part of the forward pass (pops `sequence_inputs`' shared images): the encoder runs once per
-    distinct image and its features are handed to the model (`mm_encoder_outputs`, transformers >= 5.20);
-    older versions get each sequence's own copy of its pixels instead."""
+def encode_images(model: Any, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The vision part of the forward pass, from `ChatEncoder.collate_shared`'s inputs (its keys are popped):
+    the encoder runs once per distinct image and its features are handed to the model (`mm_encoder_outputs`,
+    transformers >= 5.20); older versions get each row's own copy of its pixels instead."""
     pixels, grid = inputs.pop("pixel_values"), inputs.pop("image_grid_thw_distinct")
     source = inputs.pop("image_source").tolist()
-    if "mm_encoder_outputs" in inspect.signature(_base(model).forward).parameters:
+    if takes_encoded_images(_base(model)):
         features = _base(model).get_image_features(pixels, grid, return_dict=True)
         features.pooler_output = tuple(features.pooler_output[j] for j in source)
         return {"mm_encoder_outputs": {"image": features}}
@@ -106,27 +111,45 @@ def completion_logprobs(
     temperature: float = 1.0,
     entropy: bool = False,
     entropy_grad: bool = False,
+    packed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[b, T] log-probs of the completion tokens (at the sampling temperature), and optionally the
-    per-token entropy of the policy. Only the completion positions' logits are materialised."""
+    per-token entropy of the policy; 0 at padding. Only the completion positions' logits are materialised.
+    `packed`: the sequences run end to end in one row without padding, where the model's attention allows
+    it (`models.packing.can_pack`)."""
     device = next(model.parameters()).device
     completion = inputs["completion_ids"].to(device)
+    completion_mask = inputs["completion_mask"].to(device).bool()
     model_inputs: dict[str, Any] = {
         k: v.to(device) for k, v in inputs.items() if k not in ("completion_ids", "completion_mask")
     }
     if "image_source" in model_inputs:
-        model_inputs |= _vision_inputs(model, model_inputs)
-    width = completion.shape[1]
-    logits = model(**model_inputs, logits_to_keep=width + 1, use_cache=False).logits[:, :-1].float()
-    logits = logits / temperature
-    log_norm = torch.logsumexp(logits, dim=-1)  # [b, T]
-    logp = logits.gather(-1, completion.unsqueeze(-1)).squeeze(-1) - log_norm
+        model_inputs |= encode_images(model, model_inputs)
+    if packed and can_pack(_base(model)):
+        model_inputs, keep = pack(_base(model), model_inputs, completion_mask)
+        logits = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits[0]  # [K, vocab]
+        targets = completion[completion_mask]
+    else:
+        logits = model(**model_inputs, logits_to_keep=completion.shape[1] + 1, use_cache=False).logits[:, :-1]
+        targets = completion
+    logits = logits.float() / temperature
+    log_norm = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_norm
     ent = None
     if entropy_grad:  # an entropy bonus in the loss
         ent = log_norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    elif entropy:  # a metric: one sequence at a time, so no second [b, T, vocab] tensor is held
+    elif entropy:  # a metric: a slice at a time, so no second [tokens, vocab] tensor is held
         with torch.no_grad():
-            ent = torch.stack(
-                [n - (torch.softmax(x, -1) * x).sum(-1) for x, n in zip(logits, log_norm, strict=True)]
+            rows, norms = logits.flatten(0, -2).split(256), log_norm.flatten().split(256)
+            ent = torch.cat(
+                [n - (torch.softmax(x, -1) * x).sum(-1) for x, n in zip(rows, norms, strict=True)]
             )
+            ent = ent.view_as(log_norm)
+    if logp.dim() == 1:  # packed: back to [b, T]
+        logp = logp.new_zeros(completion_mask.shape).masked_scatter(completion_mask, logp)
+        if ent is not None:
+            ent = ent.new_zeros(completion_mask.shape).masked_scatter(completion_mask, ent)
+    else:
+        logp = logp.masked_fill(~completion_mask, 0.0)
+        ent = None if ent is None else ent.masked_fill(~completion_mask, 0.0)
     return logp, ent

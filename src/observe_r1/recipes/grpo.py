@@ -347,7 +347,9 @@ class Actor:
         out = torch.zeros(rollout.completion_ids.shape, device=self.acc.device)
         for idx in [idx for micros in self.micro_batches(traj) for idx in micros]:
             inputs = sequence_inputs(rollout, idx, self.encoder)
-            logp, _ = completion_logprobs(model, inputs, self.cfg.rollout.temperature)
+            logp, _ = completion_logprobs(
+                model, inputs, self.cfg.rollout.temperature, packed=self.cfg.model.packing
+            )
             out[idx, : logp.shape[1]] = logp
         return out
 
@@ -368,7 +370,8 @@ class Actor:
                     with sync:
                         inputs = sequence_inputs(traj.rollout, idx, self.encoder)
                         logp, entropy = completion_logprobs(self.policy, inputs, cfg.rollout.temperature, entropy=True,
-                                                            entropy_grad=a.entropy_coef > 0)  # fmt: skip
+                                                            entropy_grad=a.entropy_coef > 0,
+                                                            packed=cfg.model.packing)  # fmt: skip
                         assert entropy is not None
                         width = logp.shape[1]
                         m, adv = mask[idx, :width], traj.token_advantages[idx, :width]

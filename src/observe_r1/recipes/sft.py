@@ -84,7 +84,9 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
             total = 0.0
             for k, idx in enumerate(micros):
                 with acc.no_sync(policy) if k < len(micros) - 1 else contextlib.nullcontext(), amp:
-                    logp, _ = completion_logprobs(policy, sequence_inputs(rollout, idx, encoder))
+                    logp, _ = completion_logprobs(
+                        policy, sequence_inputs(rollout, idx, encoder), packed=cfg.model.packing
+                    )
                     loss = aggregate(-logp, mask[idx, : logp.shape[1]], "token_mean", denominator)
                     acc.backward(loss * world)
                 total += float(loss.detach())

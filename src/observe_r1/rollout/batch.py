@@ -53,31 +53,16 @@ def micro_batches(rollout: Rollout, mini: int, micro: int) -> list[list[list[int
 def sequence_inputs(rollout: Rollout, index: list[int], encoder: ChatEncoder) -> dict[str, torch.Tensor]:
     """Model inputs for sequences `index`: [left-padded prompt | right-padded completion], trimmed to the
     longest completion among them (so micro-batches of short responses stay short). The n responses to one
-    prompt share its images: `pixel_values` holds each distinct prompt's images once, and `image_source`
-    says which of them fills each image of the batch, in order (see `completion_logprobs`)."""
+    prompt share its images, encoded once (`ChatEncoder.collate_shared`)."""
     width = int(rollout.lengths[index].max())
-    owners = [rollout.prompt_index[i] for i in index]
-    batch = encoder.collate([rollout.prompts[p] for p in owners], padding_side="left")
+    batch = encoder.collate_shared(
+        rollout.prompts, [rollout.prompt_index[i] for i in index], padding_side="left"
+    )
     completion = rollout.completion_ids[index, :width]
     completion_mask = rollout.completion_mask[index, :width]
     batch["input_ids"] = torch.cat([batch["input_ids"], completion], dim=1)
     batch["attention_mask"] = torch.cat([batch["attention_mask"], completion_mask], dim=1)
     if "mm_token_type_ids" in batch:  # completion tokens are text
         batch["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(completion)], 1)
-    if "pixel_values" in batch:
-        pixels: list[torch.Tensor] = []
-        grids: list[torch.Tensor] = []
-        first: dict[int, int] = {}  # where each prompt's images start
-        counts: dict[int, int] = {}
-        for p in dict.fromkeys(owners):
-            prompt = rollout.prompts[p]
-            if prompt.pixel_values is not None and prompt.image_grid_thw is not None:
-                first[p], counts[p] = sum(counts.values()), len(prompt.image_grid_thw)
-                pixels.append(prompt.pixel_values)
-                grids.append(prompt.image_grid_thw)
-        batch["pixel_values"], batch["image_grid_thw_distinct"] = torch.cat(pixels), torch.cat(grids)
-        batch["image_source"] = torch.tensor(
-            [first[p] + k for p in owners for k in range(counts.get(p, 0))], dtype=torch.long
-        )
     batch["completion_ids"], batch["completion_mask"] = completion, completion_mask
     return batch

@@ -18,6 +18,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from observe_r1.models.inputs import ChatEncoder
+from observe_r1.models.policy import encode_images
 from observe_r1.rollout.base import PromptBatch, Rollout, SamplingParams
 
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
@@ -111,9 +112,12 @@ class HFRollout:
         return self._finish(batch, prompt_index, ids, n, sampling.max_new_tokens)
 
     def _generate(self, batch: PromptBatch, index: list[int], seeds: torch.Tensor, sampling: SamplingParams):
-        inputs = self.encoder.collate([batch.prompts[i] for i in index], padding_side="left")
+        # the n responses to a prompt share its images: each distinct image is encoded once
+        inputs = self.encoder.collate_shared(batch.prompts, index, padding_side="left")
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) for k, v in inputs.items()}
+        if "image_source" in inputs:
+            inputs |= encode_images(self.model, inputs)
         width = inputs["input_ids"].shape[1]
         config = GenerationConfig(
             do_sample=False,

@@ -295,7 +295,7 @@ class RunState:
 # Config keys that may differ between a checkpoint and the run resuming it: they change what is logged or
 # saved, or how long the run is, not the training itself. Every other difference needs allow_config_change.
 MAY_CHANGE = ("logging.", "checkpoint.", "ladder.", "data.test", "rollout.chunk_size", "model.attn_implementation",
-              "model.gradient_checkpointing", "optim.max_steps", "optim.epochs", "optim.max_nonfinite_steps")  # fmt: skip
+              "model.packing", "model.gradient_checkpointing", "optim.max_steps", "optim.epochs", "optim.max_nonfinite_steps")  # fmt: skip
 
 
 def config_changes(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
