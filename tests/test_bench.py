@@ -66,3 +66,10 @@ def test_count_listing_reads_rollouts_and_ladder(tmp_path):
     assert r["steps"] == [{"step": 10, "gold_mean": 2.5, "listed_mean": 2.0, "too_few": 0.5, "too_many": 0.0,
                            "accuracy": 0.5}]  # fmt: skip
     assert r["ladder_slices"] == [{"1": 2, "2": 1, "3": 1}]
+
+
+def test_packing_bench_same_logprobs_padded_and_packed():
+    r = run_json(str(BENCH / "packing.py"), "--size", "tiny", "--responses", "16", "--median-length", "10",
+                 "--tokens", "24", "--micro", "4", "--rounds", "1")  # fmt: skip
+    assert r["micro4"]["padded_s"] > 0 and r["micro4"]["packed_s"] > 0
+    assert r["micro4"]["logprob_max_diff"] < 1e-4
