@@ -36,7 +36,9 @@ def synthetic_rollout(encoder: ChatEncoder, responses: int, median: float, most:
     ids = torch.randint(5, len(encoder.tokenizer) - 30, (responses, width), generator=g)
     mask = (torch.arange(width)[None] < lengths[:, None]).long()
     prompts = [
-        encoder.encode([{"role": "user", "content": f"Count the digits of {i * 7919} and add them."}], [], "s")
+        encoder.encode(
+            [{"role": "user", "content": f"Count the digits of {i * 7919} and add them."}], [], "s"
+        )
         for i in range(responses // 8)
     ]
     return Rollout(
