@@ -187,17 +187,23 @@ class ChatEncoder:
         batch, in order (`models.policy.encode_images` encodes them once and hands the features over)."""
         rows = [prompts[o] for o in owners]
         batch = self._pad(rows, padding_side)
-        distinct = [o for o in dict.fromkeys(owners) if prompts[o].image_grid_thw is not None]
-        if not distinct:
+        slot: dict[int, int] = {}  # a prompt's place among the distinct ones with images
+        pixels: list[torch.Tensor] = []
+        grids: list[torch.Tensor] = []
+        for o in dict.fromkeys(owners):
+            p = prompts[o]
+            if p.pixel_values is not None and p.image_grid_thw is not None:
+                slot[o] = len(grids)
+                pixels.append(p.pixel_values)
+                grids.append(p.image_grid_thw)
+        if not grids:
             return batch
-        first = dict(
-            zip(distinct, [0, *accumulate(len(prompts[o].image_grid_thw) for o in distinct)], strict=False)
-        )
-        batch["image_grid_thw"] = torch.cat([p.image_grid_thw for p in rows if p.image_grid_thw is not None])
-        batch["pixel_values"] = torch.cat([prompts[o].pixel_values for o in distinct])
-        batch["image_grid_thw_distinct"] = torch.cat([prompts[o].image_grid_thw for o in distinct])
+        start = [0, *accumulate(len(g) for g in grids)]
+        batch["image_grid_thw"] = torch.cat([grids[slot[o]] for o in owners if o in slot])
+        batch["pixel_values"] = torch.cat(pixels)
+        batch["image_grid_thw_distinct"] = torch.cat(grids)
         batch["image_source"] = torch.tensor(
-            [first[o] + k for o in owners if o in first for k in range(len(prompts[o].image_grid_thw))]
+            [start[slot[o]] + k for o in owners if o in slot for k in range(len(grids[slot[o]]))]
         )
         return batch
 

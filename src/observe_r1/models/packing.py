@@ -43,12 +43,12 @@ def packed_sdpa(module: torch.nn.Module, query, key, value, attention_mask, **kw
     return torch.cat(outputs, dim=1), None
 
 
-def packed_sdpa_mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+def packed_sdpa_mask(attention_mask: torch.Tensor | None = None, **kwargs: Any):
     """`sdpa`'s mask, except that a call without a padding mask (a packed row, or one unpadded sequence) gets
     none: attention is then causal within each sequence, and a dense block mask is never built."""
     if attention_mask is None:
         return None
-    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+    return sdpa_mask(attention_mask=attention_mask, **kwargs)
 
 
 AttentionInterface.register(PACKED_SDPA, packed_sdpa)
