@@ -147,6 +147,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from observe_r1.config import ConfigError, load_config
+    from observe_r1.recipes.plan import Hardware, estimate, load_model_config, render, shape_of, suggest
+
+    cfg = load_config(args.config, list(args.overrides))
+    source = args.model_config or cfg.model.path
+    if not source or not Path(source).exists():
+        raise ConfigError(f"plan: no model config at {source!r}: pass --model-config (a config.json or a "
+                          "checkpoint directory); the weights are not needed")  # fmt: skip
+    config = load_model_config(source)
+    hw = Hardware(gpus=args.gpus, nodes=args.nodes, memory_gib=args.gpu_memory, tflops=args.gpu_tflops,
+                  mfu_train=args.mfu, price_per_gpu_hour=args.price)  # fmt: skip
+    shape = shape_of(config, cfg)
+    plan = estimate(cfg, shape, hw)
+    print(render(cfg, shape, hw, plan))
+    if not plan.fits:
+        print("\nto make it fit (each change on top of the ones above it):")
+        for label, changed in suggest(cfg, config, hw):
+            verdict = "fits" if changed.fits else "still over"
+            print(f"  + {label:38} peak {changed.peak / 2**30:6.1f} GiB: {verdict}")
+    return 0 if plan.fits else 1
+
+
 def cmd_sft(args: argparse.Namespace) -> int:
     from observe_r1.config import load_config
     from observe_r1.recipes.sft import sft
@@ -336,6 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=1e-5")
     p.add_argument("--output-dir", help="shorthand for logging.output_dir=...")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("plan", help="memory per GPU, fit verdict and step time of a config, before launching")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--model-config", help="config.json or checkpoint directory (default: model.path)")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs per node (default 8)")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
+    p.add_argument("--gpu-tflops", type=float, default=312.0, help="dense bf16 TFLOP/s per GPU (A100 312)")
+    p.add_argument("--mfu", type=float, default=0.35, help="model FLOPs utilisation of the training passes")
+    p.add_argument("--price", type=float, default=0.0, help="price per GPU-hour, for the cost line")
+    p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("sft", help="supervised fine-tuning on reference responses (cold start)")
     p.add_argument("config", help="YAML config (see configs/)")

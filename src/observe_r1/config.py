@@ -199,6 +199,15 @@ class LadderConfig:
 
 
 @dataclass
+class ParallelConfig:
+    # ddp: every process holds the whole model, its gradients and optimiser state (accelerate's DDP);
+    # fsdp: PyTorch's FSDP2 shards them over the processes, one unit per decoder layer and vision block
+    # (docs/training.md; `observe-r1 plan` says which fits)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    offload: bool = False  # fsdp: parameters, gradients and optimiser state in CPU memory between uses
+
+
+@dataclass
 class SFTConfig:
     response_column: str = "solution"  # the dataset column holding the reference response
 
@@ -214,6 +223,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     ladder: LadderConfig = field(default_factory=LadderConfig)
 

@@ -47,7 +47,7 @@ from observe_r1.rewards import Rewarder
 from observe_r1.rewards.compose import merge_results
 from observe_r1.rollout.base import SamplingParams, select_groups
 from observe_r1.rollout.batch import Trajectory, micro_batches, sequence_inputs
-from observe_r1.training import loop, runtime, setup
+from observe_r1.training import loop, runtime, setup, sharding
 from observe_r1.training.checkpoint import Checkpointer, RunState
 from observe_r1.training.evaluation import evaluate_on_main
 from observe_r1.training.scoring import generate_and_score
@@ -116,8 +116,10 @@ def train(cfg: Config) -> Path:
 
     policy = setup.build_policy(cfg)
     reference = setup.build_reference(cfg, acc.device)
+    policy = runtime.prepare_model(acc, cfg, policy, any(not s.images for s in samples))
+    reference = runtime.prepare_reference(acc, cfg, reference)
     optimizer, scheduler = runtime.build_optimizer(cfg, policy, plan.steps * plan.updates_per_step)
-    policy, optimizer = runtime.prepare_model(acc, policy, optimizer, any(not s.images for s in samples))
+    optimizer = runtime.prepare_optimizer(acc, policy, optimizer)
     sampler = make_sampler(cfg.data.sampler, len(samples), cfg.seed, ladder_prior(samples), cfg.data.online_new_share,
                            cfg.data.online_ema)  # fmt: skip
     checkpointer = Checkpointer(cfg, acc, policy, optimizer, scheduler, sampler, encoder)
@@ -153,7 +155,10 @@ def train(cfg: Config) -> Path:
             step, started = run.step, time.perf_counter()
             with timer("sync"):  # HF: the policy itself generates; vLLM: the engine gets a copy
                 backend.update_weights(acc.unwrap_model(policy))
-            with runtime.autocast(acc.device, cfg.model.dtype, generation=True):
+            generating = (
+                sharding.gathered(policy) if cfg.rollout.backend == "hf" else contextlib.nullcontext()
+            )
+            with runtime.autocast(acc.device, cfg.model.dtype, generation=True), generating:
                 traj = rollout_and_reward(
                     cfg, acc, draw, step, plan.prompts, encoder.pad_token_id
                 )  # timed inside

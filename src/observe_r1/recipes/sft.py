@@ -29,7 +29,7 @@ from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import completion_logprobs
 from observe_r1.rollout.base import Rollout
 from observe_r1.rollout.batch import chunks, sequence_inputs
-from observe_r1.training import loop, runtime, setup
+from observe_r1.training import loop, runtime, setup, sharding
 from observe_r1.training.checkpoint import Checkpointer
 from observe_r1.training.evaluation import evaluate_on_main
 from observe_r1.training.scoring import encode_prompts
@@ -58,8 +58,9 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
     steps = o.max_steps or max(1, o.epochs * len(samples) // o.mini_batch_size)
 
     policy = setup.build_policy(cfg)
+    policy = runtime.prepare_model(acc, cfg, policy, any(not s.images for s in samples))
     optimizer, scheduler = runtime.build_optimizer(cfg, policy, steps)
-    policy, optimizer = runtime.prepare_model(acc, policy, optimizer, any(not s.images for s in samples))
+    optimizer = runtime.prepare_optimizer(acc, policy, optimizer)
     sampler = make_sampler(cfg.data.sampler, len(samples), cfg.seed)
     checkpointer = Checkpointer(cfg, acc, policy, optimizer, scheduler, sampler, encoder)
     run = checkpointer.resume()
@@ -105,8 +106,11 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
             )
             bar(step, metrics)
     loop.finish(cfg, acc, run, tracker, checkpointer, evaluate if test else None)
-    if export is not None and acc.is_main_process:
-        export_model(acc.unwrap_model(policy), encoder, Path(export))
+    if export is not None:
+        model = acc.unwrap_model(policy)
+        weights = sharding.full_state_dict(model) if sharding.is_sharded(model) else None  # all processes
+        if acc.is_main_process:
+            export_model(model, encoder, Path(export), weights=weights)
     acc.wait_for_everyone()
     return Path(cfg.logging.output_dir)
 
@@ -154,9 +158,20 @@ def reference_rollout(samples: list[Sample], encoder: ChatEncoder, system: str, 
     )
 
 
-def export_model(model: Any, encoder: ChatEncoder, out: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+def export_model(
+    model: Any,
+    encoder: ChatEncoder,
+    out: Path,
+    dtype: torch.dtype = torch.bfloat16,
+    weights: dict | None = None,
+) -> Path:
     """Write the model in `dtype` (bf16 halves the size of a shipped checkpoint) with its tokenizer and
-    image processor; `from_pretrained(..., dtype=torch.float32)` reads it back for training."""
-    copy.deepcopy(model).to(dtype).save_pretrained(out, safe_serialization=True)
+    image processor; `from_pretrained(..., dtype=torch.float32)` reads it back for training. `weights`: the
+    full state dict of a sharded model."""
+    if weights is None:
+        copy.deepcopy(model).to(dtype).save_pretrained(out, safe_serialization=True)
+    else:
+        weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
+        model.save_pretrained(out, safe_serialization=True, state_dict=weights)
     encoder.save_pretrained(out)
     return out

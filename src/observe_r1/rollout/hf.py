@@ -128,7 +128,11 @@ class HFRollout:
             suppress_tokens=self.suppressed,
         )
         processors = LogitsProcessorList([] if sampling.greedy else [GumbelSampler(seeds, width, sampling)])
-        out = self.model.generate(**inputs, generation_config=config, logits_processor=processors)
+        # synced_gpus: never (transformers turns it on for a sharded model): a sharded policy generates with
+        # its parameters gathered (`training.sharding.gathered`), so no process waits for another
+        out = self.model.generate(
+            **inputs, generation_config=config, logits_processor=processors, synced_gpus=False
+        )
         return out[:, width:].cpu()
 
     def _finish(

@@ -29,6 +29,7 @@ import os
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.rollout.base import PromptBatch, Rollout, SamplingParams
@@ -39,8 +40,8 @@ def full_state_dict(model: Any) -> dict[str, torch.Tensor]:
     """The weights the engine serves: the model's own state dict; a peft (LoRA) model's with the adapters
     merged into the base weights, under the base model's names."""
     model = getattr(model, "module", model)  # DDP
-    if not hasattr(model, "merge_adapter"):
-        return model.state_dict()
+    if not hasattr(model, "merge_adapter"):  # FSDP: each process gathers every tensor for its own engine
+        return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in model.state_dict().items()}
     model.merge_adapter()
     try:
         out = {}

@@ -45,6 +45,7 @@ from safetensors.torch import load_file
 
 from observe_r1.config import Config, ConfigError, to_dict
 from observe_r1.models.policy import load_model
+from observe_r1.training import sharding
 from observe_r1.training.state import load_tree, rng_state, save_tree, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
-    return [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    return [name for name, p in model.named_parameters() if not torch.isfinite(sharding.local(p)).all()]
 
 
 def save_checkpoint(
@@ -149,9 +150,11 @@ def save_checkpoint(
     final, tmp = root / name, root / f".tmp-{name}"
     unwrapped = accelerator.unwrap_model(model)
     bad = nonfinite_parameters(unwrapped)
-    if bad:
-        raise CheckpointError(f"step {step}: not saving a checkpoint with non-finite weights ({len(bad)} "
-                              f"tensors, first {bad[0]}); the checkpoints already saved are kept")  # fmt: skip
+    if sharding.total(len(bad), accelerator.device):  # FSDP: each process checks its shards
+        raise CheckpointError(f"step {step}: not saving a checkpoint with non-finite weights (first "
+                              f"{bad[0] if bad else 'on another process'}); the checkpoints already saved are "
+                              "kept")  # fmt: skip
+    weights = sharding.full_state_dict(unwrapped) if sharding.is_sharded(unwrapped) else None
     try:
         if accelerator.is_main_process:
             restore_replaced(root)
@@ -161,7 +164,7 @@ def save_checkpoint(
         accelerator.wait_for_everyone()
         save_tree(rng_state(), tmp / f"rng-rank{accelerator.process_index}")
         if accelerator.is_main_process:
-            unwrapped.save_pretrained(tmp, safe_serialization=True)
+            unwrapped.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
             encoder.save_pretrained(tmp)
             save_tree(trainer_state, tmp / STATE)
             for file, content in (notes or {}).items():
@@ -277,7 +280,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     if (path / "adapter_model.safetensors").is_file():
         set_peft_model_state_dict(model, weights)
     else:
-        model.load_state_dict(weights, strict=True)
+        sharding.load_full_state_dict(model, weights)
 
 
 # ------------------------------------------------------------------ the run's checkpointer
@@ -395,7 +398,7 @@ class Checkpointer:
                               + "\n  ".join(changes) + "\nresume with the same config, or pass "
                               "checkpoint.allow_config_change=true to continue with the new values")  # fmt: skip
         load_weights(self.acc.unwrap_model(self.model), path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        sharding.load_optimizer_state(self.acc.unwrap_model(self.model), self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         if changes:
@@ -453,7 +456,7 @@ class Checkpointer:
             "history": run.history,
             "nonfinite_streak": run.nonfinite_streak,
             "zero_weight_streak": run.zero_weight_streak,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": sharding.optimizer_state(self.acc.unwrap_model(self.model), self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "config": to_dict(self.cfg),

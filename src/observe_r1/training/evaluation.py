@@ -15,6 +15,7 @@ from observe_r1.models.inputs import ChatEncoder
 from observe_r1.rewards import Rewarder
 from observe_r1.rollout.base import RolloutBackend, SamplingParams
 from observe_r1.rollout.hf import HFRollout
+from observe_r1.training import sharding
 from observe_r1.training.runtime import autocast
 from observe_r1.training.scoring import generate_and_score
 
@@ -103,16 +104,18 @@ def eval_batch_size(cfg: Config) -> int:
 
 def evaluate_on_main(cfg: Config, acc: Accelerator, model, encoder: ChatEncoder, test: list[Sample],
                      system: str) -> dict[str, float]:  # fmt: skip
-    """Greedy evaluation on the test split on the main process (the others wait), as `eval/*` metrics."""
+    """Greedy evaluation on the test split on the main process (the others wait), as `eval/*` metrics.
+    A sharded model is gathered on every process first, so the main process runs it alone."""
     metrics: dict[str, float] = {}
-    if acc.is_main_process:
-        backend = HFRollout(acc.unwrap_model(model), encoder)
-        with (
-            autocast(acc.device, cfg.model.dtype, generation=True),
-            Rewarder.from_config(cfg.reward) as rewarder,
-        ):
-            result, _ = evaluate(backend, encoder, test, rewarder, system, cfg.rollout.max_new_tokens,
-                                 eval_batch_size(cfg))  # fmt: skip
-        metrics = {f"eval/{k}": v for k, v in result.items()}
-    acc.wait_for_everyone()
+    with sharding.gathered(acc.unwrap_model(model)) as full:
+        if acc.is_main_process:
+            backend = HFRollout(full, encoder)
+            with (
+                autocast(acc.device, cfg.model.dtype, generation=True),
+                Rewarder.from_config(cfg.reward) as rewarder,
+            ):
+                result, _ = evaluate(backend, encoder, test, rewarder, system, cfg.rollout.max_new_tokens,
+                                     eval_batch_size(cfg))  # fmt: skip
+            metrics = {f"eval/{k}": v for k, v in result.items()}
+        acc.wait_for_everyone()
     return metrics

@@ -1,4 +1,4 @@
-"""The run's runtime: processes (accelerate), seeds, precision, the optimiser and its step, batch splitting,
+"""The run's runtime: processes (accelerate DDP or FSDP2), seeds, precision, the optimiser and its step, batch splitting,
 metrics across processes and the progress bar. Imports config, algos and training.checkpoint."""
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.distributed.tensor import DTensor
 from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
 from observe_r1.algos import loss_denominator
-from observe_r1.config import Config
+from observe_r1.config import Config, ConfigError
+from observe_r1.training import sharding
 from observe_r1.training.checkpoint import RunState, latest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -34,12 +36,44 @@ def make_accelerator() -> Accelerator:
     return Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
 
 
-def prepare_model(acc: Accelerator, model: torch.nn.Module, optimizer, text_only_prompts: bool):
-    """DDP-wrap the model. A text-only prompt leaves the vision tower without gradients, which DDP must be
-    told about (it costs an extra graph traversal, so only then)."""
+def prepare_model(
+    acc: Accelerator, cfg: Config, model: torch.nn.Module, text_only_prompts: bool
+) -> torch.nn.Module:
+    """`parallel.strategy`: DDP-wrap the model (accelerate), or shard it with FSDP2. Build the optimiser
+    after this (`prepare_optimizer`): FSDP replaces the parameters by their shards.
+    A text-only prompt leaves the vision tower without gradients, which DDP must be told about (it costs an
+    extra graph traversal, so only then); under FSDP every process must run the same units in the same order,
+    so a vision-language model needs an image in every prompt."""
+    if cfg.parallel.strategy == "fsdp":
+        if text_only_prompts and getattr(model.config, "vision_config", None) is not None:
+            raise ConfigError("parallel.strategy=fsdp: every prompt needs an image for a vision-language model "
+                              "(a process without one would skip the vision tower's collectives); the data has "
+                              "text-only prompts: use parallel.strategy=ddp")  # fmt: skip
+        return sharding.shard(model.to(acc.device), cfg, fsdp_compute_dtype(cfg, acc.device))
     if acc.ddp_handler is not None:
         acc.ddp_handler.find_unused_parameters = text_only_prompts
-    return acc.prepare(model, optimizer)
+    return acc.prepare(model)
+
+
+def prepare_reference(
+    acc: Accelerator, cfg: Config, reference: torch.nn.Module | None
+) -> torch.nn.Module | None:
+    """The frozen KL reference is sharded like the policy under FSDP (DDP: a whole copy per process)."""
+    if reference is None or cfg.parallel.strategy != "fsdp":
+        return reference
+    return sharding.shard(reference, cfg, None)
+
+
+def prepare_optimizer(acc: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+    return optimizer if sharding.is_sharded(model) else acc.prepare(optimizer)
+
+
+def fsdp_compute_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """FSDP's parameter dtype for compute: bf16 on GPU when the run computes in bf16, else the fp32 weights."""
+    if device.type != "cuda":
+        return None
+    bf16 = cfg.model.dtype == "bfloat16" or cfg.model.dtype == "auto"
+    return torch.bfloat16 if bf16 else None
 
 
 def build_optimizer(
@@ -100,6 +134,8 @@ def optimizer_step(acc: Accelerator, params: list, optimizer, scheduler, cfg: Co
     weights may be what went wrong, and the checkpoints already saved hold finite weights.
     Returns the gradient norm (global: DDP has already averaged the gradients)."""
     grad_norm = acc.clip_grad_norm_(params, cfg.optim.grad_clip or math.inf)
+    if isinstance(grad_norm, DTensor):  # FSDP: the norm over every process's shards
+        grad_norm = grad_norm.full_tensor()
     if torch.isfinite(grad_norm):
         optimizer.step()
         scheduler.step()

@@ -1,0 +1,87 @@
+"""Sharded training (`parallel.strategy: fsdp`, PyTorch's FSDP2) on this CPU: two processes (gloo) train like
+one, a run killed with SIGKILL resumes to the same weights, and the checkpoints are plain HF checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+from tests.test_train import ROOT, cli, metrics, state, weights
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "observe_r1.cli"]
+FSDP = ["parallel.strategy=fsdp"]
+
+
+def two_processes(out, shaping, *extra) -> list[str]:
+    return TORCHRUN + cli(out, shaping, *FSDP, *extra)[3:]
+
+
+def run_ok(command: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0 and "gloo" in proc.stderr and "connect" in proc.stderr.lower():
+        pytest.skip("two processes cannot start here: " + proc.stderr[-300:])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def test_fsdp_two_processes_equal_one(shaping, tmp_path):
+    """3 steps, each 2 mini-batches x 2 PPO epochs, the KL reference sharded too, a best checkpoint kept
+    (only the main process evaluates, on the gathered model): the same weights as one process without
+    sharding, and the checkpoint is a plain HF one."""
+    common = ["optim.max_steps=3", "optim.mini_batch_size=8", "optim.ppo_epochs=2", "logging.dump_rollouts_every=0",
+              "algorithm.kl_mode=loss", "logging.eval_every=3", "checkpoint.best_metric=eval/accuracy"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_ok(cli(one, shaping, *common))
+    proc = run_ok(two_processes(two, shaping, *common))
+    assert "2 process(es)" in proc.stdout + proc.stderr
+    a, b = weights(one / "checkpoints/step-000003"), weights(two / "checkpoints/step-000003")
+    base = weights(one / "base-model")
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], base[k]) for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-4)
+    losses = [[r["actor/loss"] for r in metrics(run) if "actor/loss" in r] for run in (one, two)]
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=0, atol=1e-4)
+    assert [r.get("eval/accuracy") for r in metrics(one)] == [r.get("eval/accuracy") for r in metrics(two)]
+    assert json.loads((two / "checkpoints/best/best.json").read_text())["step"] == 3
+    model, info = AutoModelForImageTextToText.from_pretrained(
+        two / "checkpoints/step-000003", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(model.get_input_embeddings().weight, b["model.embed_tokens.weight"])
+    # the optimiser state is the full one, keyed by parameter name: it does not depend on the sharding
+    optimizer = state(two / "checkpoints/step-000003")["optimizer"]
+    assert any(".layers.0." in name for name in optimizer["state"])
+
+
+def test_fsdp_resume_after_sigkill_is_exact(shaping, tmp_path):
+    six = ["optim.max_steps=5", "optim.mini_batch_size=8", "logging.dump_rollouts_every=0",
+           "checkpoint.keep_last=10"]  # fmt: skip
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_ok(two_processes(straight, shaping, *six))
+    proc = subprocess.Popen(
+        two_processes(killed, shaping, *six),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-000002").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before reaching step 2"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, no clean exit
+    proc.wait()
+    assert not (killed / "checkpoints" / "step-000005").exists()
+    run_ok(two_processes(killed, shaping, *six))  # resume: auto
+    a, b = weights(straight / "checkpoints/step-000005"), weights(killed / "checkpoints/step-000005")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    ma, mb = metrics(straight), metrics(killed)
+    assert [r["step"] for r in ma] == [r["step"] for r in mb]
+    assert [r.get("reward/total/mean") for r in ma] == [r.get("reward/total/mean") for r in mb]

@@ -1,0 +1,106 @@
+"""`observe-r1 plan`: exact parameter counts from the meta-device model, the memory terms against a hand
+calculation, and the verdicts for the paper's two configs."""
+
+import subprocess
+import sys
+
+import torch
+from transformers import AutoModelForImageTextToText
+
+from observe_r1.config import load_config
+from observe_r1.models.policy import prepare_policy
+from observe_r1.recipes.plan import GIB, Hardware, estimate, load_model_config, shape_of
+from observe_r1.toy.tiny import count_parameters
+from tests.test_train import ROOT, TINY
+
+QWEN_3B = "qwen2.5-vl-3b-instruct/config.json"
+CONFIG_3B = ROOT / "configs" / "observe_r1_qwen2_5_vl_3b.yaml"
+CONFIG_7B = ROOT / "configs" / "observe_r1_qwen2_5_vl_7b.yaml"
+MODEL_7B = ROOT / "configs" / "models" / "qwen2_5_vl_7b_config.json"
+
+
+def test_parameter_counts_are_the_models(realcases, tiny_model_dir):
+    cfg = load_config(TINY)
+    for config in (load_model_config(realcases / QWEN_3B), load_model_config(MODEL_7B)):
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(config)
+        shape = shape_of(config, cfg)
+        assert shape.total == sum(p.numel() for p in model.parameters())
+        assert shape.vision == sum(p.numel() for p in model.model.visual.parameters())
+        assert shape.largest_unit == max(sum(p.numel() for p in layer.parameters()) for layer in model.model.language_model.layers)  # fmt: skip
+    assert (
+        round(shape_of(load_model_config(realcases / QWEN_3B), cfg).total / 1e9, 2) == 3.75
+    )  # published: 3.75B
+    assert round(shape.total / 1e9, 2) == 8.29  # 7B: published 8.29B
+    # the tiny model: the real one's count; LoRA and a frozen tower: what peft and requires_grad say
+    real = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    config = load_model_config(tiny_model_dir)
+    assert shape_of(config, cfg).total == count_parameters(real)
+    lora = load_config(TINY, ["model.lora_rank=4", "model.freeze_vision=true"])
+    peft = prepare_policy(real, lora.model)
+    assert shape_of(config, lora).trainable == sum(p.numel() for p in peft.parameters() if p.requires_grad)
+
+
+def test_memory_terms_equal_a_hand_calculation(tiny_model_dir):
+    """DDP, full fine-tuning with the KL reference, no checkpointing, on 1 GPU: every term by hand."""
+    cfg = load_config(
+        TINY, ["optim.micro_batch_size=2", "rollout.max_new_tokens=24", "data.max_prompt_length=256"]
+    )
+    config = load_model_config(tiny_model_dir)
+    shape = shape_of(config, cfg)
+    plan = estimate(cfg, shape, Hardware(gpus=1, memory_gib=1.0))
+    p = shape.total
+    assert plan.terms["weights + grads + AdamW"] == 16 * p  # 4 weights + 4 grads + 8 AdamW moments
+    assert plan.terms["KL reference"] == 2 * p
+    patches = 50176 // 14**2  # data.max_pixels of tiny_cpu.yaml
+    prompt = min(256, patches // 4 + 128)
+    tokens = 2 * (prompt + 24)
+    h, i, layers = shape.hidden, shape.intermediate, shape.layers
+    per_layer = 6 * h + 2 * shape.kv + 4 * i
+    vision = 2 * patches * shape.vision_layers * (6 * shape.vision_hidden + 4 * shape.vision_intermediate)
+    assert plan.terms["activations (one micro-batch)"] == 2 * (tokens * layers * per_layer + vision)
+    assert plan.terms["logits (fp32)"] == 12 * 2 * 24 * shape.vocab
+    rows = 4 * 4  # prompts_per_step x n on one GPU
+    assert plan.terms["generate: KV cache"] == 2 * rows * (prompt + 24) * layers * 2 * shape.kv
+    assert (
+        plan.terms["optimizer step temporaries"] == 4 * p and plan.terms["DDP gradient buckets"] == 0
+    )  # 1 GPU
+    training = (
+        16 * p + 2 * p + 4 * p + plan.terms["activations (one micro-batch)"] + plan.terms["logits (fp32)"]
+    )
+    rollout = 16 * p + 2 * p + plan.terms["generate: KV cache"]
+    assert plan.peak == max(training, rollout)
+    assert plan.usable == (1.0 - 2.0) * GIB and not plan.fits  # 2 GiB reserved: a 1 GiB GPU never fits
+    # FSDP over 8: the states and the reference split, plus the gathered units
+    fsdp = estimate(load_config(TINY, ["parallel.strategy=fsdp"]), shape, Hardware(gpus=8))
+    assert fsdp.terms["weights + grads + AdamW"] == 16 * p / 8 and fsdp.terms["KL reference"] == 2 * p / 8
+    assert fsdp.terms["optimizer step temporaries"] == 4 * p / 8 and fsdp.terms["DDP gradient buckets"] == 0
+    assert (
+        fsdp.terms["FSDP working set"]
+        == 2 * (shape.root_unit + 2 * shape.largest_unit) + 4 * shape.largest_unit
+    )
+
+
+def plan_cli(*args):
+    return subprocess.run([sys.executable, "-m", "observe_r1.cli", "plan", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT)  # fmt: skip
+
+
+def test_plan_prints_a_breakdown_and_a_verdict_for_the_papers_configs(realcases):
+    for config, model in ((CONFIG_3B, realcases / QWEN_3B), (CONFIG_7B, MODEL_7B)):
+        proc = plan_cli(config, "--model-config", model, "--gpus", 8, "--gpu-memory", 80)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for line in (
+            "weights + grads + AdamW",
+            "activations",
+            "logits",
+            "total",
+            "FITS",
+            "tokens/s",
+            "GPU-hours",
+        ):
+            assert line in proc.stdout, proc.stdout
+    ddp = plan_cli(CONFIG_7B, "parallel.strategy=ddp", "--model-config", MODEL_7B)
+    assert ddp.returncode == 1 and "DOES NOT FIT" in ddp.stdout and "parallel.strategy=fsdp" in ddp.stdout
+    missing = plan_cli(CONFIG_3B)
+    assert missing.returncode == 2 and "--model-config" in missing.stderr + missing.stdout
