@@ -3,18 +3,23 @@
     python bench/plan_memory.py [--model small | --like CONFIG_JSON --layers 1 --vision-layers 1]
                                 [--strategy ddp fsdp] [--procs 2] [--json]
 
-For each strategy, `observe-r1 train` runs 2 GRPO steps (`--procs` processes under torchrun; KL reference on;
-no checkpoint written) and every training process's peak resident memory is read from the kernel
-(`VmHWM` in /proc/PID/status, polled until it exits: the exact high-water mark, not a sample). The same run
+For each strategy, `observe-r1 train` runs 2 GRPO steps (`--procs` processes under torchrun; KL reference on)
+and every training process's peak resident memory during the steps is read from the kernel (`VmHWM` in
+/proc/PID/status, reset through /proc/PID/clear_refs when training starts, read until step 2 is logged: the
+exact high-water mark, not a sample). Loading the model and writing the final checkpoint are left out: on a
+GPU machine both happen in host memory. The same run
 with the 0.36M-parameter `tiny` model gives the baseline (Python, torch, transformers, data, tokenizer:
 what is not the model), and measured = peak - baseline. The prediction is `observe-r1 plan`'s peak for the
-same config on a "CPU" of that many processes: fp32 compute, no reserve, the prompts' real lengths.
+same config on a "CPU" of that many processes (fp32 compute, no reserve, the prompts' real lengths) minus
+its prediction for the baseline's tiny model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,28 +44,54 @@ def overrides(args, model: Path, out: Path, strategy: str) -> list[str]:
             f"optim.micro_batch_size={args.micro}", *STEP]  # fmt: skip
 
 
-def peak_rss(command: list[str]) -> list[int]:
-    """Run `command`; the peak resident bytes of each process that trains (the CLI workers)."""
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peaks: dict[int, int] = {}
-    while proc.poll() is None:
-        for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
-            try:
-                line = " ".join(p.cmdline())
-                if "observe_r1.cli" not in line or "torch.distributed.run" in line:  # a worker, not torchrun
-                    continue
-                status = Path(f"/proc/{p.pid}/status").read_text()
-                hwm = (
-                    int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
-                    * 1024
-                )
-                peaks[p.pid] = max(peaks.get(p.pid, 0), hwm)
-            except (psutil.Error, OSError, StopIteration):
-                continue
-        time.sleep(0.01)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stderr.read()[-3000:] if proc.stderr else "failed")
+def peak_rss(command: list[str], out: Path) -> list[int]:
+    """Run `command` (2 steps); each training process's peak resident bytes during the steps: the
+    high-water mark is reset when training starts (after loading and sharding: host memory on a GPU machine)
+    and read when step 2 is logged, before the final checkpoint (gathered into host memory on a GPU
+    machine); then the run is stopped."""
+    log = out.with_suffix(".log")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}  # freed tensors go back to the OS at once
+    with log.open("w") as err:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=err, stderr=err, env=env, start_new_session=True)
+    started, peaks = False, {}
+    try:
+        while proc.poll() is None:
+            workers = [p for p in psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+                       if _is_worker(p)]  # fmt: skip
+            if not started and "GRPO: " in log.read_text():
+                for p in workers:
+                    Path(f"/proc/{p.pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+                started = True
+            if started:
+                for p in workers:
+                    peaks[p.pid] = max(peaks.get(p.pid, 0), _hwm(p.pid))
+            metrics = out / "metrics.jsonl"
+            if started and metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.01)
+        else:
+            raise RuntimeError(log.read_text()[-3000:])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     return list(peaks.values())
+
+
+def _is_worker(p: psutil.Process) -> bool:
+    try:
+        line = " ".join(p.cmdline())
+    except psutil.Error:
+        return False
+    return "observe_r1.cli" in line and "torch.distributed.run" not in line
+
+
+def _hwm(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) * 1024
 
 
 def command(args, model: Path, out: Path, strategy: str) -> list[str]:
@@ -109,14 +140,23 @@ def main() -> None:
             hw = Hardware(gpus=args.procs, memory_gib=1e6, device="cpu")
             prompt = estimate_prompt(cfg)
             plan = estimate(cfg, shape, hw, prompt_tokens=prompt, response_tokens=args.tokens)
-            base = peak_rss(command(args, baseline_model, root / f"base-{strategy}", strategy))
-            peak = peak_rss(command(args, model, root / f"run-{strategy}", strategy))
+            # the baseline run's own model is tiny but not nothing: compare like with like
+            small = estimate(cfg, shape_of(load_model_config(baseline_model), cfg), hw, prompt_tokens=prompt,
+                             response_tokens=args.tokens)  # fmt: skip
+            predicted = plan.peak - small.peak
+            base = peak_rss(
+                command(args, baseline_model, root / f"base-{strategy}", strategy), root / f"base-{strategy}"
+            )
+            peak = peak_rss(
+                command(args, model, root / f"run-{strategy}", strategy), root / f"run-{strategy}"
+            )
             measured = max(peak) - max(base)
             result[strategy] = {
                 "parameters": shape.total,
-                "predicted_gib": round(plan.peak / GIB, 3),
+                "predicted_gib": round(predicted / GIB, 3),
+                "predicted_tiny_baseline_gib": round(small.peak / GIB, 3),
                 "measured_gib": round(measured / GIB, 3),
-                "predicted_over_measured": round(plan.peak / measured, 3),
+                "predicted_over_measured": round(predicted / measured, 3),
                 "peak_rss_gib": [round(x / GIB, 3) for x in peak],
                 "baseline_rss_gib": [round(x / GIB, 3) for x in base],
                 "terms_gib": {k: round(v / GIB, 3) for k, v in plan.terms.items() if v},

@@ -72,11 +72,18 @@ def test_yaml_float_written_without_dot_is_accepted(tmp_path):
         ("reward.terms=[]", "reward.terms"),
         ("reward.terms=[{weight: 1}]", "reward.terms[0]"),
         ("model", "must look like key.sub=value"),
+        ("parallel.strategy=zero3", "parallel.strategy: 'zero3' is not one of"),
+        ("parallel.offload=true", "parallel.offload: needs parallel.strategy=fsdp"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(None, [override])
+
+
+def test_fsdp_with_lora_is_refused_with_the_way_out():
+    with pytest.raises(ConfigError, match="parallel.strategy: fsdp with LoRA .* use ddp"):
+        load_config(None, ["parallel.strategy=fsdp", "model.lora_rank=8"])
 
 
 def test_dump_round_trips(tmp_path):

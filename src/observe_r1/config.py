@@ -263,6 +263,17 @@ class Config:
                 "needs checkpoint.resume=none",
             ),
             (
+                not (self.parallel.strategy == "fsdp" and self.model.lora_rank),
+                "parallel.strategy",
+                "fsdp with LoRA (model.lora_rank > 0) is not supported yet: use ddp (adapters and their optimiser "
+                "state are small; the base weights are replicated)",
+            ),
+            (
+                not self.parallel.offload or self.parallel.strategy == "fsdp",
+                "parallel.offload",
+                "needs parallel.strategy=fsdp",
+            ),
+            (
                 not c.best_metric or self.logging.eval_every >= 1,
                 "checkpoint.best_metric",
                 "needs logging.eval_every >= 1 (the evaluations it chooses among)",

@@ -356,6 +356,7 @@ class Actor:
                 model, inputs, self.cfg.rollout.temperature, packed=self.cfg.model.packing
             )
             out[idx, : logp.shape[1]] = logp
+        sharding.reshard(model)  # FSDP keeps a root unit gathered after a forward until a backward
         return out
 
     def update(self, traj: Trajectory, run: RunState) -> dict[str, float]:

@@ -8,16 +8,18 @@ two phases of a step, and the peak is the larger:
 - model states: fp32 weights (4 B/param), fp32 gradients (4 B per trainable param), AdamW's two fp32 moments
   (8 B per trainable param); whole on every GPU with DDP, 1/W of them with FSDP (W = GPUs x nodes), none on
   the GPU with FSDP + offload (CPU memory instead);
-- AdamW's step: one fp32 temporary per trained parameter (its foreach implementation); DDP over several
-  processes: gradient buckets as large as the gradients;
+- AdamW's step: one fp32 temporary per trained parameter (its foreach implementation), after the backward
+  has freed the activations (so only what exceeds them is added); DDP over several processes: gradient
+  buckets as large as the gradients;
 - FSDP's working set: the root unit and two decoder units gathered in the compute dtype (the one running and
-  the one prefetched) and one unit's unsharded fp32 gradient;
+  the one prefetched) and the largest unsharded fp32 gradient of a unit (the root's: embeddings and head);
 - the frozen KL reference (bf16 on GPU) when the KL is on and the policy is not LoRA: whole with DDP, 1/W
   with FSDP;
 - training activations of one micro-batch of T = micro x (prompt + response) tokens, per decoder layer and
   token: (6h + 2kv + 4i) values (norm input, q, k, v, attention output, o-proj input, residual, norm output;
   gate, up, activation, product; sdpa/flash attention keeps no T x T matrix); with gradient checkpointing
-  only the layer input (h) per layer plus one layer's full set; the vision tower likewise per patch; and the
+  only the layer input (h) per layer plus one layer's full set; the vision tower likewise per patch, for
+  the distinct images of a micro-batch (the n responses to a prompt share its encoded image); and the
   response positions' logits in fp32, three copies (logits, scaled, softmax/gradient): 12 x T_response x V
   bytes;
 - rollout: with HF generate the whole model gathered in the compute dtype (FSDP) plus the KV cache of the
@@ -208,7 +210,9 @@ def estimate(cfg: Config, shape: Shape, hw: Hardware, prompt_tokens: int | None 
     t["optimizer step temporaries"] = 0.0 if offload else 4 * shape.trainable / (w if fsdp else 1)
     t["DDP gradient buckets"] = 4 * shape.trainable if not fsdp and w > 1 else 0.0
     t["FSDP working set"] = (
-        compute * (shape.root_unit + 2 * shape.largest_unit) + 4 * shape.largest_unit if fsdp else 0.0
+        compute * (shape.root_unit + 2 * shape.largest_unit) + 4 * max(shape.root_unit, shape.largest_unit)
+        if fsdp
+        else 0.0
     )
     reference = cfg.algorithm.kl_mode != "off" and not cfg.model.lora_rank
     ref_bytes = 2 if gpu else 4
@@ -216,7 +220,10 @@ def estimate(cfg: Config, shape: Shape, hw: Hardware, prompt_tokens: int | None 
     tokens = micro * (prompt + response)
     per_layer = shape.hidden * 6 + 2 * shape.kv + 4 * shape.intermediate
     vision_per_layer = 6 * shape.vision_hidden + 4 * shape.vision_intermediate
-    images = micro if shape.vision else 0  # one image per prompt at max_pixels
+    # one image per prompt at max_pixels; the n responses to a prompt share its encoded image, so a micro-batch
+    # holds at most the prompts of this process's mini-batch
+    prompts_per_mini = max(1, cfg.optim.mini_batch_size // (w * cfg.rollout.n))
+    images = min(micro, prompts_per_mini) if shape.vision else 0
     if cfg.model.gradient_checkpointing:
         text_acts = tokens * (shape.layers * shape.hidden + per_layer)
         vision_acts = images * patches * (shape.vision_layers * shape.vision_hidden + vision_per_layer)
@@ -243,6 +250,9 @@ def estimate(cfg: Config, shape: Shape, hw: Hardware, prompt_tokens: int | None 
         t["generate: KV cache"] = compute * rows * (prompt + response) * shape.layers * 2 * shape.kv
         rollout_terms = ["generate: gathered weights", "generate: KV cache"]
     base = ["weights + grads + AdamW", "KL reference"]
+    # the optimiser step runs after the backward has freed the activations: the larger of the two counts
+    t["optimizer step temporaries"] = max(0.0, t["optimizer step temporaries"] - t["activations (one micro-batch)"]
+                                          - t["logits (fp32)"])  # fmt: skip
     plan.training = base + ["optimizer step temporaries", "DDP gradient buckets", "FSDP working set",
                              "activations (one micro-batch)", "logits (fp32)"]  # fmt: skip
     plan.rollout = base + rollout_terms
@@ -276,7 +286,8 @@ SUGGESTIONS = [
     ("parallel.strategy=fsdp", lambda c: setattr(c.parallel, "strategy", "fsdp")),
     ("parallel.offload=true", lambda c: c.parallel.__dict__.update(strategy="fsdp", offload=True)),
     ("rollout.chunk_size=32", lambda c: setattr(c.rollout, "chunk_size", min(c.rollout.chunk_size or 32, 32))),
-    ("model.lora_rank=64", lambda c: setattr(c.model, "lora_rank", 64)),
+    ("model.lora_rank=64 with ddp", lambda c: (c.model.__dict__.update(lora_rank=64),
+                                               c.parallel.__dict__.update(strategy="ddp", offload=False))),
     ("rollout.max_new_tokens halved", lambda c: setattr(c.rollout, "max_new_tokens", c.rollout.max_new_tokens // 2)),
 ]  # fmt: skip
 

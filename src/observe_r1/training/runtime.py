@@ -49,7 +49,8 @@ def prepare_model(
             raise ConfigError("parallel.strategy=fsdp: every prompt needs an image for a vision-language model "
                               "(a process without one would skip the vision tower's collectives); the data has "
                               "text-only prompts: use parallel.strategy=ddp")  # fmt: skip
-        return sharding.shard(model.to(acc.device), cfg, fsdp_compute_dtype(cfg, acc.device))
+        # sharded first, then moved: each GPU receives its shards, never the whole fp32 model
+        return sharding.shard(model, cfg, fsdp_compute_dtype(cfg, acc.device)).to(acc.device)
     if acc.ddp_handler is not None:
         acc.ddp_handler.find_unused_parameters = text_only_prompts
     return acc.prepare(model)
@@ -61,7 +62,7 @@ def prepare_reference(
     """The frozen KL reference is sharded like the policy under FSDP (DDP: a whole copy per process)."""
     if reference is None or cfg.parallel.strategy != "fsdp":
         return reference
-    return sharding.shard(reference, cfg, None)
+    return sharding.shard(reference, cfg, None).to(acc.device)
 
 
 def prepare_optimizer(acc: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer):

@@ -115,8 +115,10 @@ def build_reference(cfg: Config, device: torch.device) -> torch.nn.Module | None
     policy with its adapters disabled: no second copy in memory)."""
     if cfg.algorithm.kl_mode == "off" or cfg.model.lora_rank:
         return None
-    reference = load_model(cfg.model.path, cfg.model.attn_implementation, dtype=reference_dtype(cfg, device))
-    return frozen(reference).to(device)
+    reference = frozen(
+        load_model(cfg.model.path, cfg.model.attn_implementation, dtype=reference_dtype(cfg, device))
+    )
+    return reference if cfg.parallel.strategy == "fsdp" else reference.to(device)  # FSDP: moved once sharded
 
 
 def make_backend(cfg: Config, policy: torch.nn.Module, encoder: ChatEncoder) -> RolloutBackend:

@@ -86,6 +86,15 @@ def gathered(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             unit.set_reshard_after_forward(True)
 
 
+def reshard(model: torch.nn.Module) -> None:
+    """Free the gathered weights a forward pass without backward leaves behind (FSDP2 keeps the root unit
+    gathered after its forward, for the backward that follows in training)."""
+    if is_sharded(model):
+        for unit in model.modules():
+            if isinstance(unit, FSDPModule):
+                unit.reshard()
+
+
 def full_state_dict(model: torch.nn.Module, everywhere: bool = False) -> dict[str, Any]:
     """The model's full state dict: with FSDP gathered (collective: all processes call it) into CPU memory
     on the main process only (empty elsewhere), or on every process's device with `everywhere` (a
