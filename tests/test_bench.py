@@ -73,3 +73,11 @@ def test_packing_bench_same_logprobs_padded_and_packed():
                  "--tokens", "24", "--micro", "4", "--rounds", "1")  # fmt: skip
     assert r["micro4"]["padded_s"] > 0 and r["micro4"]["packed_s"] > 0
     assert r["micro4"]["logprob_max_diff"] < 1e-4
+
+
+def test_fsdp_generate_bench_gathered_and_sharded_agree():
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          str(BENCH / "fsdp_generate.py"), "--size", "tiny", "--tokens", "8", "--rounds", "1"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["same_responses"] and r["gathered"] > 0 and r["sharded"] > 0

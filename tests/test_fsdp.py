@@ -85,3 +85,11 @@ def test_fsdp_resume_after_sigkill_is_exact(shaping, tmp_path):
     ma, mb = metrics(straight), metrics(killed)
     assert [r["step"] for r in ma] == [r["step"] for r in mb]
     assert [r.get("reward/total/mean") for r in ma] == [r.get("reward/total/mean") for r in mb]
+
+
+def test_fsdp_with_one_process_trains_unsharded(shaping, tmp_path):
+    """`observe-r1 train` of an FSDP config without torchrun (one GPU): nothing to shard, it just trains."""
+    from tests.test_train import run
+
+    out = run(shaping, tmp_path / "one", *FSDP, "optim.max_steps=1", "logging.dump_rollouts_every=0")
+    assert (out / "checkpoints" / "step-000001" / "model.safetensors").is_file()

@@ -44,7 +44,9 @@ def prepare_model(
     A text-only prompt leaves the vision tower without gradients, which DDP must be told about (it costs an
     extra graph traversal, so only then); under FSDP every process must run the same units in the same order,
     so a vision-language model needs an image in every prompt."""
-    if cfg.parallel.strategy == "fsdp":
+    if cfg.parallel.strategy == "fsdp" and acc.num_processes == 1:
+        log.info("parallel.strategy=fsdp with one process: nothing to shard, the model stays whole")
+    elif cfg.parallel.strategy == "fsdp":
         if text_only_prompts and getattr(model.config, "vision_config", None) is not None:
             raise ConfigError("parallel.strategy=fsdp: every prompt needs an image for a vision-language model "
                               "(a process without one would skip the vision tower's collectives); the data has "
@@ -62,6 +64,8 @@ def prepare_reference(
     """The frozen KL reference is sharded like the policy under FSDP (DDP: a whole copy per process)."""
     if reference is None or cfg.parallel.strategy != "fsdp":
         return reference
+    if acc.num_processes == 1:
+        return reference.to(acc.device)
     return sharding.shard(reference, cfg, None).to(acc.device)
 
 
