@@ -93,3 +93,23 @@ def test_fsdp_with_one_process_trains_unsharded(shaping, tmp_path):
 
     out = run(shaping, tmp_path / "one", *FSDP, "optim.max_steps=1", "logging.dump_rollouts_every=0")
     assert (out / "checkpoints" / "step-000001" / "model.safetensors").is_file()
+
+
+def test_fsdp_sft_exports_the_same_model_as_one_process(tmp_path):
+    """SFT under FSDP: the export (gathered full state dict, bf16) loads as a plain HF model and equals one
+    process's export up to bf16 rounding."""
+    config = ROOT / "configs" / "cold_start_small.yaml"
+    common = ["model.tiny_size=tiny", "data.synth_train=32", "data.synth_test=8", "optim.max_steps=2",
+              "optim.mini_batch_size=8", "optim.micro_batch_size=4", "logging.eval_every=0",
+              "rollout.max_new_tokens=16"]  # fmt: skip
+    exports = {}
+    for name, prefix, extra in (("one", [sys.executable, "-m", "observe_r1.cli"], []),
+                                ("two", TORCHRUN, FSDP)):  # fmt: skip
+        out = tmp_path / name
+        run_ok([*prefix, "sft", str(config), *common, *extra, f"logging.output_dir={out}", "--export",
+                str(out / "export")])  # fmt: skip
+        model, info = AutoModelForImageTextToText.from_pretrained(out / "export", output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"]
+        exports[name] = model.state_dict()
+    for k, v in exports["one"].items():
+        torch.testing.assert_close(exports["two"][k].float(), v.float(), rtol=0, atol=2e-2)
