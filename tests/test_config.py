@@ -81,9 +81,12 @@ def test_bad_values_name_the_key(override, message):
         load_config(None, [override])
 
 
-def test_fsdp_with_lora_is_refused_with_the_way_out():
-    with pytest.raises(ConfigError, match="parallel.strategy: fsdp with LoRA .* use ddp"):
-        load_config(None, ["parallel.strategy=fsdp", "model.lora_rank=8"])
+def test_fsdp_with_lora_and_vllm_is_refused_with_the_way_out():
+    load_config(None, ["parallel.strategy=fsdp", "model.lora_rank=8"])  # LoRA with FSDP: fine
+    with pytest.raises(
+        ConfigError, match="parallel.strategy: fsdp with LoRA and rollout.backend=vllm .* use ddp"
+    ):
+        load_config(None, ["parallel.strategy=fsdp", "model.lora_rank=8", "rollout.backend=vllm"])
 
 
 def test_dump_round_trips(tmp_path):

@@ -59,24 +59,24 @@ def test_fsdp_two_processes_equal_one(shaping, tmp_path):
     assert any(".layers.0." in name for name in optimizer["state"])
 
 
+def kill_at(command: list[str], checkpoint) -> None:
+    """Start `command` and SIGKILL torchrun and its workers once `checkpoint` exists."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    while not checkpoint.exists():
+        assert proc.poll() is None and time.time() < deadline, f"the run ended before writing {checkpoint}"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # no clean exit
+    proc.wait()
+
+
 def test_fsdp_resume_after_sigkill_is_exact(shaping, tmp_path):
     six = ["optim.max_steps=5", "optim.mini_batch_size=8", "logging.dump_rollouts_every=0",
            "checkpoint.keep_last=10"]  # fmt: skip
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run_ok(two_processes(straight, shaping, *six))
-    proc = subprocess.Popen(
-        two_processes(killed, shaping, *six),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-000002").exists():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before reaching step 2"
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, no clean exit
-    proc.wait()
+    kill_at(two_processes(killed, shaping, *six), killed / "checkpoints" / "step-000002")
     assert not (killed / "checkpoints" / "step-000005").exists()
     run_ok(two_processes(killed, shaping, *six))  # resume: auto
     a, b = weights(straight / "checkpoints/step-000005"), weights(killed / "checkpoints/step-000005")
@@ -113,3 +113,32 @@ def test_fsdp_sft_exports_the_same_model_as_one_process(tmp_path):
         exports[name] = model.state_dict()
     for k, v in exports["one"].items():
         torch.testing.assert_close(exports["two"][k].float(), v.float(), rtol=0, atol=2e-2)
+
+
+def test_fsdp_with_lora_equals_one_process_and_resumes(shaping, tmp_path):
+    """LoRA adapters (and the trained vision tower peft keeps beside them) under FSDP: the same adapters as
+    one process, and a resume from step 2 ends where the uninterrupted run does."""
+    from safetensors.torch import load_file
+
+    common = ["model.lora_rank=4", "optim.mini_batch_size=8", "logging.dump_rollouts_every=0",
+              "checkpoint.keep_last=10", "checkpoint.merge_lora=true"]  # fmt: skip
+    one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
+    run_ok(cli(one, shaping, *common, "optim.max_steps=3"))
+    run_ok(two_processes(two, shaping, *common, "optim.max_steps=3"))
+    kill_at(
+        two_processes(resumed, shaping, *common, "optim.max_steps=3"), resumed / "checkpoints/step-000002"
+    )
+    assert not (resumed / "checkpoints/step-000003").exists()
+    run_ok(two_processes(resumed, shaping, *common, "optim.max_steps=3"))
+    adapters = {
+        r: load_file(r / "checkpoints/step-000003/adapter_model.safetensors") for r in (one, two, resumed)
+    }
+    first = load_file(one / "checkpoints/step-000001/adapter_model.safetensors")
+    assert any(not torch.equal(adapters[one][k], first[k]) for k in first)  # it trains
+    for k, v in adapters[one].items():
+        torch.testing.assert_close(adapters[two][k], v, rtol=0, atol=1e-4)
+        torch.testing.assert_close(adapters[resumed][k], adapters[two][k], rtol=0, atol=1e-6)
+    # the merged export (OUTPUT/merged) of the sharded run: a plain model, equal to one process's
+    merged = {r: AutoModelForImageTextToText.from_pretrained(r / "merged").state_dict() for r in (one, two)}
+    for k, v in merged[one].items():
+        torch.testing.assert_close(merged[two][k], v, rtol=0, atol=1e-4)

@@ -263,10 +263,10 @@ class Config:
                 "needs checkpoint.resume=none",
             ),
             (
-                not (self.parallel.strategy == "fsdp" and self.model.lora_rank),
+                not (self.parallel.strategy == "fsdp" and self.model.lora_rank and r.backend == "vllm"),
                 "parallel.strategy",
-                "fsdp with LoRA (model.lora_rank > 0) is not supported yet: use ddp (adapters and their optimiser "
-                "state are small; the base weights are replicated)",
+                "fsdp with LoRA and rollout.backend=vllm is not supported yet (the engine is served merged "
+                "weights, which a sharded LoRA model cannot merge in place): use ddp, or rollout.backend=hf",
             ),
             (
                 not self.parallel.offload or self.parallel.strategy == "fsdp",

@@ -286,8 +286,7 @@ SUGGESTIONS = [
     ("parallel.strategy=fsdp", lambda c: setattr(c.parallel, "strategy", "fsdp")),
     ("parallel.offload=true", lambda c: c.parallel.__dict__.update(strategy="fsdp", offload=True)),
     ("rollout.chunk_size=32", lambda c: setattr(c.rollout, "chunk_size", min(c.rollout.chunk_size or 32, 32))),
-    ("model.lora_rank=64 with ddp", lambda c: (c.model.__dict__.update(lora_rank=64),
-                                               c.parallel.__dict__.update(strategy="ddp", offload=False))),
+    ("model.lora_rank=64", lambda c: setattr(c.model, "lora_rank", 64)),
     ("rollout.max_new_tokens halved", lambda c: setattr(c.rollout, "max_new_tokens", c.rollout.max_new_tokens // 2)),
 ]  # fmt: skip
 

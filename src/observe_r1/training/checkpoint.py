@@ -44,7 +44,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from observe_r1.config import Config, ConfigError, to_dict
-from observe_r1.models.policy import load_model
+from observe_r1.models.policy import load_model, prepare_policy
 from observe_r1.training import sharding
 from observe_r1.training.state import load_tree, rng_state, save_tree, set_rng_state
 
@@ -467,9 +467,20 @@ class Checkpointer:
 
     def export_merged(self) -> Path | None:
         """With LoRA and `checkpoint.merge_lora`: the merged full model in OUTPUT/merged."""
-        if not (self.cfg.model.lora_rank and self.cfg.checkpoint.merge_lora and self.acc.is_main_process):
+        if not (self.cfg.model.lora_rank and self.cfg.checkpoint.merge_lora):
             return None
-        merged = copy.deepcopy(self.acc.unwrap_model(self.model)).merge_and_unload()
+        model = self.acc.unwrap_model(self.model)
+        if sharding.is_sharded(model):  # every process joins the gather; a whole copy merges on the main one
+            weights = sharding.full_state_dict(model)
+            if not self.acc.is_main_process:
+                return None
+            model = prepare_policy(load_model(self.cfg.model.path), self.cfg.model)
+            model.load_state_dict(weights, strict=False)  # tied weights come once
+        elif not self.acc.is_main_process:
+            return None
+        else:
+            model = copy.deepcopy(model)
+        merged = model.merge_and_unload()
         out = Path(self.cfg.logging.output_dir) / "merged"
         merged.save_pretrained(out)
         self.encoder.save_pretrained(out)
