@@ -189,6 +189,23 @@ def test_grpo_with_vllm_resumes_after_sigkill(text_model, shaping, tmp_path):
     assert "resumed from" in done.stdout + done.stderr
 
 
+def test_grpo_with_vllm_under_fsdp_two_processes(text_model, shaping, tmp_path):
+    """FSDP-sharded training with an engine per process: each gathers the full weights into its own engine
+    every step, and the engines' log-probs equal the trainer's."""
+    data = text_data(tmp_path / "text.jsonl")
+    out = tmp_path / "fsdp"
+    args = grpo_args(out, text_model, data, shaping, "optim.max_steps=3", "rollout.backend=vllm",
+                     "parallel.strategy=fsdp")  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "observe_r1.cli", "train",
+           str(TINY), *args]  # fmt: skip
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [r for r in metrics(out) if "actor/loss" in r]
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["actor/grad_norm"] > 0 for r in rows)
+    assert all(r["rollout/logprob_diff/mean"] < 1e-3 for r in rows)  # steps 1, 2: after an update and a sync
+
+
 def test_the_vision_language_path_needs_torchvision():
     try:
         import torchvision  # noqa: F401

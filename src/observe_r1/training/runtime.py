@@ -44,6 +44,9 @@ def prepare_model(
     A text-only prompt leaves the vision tower without gradients, which DDP must be told about (it costs an
     extra graph traversal, so only then); under FSDP every process must run the same units in the same order,
     so a vision-language model needs an image in every prompt."""
+    if cfg.parallel.offload and acc.device.type != "cuda":
+        raise ConfigError("parallel.offload needs GPUs: it keeps the shards in CPU memory between their uses on "
+                          "the GPU (on CPU they are there already); remove it")  # fmt: skip
     if cfg.parallel.strategy == "fsdp" and acc.num_processes == 1:
         log.info("parallel.strategy=fsdp with one process: nothing to shard, the model stays whole")
     elif cfg.parallel.strategy == "fsdp":
