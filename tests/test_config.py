@@ -139,3 +139,24 @@ def test_yaml_1_1_exponent_floats_parse_everywhere(tmp_path):
     assert cfg.optim.lr == 0.01 and cfg.optim.betas == (0.9, 0.95)
     assert cfg.reward.terms[0].weight == 0.5
     assert load_config(None, ["optim.lr=1e-2"]).optim.lr == 0.01
+
+
+def test_version_and_print_config(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    cli = [sys.executable, "-m", "observe_r1.cli"]
+    version = subprocess.run([*cli, "--version"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith("observe-r1 ")
+    out = tmp_path / "never"
+    for command in ("train", "sft"):
+        shown = subprocess.run([*cli, command, str(root / "configs" / "tiny_cpu.yaml"), "optim.lr=2e-5",
+                                f"logging.output_dir={out}", "--print-config"], capture_output=True, text=True,
+                               check=True).stdout  # fmt: skip
+        resolved = yaml.safe_load(shown)
+        assert resolved["optim"]["lr"] == 2e-5 and resolved["parallel"]["strategy"] == "ddp"
+    assert not out.exists()  # nothing ran

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 
 from rich.console import Console
@@ -137,12 +138,25 @@ def _print_report(result, checked_length: bool) -> None:
 # ------------------------------------------------------------------ train
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from observe_r1.config import load_config
-    from observe_r1.recipes.grpo import train
+def resolved_config(args: argparse.Namespace):
+    """The config file with its overrides; with --print-config, printed as YAML (nothing runs)."""
+    from observe_r1.config import config_yaml, load_config
 
     overrides = list(args.overrides) + ([f"logging.output_dir={args.output_dir}"] if args.output_dir else [])
-    out = train(load_config(args.config, overrides))
+    cfg = load_config(args.config, overrides)
+    if args.print_config:
+        print(config_yaml(cfg), end="")
+        return None
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from observe_r1.recipes.grpo import train
+
+    cfg = resolved_config(args)
+    if cfg is None:
+        return 0
+    out = train(cfg)
     console.print(f"done: checkpoints and metrics in {out}")
     return 0
 
@@ -171,11 +185,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from observe_r1.config import load_config
     from observe_r1.recipes.sft import sft
 
-    overrides = list(args.overrides) + ([f"logging.output_dir={args.output_dir}"] if args.output_dir else [])
-    out = sft(load_config(args.config, overrides), export=args.export)
+    cfg = resolved_config(args)
+    if cfg is None:
+        return 0
+    out = sft(cfg, export=args.export)
     console.print(
         f"done: checkpoints and metrics in {out}"
         + (f"; model exported to {args.export}" if args.export else "")
@@ -282,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="observe-r1", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"observe-r1 {version('observe-r1')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -358,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=1e-5")
     p.add_argument("--output-dir", help="shorthand for logging.output_dir=...")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("plan", help="memory per GPU, fit verdict and step time of a config, before launching")
@@ -376,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--output-dir", help="shorthand for logging.output_dir=...")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
     p.add_argument("--export", help="also write the final model here in bf16 (HF format)")
     p.set_defaults(fn=cmd_sft)
 

@@ -456,7 +456,11 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def dump_config(cfg: Config, path: str | Path) -> None:
+def config_yaml(cfg: Config) -> str:
     d = to_dict(cfg)
     d["optim"]["betas"] = list(d["optim"]["betas"])
-    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(config_yaml(cfg))

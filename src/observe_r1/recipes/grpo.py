@@ -148,8 +148,10 @@ def train(cfg: Config) -> Path:
     def evaluate() -> dict[str, float]:
         return evaluate_on_main(cfg, acc, policy, encoder, test, system)
 
-    log.info("GRPO: %d steps x %d prompts x %d responses, %d optimiser step(s) per step, %d process(es)",
-             plan.steps, r.prompts_per_step, r.n, plan.updates_per_step, plan.world)  # fmt: skip
+    log.info("GRPO: %d steps x %d prompts x %d responses, %d optimiser step(s) per step (each on %d responses = "
+             "%g prompts; EasyR1/verl count these in prompts, docs/config.md), %d process(es)", plan.steps,
+             r.prompts_per_step, r.n, plan.updates_per_step, cfg.optim.mini_batch_size, cfg.optim.mini_batch_size / r.n,
+             plan.world)  # fmt: skip
     with runtime.progress(acc, plan.steps, run.step, "GRPO") as bar:
         while run.step < plan.steps:
             step, started = run.step, time.perf_counter()
