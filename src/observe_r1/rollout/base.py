@@ -48,6 +48,34 @@ class Rollout:
     def __len__(self) -> int:
         return len(self.texts)
 
+    @classmethod
+    def of(
+        cls,
+        batch: PromptBatch,
+        n: int,
+        ids: torch.Tensor,
+        lengths: torch.Tensor,
+        truncated: torch.Tensor,
+        texts: list[str],
+        pad_token_id: int,
+        logprobs: torch.Tensor | None = None,
+    ) -> Rollout:
+        """n responses to each prompt of `batch`, group-major (row r answers prompt r // n): the mask covers
+        each row's first `lengths` tokens and every token after them is padding (any backend's rows)."""
+        prompt_index = [i for i in range(len(batch.prompts)) for _ in range(n)]
+        mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+        return cls(
+            prompts=batch.prompts,
+            prompt_index=prompt_index,
+            group_ids=[batch.group_ids[i] for i in prompt_index],
+            completion_ids=torch.where(mask.bool(), ids, pad_token_id),
+            completion_mask=mask,
+            lengths=lengths,
+            truncated=truncated,
+            texts=texts,
+            logprobs=logprobs,
+        )
+
 
 class RolloutBackend(Protocol):
     def generate(self, batch: PromptBatch, sampling: SamplingParams) -> Rollout: ...

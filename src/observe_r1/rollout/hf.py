@@ -109,7 +109,7 @@ class HFRollout:
         width = max(p.shape[1] for p in pieces)
         pad = self.encoder.pad_token_id
         ids = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])
-        return self._finish(batch, prompt_index, ids, n, sampling.max_new_tokens)
+        return self._finish(batch, ids, n, sampling.max_new_tokens)
 
     def _generate(self, batch: PromptBatch, index: list[int], seeds: torch.Tensor, sampling: SamplingParams):
         # the n responses to a prompt share its images: each distinct image is encoded once
@@ -135,24 +135,11 @@ class HFRollout:
         )
         return out[:, width:].cpu()
 
-    def _finish(
-        self, batch: PromptBatch, prompt_index: list[int], ids: torch.Tensor, n: int, max_new: int
-    ) -> Rollout:
+    def _finish(self, batch: PromptBatch, ids: torch.Tensor, n: int, max_new: int) -> Rollout:
         is_end = torch.isin(ids, torch.tensor(self.eos_token_ids))
         has_end = is_end.any(dim=1)
         first_end = torch.where(has_end, is_end.int().argmax(dim=1), ids.shape[1])
         lengths = torch.where(has_end, first_end + 1, torch.full_like(first_end, ids.shape[1]))
         lengths = lengths.clamp(max=max_new)
-        mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-        ids = torch.where(mask.bool(), ids, self.encoder.pad_token_id)
         texts = self.encoder.decode([row[:n_].tolist() for row, n_ in zip(ids, lengths, strict=True)])
-        return Rollout(
-            prompts=batch.prompts,
-            prompt_index=prompt_index,
-            group_ids=[batch.group_ids[i] for i in prompt_index],
-            completion_ids=ids,
-            completion_mask=mask,
-            lengths=lengths,
-            truncated=~has_end,
-            texts=texts,
-        )
+        return Rollout.of(batch, n, ids, lengths, ~has_end, texts, self.encoder.pad_token_id)

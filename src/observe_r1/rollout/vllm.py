@@ -143,19 +143,8 @@ class VLLMRollout:
         ends = torch.tensor(
             [bool(c.token_ids) and c.token_ids[-1] in self.eos_token_ids for c in completions]
         )
-        mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-        prompt_index = [i for i in range(len(batch.prompts)) for _ in range(n)]
-        return Rollout(
-            prompts=batch.prompts,
-            prompt_index=prompt_index,
-            group_ids=[batch.group_ids[i] for i in prompt_index],
-            completion_ids=ids,
-            completion_mask=mask,
-            lengths=lengths.clamp(max=max_new),
-            truncated=~ends,
-            texts=self.encoder.decode([c.token_ids for c in completions]),
-            logprobs=logprobs,
-        )
+        texts = self.encoder.decode([c.token_ids for c in completions])
+        return Rollout.of(batch, n, ids, lengths.clamp(max=max_new), ~ends, texts, pad, logprobs)
 
     def _sleep(self) -> None:
         """GPU: free the engine's weights and KV cache while the trainer updates (weights are reloaded anyway)."""
