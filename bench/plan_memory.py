@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 
 from observe_r1.config import load_config
-from observe_r1.recipes.plan import GIB, Hardware, estimate, load_model_config, shape_of
+from observe_r1.recipes.plan import GIB, Hardware, estimate, image_tokens, load_model_config, shape_of
 from observe_r1.toy.tiny import build_like, build_tiny_vlm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +138,7 @@ def main() -> None:
             )
             shape = shape_of(config, cfg)
             hw = Hardware(gpus=args.procs, memory_gib=1e6, device="cpu")
-            prompt = estimate_prompt(cfg)
+            prompt = estimate_prompt(cfg, shape)
             plan = estimate(cfg, shape, hw, prompt_tokens=prompt, response_tokens=args.tokens)
             # the baseline run's own model is tiny but not nothing: compare like with like
             small = estimate(cfg, shape_of(load_model_config(baseline_model), cfg), hw, prompt_tokens=prompt,
@@ -165,10 +165,9 @@ def main() -> None:
     print(json.dumps(result) if args.json else json.dumps(result, indent=1))
 
 
-def estimate_prompt(cfg) -> int:
+def estimate_prompt(cfg, shape) -> int:
     """The synthetic prompts' length: one image at the config's pixel limit and ~60 text tokens."""
-    patches = cfg.data.max_pixels // 196
-    return min(cfg.data.max_prompt_length, patches // 4 + 60)
+    return min(cfg.data.max_prompt_length, image_tokens(cfg, shape)[1] + 60)
 
 
 if __name__ == "__main__":

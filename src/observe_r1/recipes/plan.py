@@ -37,7 +37,6 @@ Imports config.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,6 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from observe_r1.config import Config
 
@@ -92,10 +90,6 @@ class Shape:
 
 def load_model_config(path: str | Path) -> Any:
     """A `config.json` file, or a checkpoint directory holding one."""
-    path = Path(path)
-    if path.is_file():
-        data = json.loads(path.read_text())
-        return CONFIG_MAPPING[data["model_type"]].from_dict(data)
     return AutoConfig.from_pretrained(path)
 
 
