@@ -158,7 +158,24 @@ def test_verify_is_called_gold_first(monkeypatch):
 def test_fallback_without_tags_is_a_switch():
     assert accuracy_reward("The answer is 3", "3") == 0.0
     assert accuracy_reward("3", "3", fallback=True) == 1.0
-    assert extract_answer("<think>x</think> 3", fallback=True) == "x  3"
+    assert extract_answer("<think>x</think> 3", fallback=True) == "3"
+
+
+@pytest.mark.parametrize(
+    "completion, score",
+    [
+        ("There are 5 circles, not 4.", 0.0),  # the whole text was graded: any number in it could match
+        ("I see 3 squares and 4 circles", 0.0),
+        ("The answer is 4", 1.0),
+        ("Final answer: 4", 1.0),
+        ("Counting them one by one.\n4", 1.0),
+        ("so the total is \\boxed{4}", 1.0),
+        ("the answer is 5, but \\boxed{4}", 1.0),  # the box is the final answer
+        ("The answer is 5.\nThere are 4 in the picture, I think", 0.0),
+    ],
+)
+def test_fallback_reads_one_final_answer(completion, score):
+    assert accuracy_reward(completion, "4", fallback=True) == score
 
 
 def test_slow_grading_times_out_scores_zero_and_is_flagged(monkeypatch):

@@ -103,6 +103,12 @@ class RolloutConfig:
 class RewardTerm:
     name: str  # accuracy, observe_format, think_format, ... or "path/file.py:fn" / "package.module:fn"
     weight: float = 1.0
+    # how the function is called (docs/rewards.md): native (ours), trl (TRL's reward_funcs), easyr1
+    # (EasyR1's compute_score over reward_inputs), verl (verl's compute_score(data_source, solution_str, ...))
+    signature: Literal["native", "trl", "easyr1", "verl"] = "native"
+    # for functions that return dicts: the key that is the score, the other keys only logged; "" = the
+    # signature's own (easyr1: overall, verl: score; native: the sum of the values)
+    score_key: str = ""
 
 
 @dataclass
@@ -114,9 +120,7 @@ class RewardConfig:
     correct_threshold: float = 1.0  # a response is correct when its correct_term value is >= this
     bonus_coef: float = 0.2  # Observe-R1 bonus for the shortest correct response of a group; 0 = off
     bonus_min_length: int = 100  # tokens; the shortest correct response must be longer than this
-    answer_fallback: bool = (
-        False  # without <answer> tags, grade the whole completion (unsafe: docs/rewards.md)
-    )
+    answer_fallback: bool = False  # without <answer> tags, grade one final answer (unsafe: docs/rewards.md)
     timeout_s: float = 5.0  # seconds each response may take in each term (math-verify's grading included)
     workers: int = 2  # processes that score rewards (in parallel, with the time bound); 0 = in this process
 

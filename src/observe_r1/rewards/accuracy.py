@@ -60,6 +60,8 @@ ARTICLES_RE = re.compile(r"\b(?:a|an|the)\b")
 # Where math-verify must read LaTeX: a $...$ / \(...\) / \[...\] span or a \boxed{}.
 LATEX_SPAN_RE = re.compile(r"\$[^$]+\$|\\\(|\\\[|\\boxed\s*{", re.S)
 LATEX = (LatexExtractionConfig(),)
+BOXED_RE = re.compile(r"\\boxed\s*{((?:[^{}]|{[^{}]*})*)}")  # one level of nested braces: \boxed{\frac{1}{2}}
+FINAL_LINE_WORDS = 3  # answer_fallback: a last line this short is the answer ("4", "B", "x = 4")
 WRAPPER_RE = re.compile(r"\\(?:boxed|text|mathrm|textbf)\s*{([^{}]*)}")
 
 
@@ -76,12 +78,29 @@ class Grade:
 
 
 def extract_answer(completion: str, fallback: bool = False) -> str | None:
-    """Content of the last `<answer>...</answer>` (may span lines); without tags, the whole completion
-    (minus any tags) if `fallback`, else None."""
+    """Content of the last `<answer>...</answer>` (may span lines); without tags, None, or with `fallback`
+    the one final answer the completion states (`final_answer`)."""
     found = ANSWER_RE.findall(completion)
     if found:
         return found[-1].strip()
-    return TAG_RE.sub(" ", completion).strip() if fallback else None
+    return final_answer(completion) if fallback else None
+
+
+def final_answer(completion: str) -> str | None:
+    """One final answer of an untagged completion, never the whole text (whose every number would be
+    tried: "There are 5 circles, not 4." must not match 4): the last `\\boxed{}`, else the rest of the line
+    after the last answer label ("The answer is 3", "Final answer: B"), else a last line of at most
+    FINAL_LINE_WORDS words; otherwise None."""
+    text = TAG_RE.sub("\n", completion)
+    boxed = BOXED_RE.findall(text)
+    if boxed:
+        return boxed[-1].strip()
+    labels = list(LABEL_RE.finditer(text))
+    if labels:
+        rest = text[labels[-1].end() :].split("\n", 1)[0].strip()
+        return rest or None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines and len(lines[-1].split()) <= FINAL_LINE_WORDS else None
 
 
 def clean(text: str) -> str:

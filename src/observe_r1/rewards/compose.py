@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import pickle
 import weakref
+from collections.abc import Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,13 +29,16 @@ from typing import Any
 import torch
 from pebble import ProcessExpired, ProcessPool
 
+from observe_r1.config import RewardTerm
 from observe_r1.rewards.terms import (
     FORMAT_TERMS,
     Call,
+    RewardFn,
     RewardFunctionError,
     call_term,
     init_worker,
     make_term,
+    score_key,
     term_name,
     wants_images,
     worker_call,
@@ -104,34 +109,45 @@ class Rewarder:
 
     def __init__(
         self,
-        terms: list[tuple[str, float]],
+        terms: Sequence[RewardTerm | tuple[str, float]],
         correct_term: str = "accuracy",
         timeout_s: float = 5.0,
         answer_fallback: bool = False,
         workers: int = 2,
         correct_threshold: float = 1.0,
+        functions: dict[str, RewardFn] | None = None,
     ):
-        self.refs = [ref for ref, _ in terms]
+        """`terms`: RewardTerm (or (name, weight)); `functions`: callables given from Python, by term name."""
+        self.terms = [t if isinstance(t, RewardTerm) else RewardTerm(*t) for t in terms]
+        self.functions = dict(functions or {})
+        self.refs = [t.name for t in self.terms]
         self.names = [term_name(ref) for ref in self.refs]
-        self.weights = [w for _, w in terms]
+        self.weights = [t.weight for t in self.terms]
+        self.score_keys = [score_key(t) for t in self.terms]
         duplicate = next((n for i, n in enumerate(self.names) if n in self.names[:i]), None)
         if duplicate:
             raise ValueError(f"reward term {duplicate!r} appears twice")
         # built here too, so a bad reference fails before anything runs, and for workers=0
-        self.fns = [make_term(ref, timeout_s, answer_fallback) for ref in self.refs]
+        self.fns = [make_term(t, timeout_s, answer_fallback, self.functions) for t in self.terms]
         self.send_images = [wants_images(fn) for fn in self.fns]
         if correct_term not in self.names:
             raise ValueError(f"reward.correct_term {correct_term!r} is not one of the reward terms")
         self.correct_term, self.correct_threshold = correct_term, correct_threshold
+        stuck = [name for name, fn in self.functions.items() if not importable(fn)]
+        if workers and stuck:
+            log.info("reward functions %s are defined in __main__ (a notebook or script) or are lambdas: worker "
+                     "processes cannot import them, so rewards are scored in this process, without the time "
+                     "bound (define them in a module to get it)", stuck)  # fmt: skip
+            workers = 0
         self.timeout_s, self.fallback, self.workers = timeout_s, answer_fallback, workers
         self._pool: ProcessPool | None = None
         self._seen_errors: set[tuple[str, str]] = set()
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Rewarder:
-        """From a `RewardConfig`."""
-        return cls([(t.name, t.weight) for t in cfg.terms], cfg.correct_term, cfg.timeout_s, cfg.answer_fallback,
-                   cfg.workers, cfg.correct_threshold)  # fmt: skip
+    def from_config(cls, cfg: Any, functions: dict[str, RewardFn] | None = None) -> Rewarder:
+        """From a `RewardConfig` (and callables given from Python, by term name)."""
+        return cls(cfg.terms, cfg.correct_term, cfg.timeout_s, cfg.answer_fallback, cfg.workers,
+                   cfg.correct_threshold, functions)  # fmt: skip
 
     @property
     def format_term(self) -> str | None:
@@ -158,9 +174,9 @@ class Rewarder:
         values: dict[str, torch.Tensor] = {}
         metrics: dict[str, float] = {}
         counts: dict[str, int] = {}
-        for name, weight, out in zip(self.names, self.weights, outcomes, strict=True):
+        for name, weight, key, out in zip(self.names, self.weights, self.score_keys, outcomes, strict=True):
             self._check(name, out, len(batch))
-            value = torch.tensor([_term_value(x) for x in out.raw], dtype=torch.float32)
+            value = torch.tensor([_term_value(x, name, key) for x in out.raw], dtype=torch.float32)
             values[name] = value
             total += weight * torch.nan_to_num(value, nan=0.0)
             metrics.update(term_metrics(name, out.raw, value))
@@ -263,17 +279,37 @@ class Rewarder:
             # threads), so a worker killed for a timeout is replaced in milliseconds
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["observe_r1.rewards.terms"])
-            self._pool = ProcessPool(self.workers, initializer=init_worker,
-                                     initargs=(self.refs, self.timeout_s, self.fallback), context=context)  # fmt: skip
+            self._pool = ProcessPool(self.workers, initializer=init_worker, context=context,
+                                     initargs=(self.terms, self.timeout_s, self.fallback, self.functions))  # fmt: skip
             weakref.finalize(self, self._pool.stop)
         return self._pool
 
 
-def _term_value(x: Any) -> float:
-    if isinstance(x, dict):
-        parts = [float(v) for v in x.values() if v is not None]
-        return sum(parts) if parts else math.nan
-    return math.nan if x is None else float(x)
+def _term_value(x: Any, name: str, key: str) -> float:
+    """A response's value of a term: the float, NaN for None, a dict's `key` entry or the sum of its values."""
+    if not isinstance(x, dict):
+        return math.nan if x is None else float(x)
+    if key:
+        if key not in x:
+            raise RewardFunctionError(
+                f"reward term {name} returned a dict without its score key {key!r} (keys: {sorted(x)}); set "
+                "reward.terms[].score_key to the key that is the score"
+            )
+        return math.nan if x[key] is None else float(x[key])
+    parts = [float(v) for v in x.values() if v is not None]
+    return sum(parts) if parts else math.nan
+
+
+def importable(fn: Any) -> bool:
+    """Whether a worker process can import `fn` by reference (not a lambda, not defined in __main__)."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if module in (None, "__main__") or "<" in qualname:  # <lambda>, <locals>
+        return False
+    try:
+        pickle.dumps(fn)
+    except Exception:  # noqa: BLE001 - anything pickle refuses
+        return False
+    return True
 
 
 def term_metrics(name: str, raw: list, value: torch.Tensor) -> dict[str, float]:

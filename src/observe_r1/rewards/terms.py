@@ -1,7 +1,7 @@
 """Reward terms: the built-in ones, plug-ins by reference, and one call of a term with per-response isolation.
 
-This module imports no torch and nothing of observe_r1 beyond rewards.accuracy / rewards.format: the reward
-worker processes (observe_r1.rewards.compose) import it alone.
+This module imports no torch and nothing of observe_r1 beyond the config schema and rewards.accuracy / format /
+signatures: the reward worker processes (observe_r1.rewards.compose) import it alone.
 
 A reward function is any callable taking keyword arguments for the responses of one group (TRL's API, plus
 the image and the group):
@@ -9,7 +9,9 @@ the image and the group):
     fn(completions, completion_ids, completion_lengths, prompts, answers, group_ids, [images], **columns)
         -> list[float | None] | list[dict[str, float | None]]
 
-`None` means "not applicable". A dict holds named sub-scores (each logged; their sum is the term's value).
+`None` means "not applicable". A dict holds named sub-scores (each logged; their sum is the term's value, or
+only the one named by `score_key`). Functions written for TRL, EasyR1 or verl run through their own
+signature (`reward.terms[].signature`, observe_r1.rewards.signatures).
 `images` (PIL images of each response's prompt) is passed only to functions that name it, so the pixels
 are not sent to every worker for every term. Functions should accept `**kwargs` so new columns do not
 break them.
@@ -29,8 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from observe_r1.config import RewardTerm
 from observe_r1.rewards.accuracy import grade
 from observe_r1.rewards.format import format_reward
+from observe_r1.rewards.signatures import SCORE_KEYS, adapt
 
 RewardFn = Callable[..., list]
 
@@ -114,16 +118,30 @@ def load_function(ref: str) -> RewardFn:
     return fn
 
 
-def make_term(ref: str, timeout_s: float, fallback: bool) -> RewardFn:
-    maker = BUILTINS.get(ref)
-    return maker(timeout_s=timeout_s, fallback=fallback) if maker else load_function(ref)
+def make_term(term: RewardTerm, timeout_s: float, fallback: bool, functions: dict[str, RewardFn]) -> RewardFn:
+    """The callable of a term, with our native signature: a function given from Python by name, a built-in,
+    or a reference; called through its signature's adapter."""
+    if term.name in functions:
+        fn = functions[term.name]
+    elif term.name in BUILTINS:
+        fn = BUILTINS[term.name](timeout_s=timeout_s, fallback=fallback)
+    else:
+        fn = load_function(term.name)
+    return adapt(fn, term.signature)
 
 
 def term_name(ref: str) -> str:
     return ref.rsplit(":", 1)[-1] if ":" in ref else ref
 
 
+def score_key(term: RewardTerm) -> str:
+    """The key of a dict result that is the term's value ("" = the sum of the values)."""
+    return term.score_key or SCORE_KEYS.get(term.signature, "")
+
+
 def wants_images(fn: RewardFn) -> bool:
+    if hasattr(fn, "wants_images"):  # an adapted peer function
+        return bool(fn.wants_images)
     try:
         return "images" in inspect.signature(fn).parameters
     except (TypeError, ValueError):  # a callable without a signature: give it everything
@@ -197,9 +215,11 @@ def check_values(fn: RewardFn, out: Any, n: int) -> list:
 _WORKER_TERMS: list[RewardFn] = []
 
 
-def init_worker(refs: list[str], timeout_s: float, fallback: bool) -> None:
+def init_worker(
+    terms: list[RewardTerm], timeout_s: float, fallback: bool, functions: dict[str, RewardFn]
+) -> None:
     """Build the terms once per worker process."""
-    _WORKER_TERMS[:] = [make_term(ref, timeout_s, fallback) for ref in refs]
+    _WORKER_TERMS[:] = [make_term(term, timeout_s, fallback, functions) for term in terms]
 
 
 def worker_call(term: int, kwargs: dict[str, list]) -> Call:
