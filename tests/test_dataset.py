@@ -179,7 +179,7 @@ def test_training_load_skips_and_counts_bad_rows(tmp_path, img, caplog):
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="dataset file not found"):
+    with pytest.raises(FileNotFoundError, match="dataset not found"):
         load_dataset(tmp_path / "nope.jsonl")
 
 

@@ -89,8 +89,9 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from observe_r1.data.dataset import load_dataset, read_rows
+    from observe_r1.data.dataset import Columns, load_dataset
     from observe_r1.data.prompts import system_prompt
+    from observe_r1.data.sources import resolve
 
     encoder = None
     if args.model:
@@ -102,12 +103,12 @@ def cmd_data_check(args: argparse.Namespace) -> int:
             min_pixels=args.min_pixels,
             max_pixels=args.max_pixels,
         )
-    total = sum(1 for p in args.paths if Path(p).is_file() for _ in read_rows(Path(p)))
+    sources = resolve(args.paths)
+    columns = Columns(args.prompt_key, args.answer_key, args.image_key, args.image_dir)
     with progress_bar() as bar:
-        task = bar.add_task("checking", total=total)
-        result = load_dataset(
-            args.paths, encoder, system_prompt(args.system_prompt), on_row=lambda: bar.advance(task)
-        )
+        task = bar.add_task("checking", total=sum(s.count() for s in sources))
+        result = load_dataset(sources, encoder, system_prompt(args.system_prompt),
+                              on_row=lambda: bar.advance(task), columns=columns)  # fmt: skip
     _print_report(result, checked_length=encoder is not None)
     return 1 if result.problems else 0
 
@@ -440,8 +441,19 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_command", required=True, metavar="ACTION"
     )
     p = data.add_parser("check", help="validate dataset files and list every bad row with its line")
-    p.add_argument("paths", nargs="+", help="jsonl or parquet files")
+    p.add_argument(
+        "paths", nargs="+", help="jsonl / parquet files, globs, folders, datasets folders, DIR@split"
+    )
     p.add_argument("--model", help="checkpoint directory; enables the prompt-length check")
+    for key, what in (
+        ("prompt-key", "the prompt column"),
+        ("answer-key", "the gold column (dotted: nested)"),
+        ("image-key", "the images column"),
+        ("image-dir", "the folder of relative image paths"),
+    ):
+        p.add_argument(
+            f"--{key}", default="", help=f"{what}, as data.{key.replace('-', '_')} (default: detected)"
+        )
     p.add_argument("--max-prompt-length", type=int, default=9216)
     p.add_argument("--min-pixels", type=int, default=None)
     p.add_argument("--max-pixels", type=int, default=None)

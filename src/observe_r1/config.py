@@ -53,10 +53,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # jsonl / parquet files (docs/data.md: native, Observe-R1, EasyR1, verl, TRL rows), or [synth]: the
-    # synthetic ladder rendered into the output directory (synth_train / synth_test rows)
+    # jsonl / parquet files, globs, folders, `datasets` save_to_disk folders, DIR@split (docs/data.md: native,
+    # Observe-R1, EasyR1, verl, TRL rows), or [synth]: the synthetic ladder rendered into the output directory
     train: list[str] = field(default_factory=list)
     test: list[str] = field(default_factory=list)
+    # EasyR1's data keys, when the columns are not the layout's own names ("" = detected from the layout)
+    prompt_key: str = ""  # the prompt column: text with <image> placeholders, or a chat list
+    answer_key: str = ""  # the gold column; dotted for a nested one (reward_model.ground_truth)
+    image_key: str = ""  # the images column (a list, or one image)
+    image_dir: str = ""  # relative image paths are found here instead of next to the data file
     system_prompt: str = "observe"  # a preset name (observe, think, none) or the literal text
     max_prompt_length: int = 9216  # tokens, image tokens included; longer prompts are rejected, never cut
     min_pixels: int = 3136

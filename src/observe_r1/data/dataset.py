@@ -29,7 +29,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,14 +37,14 @@ from typing import Any
 from PIL import Image
 
 from observe_r1.data.prompts import with_system_prompt
+from observe_r1.data.sources import MALFORMED, RowError, Source, resolve
 from observe_r1.models.inputs import PromptError
 
 log = logging.getLogger(__name__)
 
 ImageRef = str | bytes  # a path, or the encoded file's bytes (parquet)
 
-# The kinds of bad row, as reported by `data check`.
-MALFORMED = "malformed_row"
+# The kinds of bad row, as reported by `data check` (and MALFORMED, from observe_r1.data.sources).
 UNKNOWN_FORMAT = "unknown_format"
 WRONG_TYPE = "wrong_type"
 EMPTY_QUESTION = "empty_question"
@@ -60,12 +60,6 @@ DUPLICATE_ID = "duplicate_id"
 CONSUMED = {"id", "messages", "message", "prompt", "problem", "images", "image", "answer"}
 GOLD_COLUMNS = ("answer", "solution", "ground_truth")  # the first one present is the gold
 ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
-
-
-class RowError(ValueError):
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -110,65 +104,6 @@ class LoadResult:
     @property
     def images(self) -> int:
         return sum(len(s.images) for s in self.samples)
-
-
-# ------------------------------------------------------------------ reading files
-
-
-def read_rows(path: Path) -> Iterator[tuple[int, dict | RowError]]:
-    """(line or row number, row) pairs; a line that is not a JSON object yields a RowError instead."""
-    if path.suffix == ".parquet":
-        yield from _parquet_rows(path)
-        return
-    with path.open("rb") as f:
-        for i, raw in enumerate(f, start=1):
-            if i == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
-            if not raw.strip():
-                continue
-            try:
-                yield i, _json_row(raw)
-            except RowError as e:
-                yield i, e
-
-
-def _json_row(raw: bytes) -> dict:
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RowError(MALFORMED, f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise RowError(MALFORMED, f"not valid JSON ({e.msg} at column {e.colno})") from None
-    except RecursionError:
-        raise RowError(MALFORMED, "JSON nested too deeply") from None
-    except ValueError as e:  # e.g. a number of more than 4300 digits
-        raise RowError(MALFORMED, f"not valid JSON ({e})") from None
-    if not isinstance(row, dict):
-        raise RowError(MALFORMED, "a row must be a JSON object")
-    try:
-        json.dumps(row, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise RowError(MALFORMED, "a string holds a lone surrogate (\\ud800-\\udfff), not text") from None
-    return row
-
-
-def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """Row groups one at a time, so a large file is never whole in memory."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise ImportError("reading parquet needs pyarrow: pip install 'observe-r1[parquet]'") from e
-    try:
-        file = pq.ParquetFile(path)
-    except Exception as e:  # noqa: BLE001 - pyarrow's errors for a file that is not parquet
-        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
-    i = 0
-    for batch in file.iter_batches(batch_size=256):
-        for row in batch.to_pylist():
-            i += 1
-            yield i, row
 
 
 # ------------------------------------------------------------------ parsing rows
@@ -333,6 +268,10 @@ def _part_image(part: dict) -> Any:
 
 
 def _image_ref(ref: Any, base_dir: Path) -> ImageRef:
+    if isinstance(ref, Image.Image):  # rows built in Python
+        buffer = io.BytesIO()
+        ref.save(buffer, format="PNG")
+        return buffer.getvalue()
     if isinstance(ref, dict):  # parquet / HF datasets struct
         if ref.get("bytes"):
             return bytes(ref["bytes"])
@@ -357,7 +296,7 @@ def _image_ref(ref: Any, base_dir: Path) -> ImageRef:
 
 def _answer(row: dict, fmt: str) -> str:
     """The gold: verl's `reward_model.ground_truth`, else the first of `answer`, `solution`, `ground_truth`."""
-    if fmt == "verl":
+    if fmt == "verl" and "answer" not in row:  # (an `answer` here came from data.answer_key)
         reward_model = row["reward_model"]
         name, answer = "reward_model.ground_truth", reward_model.get("ground_truth") if isinstance(
             reward_model, dict) else None  # fmt: skip
@@ -443,34 +382,77 @@ def check_prompt_length(sample: Sample, encoder: Any, system_prompt: str = "") -
         )
 
 
+@dataclass(frozen=True)
+class Columns:
+    """Which columns hold the prompt, the gold and the images (EasyR1's data keys), when the layout's own names
+    are not the ones used; and where relative image paths live. "" = the layout's default."""
+
+    prompt_key: str = ""  # a string is read as EasyR1's `problem`, a chat list as TRL's `prompt`
+    answer_key: str = ""
+    image_key: str = ""
+    image_dir: str = ""  # relative image paths are found here instead of next to the data file
+
+    @classmethod
+    def of(cls, data_cfg: Any) -> Columns:
+        return cls(data_cfg.prompt_key, data_cfg.answer_key, data_cfg.image_key, data_cfg.image_dir)
+
+    def apply(self, row: dict) -> dict:
+        """The row with the mapped columns under the names the layouts read (the gold's keeps its own too)."""
+        row = dict(row)
+        if self.prompt_key:
+            if self.prompt_key not in row:
+                raise RowError(
+                    UNKNOWN_FORMAT, f"no `{self.prompt_key}` column (data.prompt_key; columns: {sorted(row)})"
+                )
+            prompt = row.pop(self.prompt_key)
+            for key in ("messages", "message", "prompt", "problem"):
+                row.pop(key, None)
+            row["problem" if isinstance(prompt, str) else "prompt"] = prompt
+        if self.answer_key:  # a dotted key reads a nested one: reward_model.ground_truth
+            value: Any = row
+            for part in self.answer_key.split("."):
+                if not isinstance(value, dict) or part not in value:
+                    raise RowError(
+                        MISSING_ANSWER, f"no `{self.answer_key}` (data.answer_key; columns: {sorted(row)})"
+                    )
+                value = value[part]
+            row["answer"] = value
+        if self.image_key:
+            image = row.pop(self.image_key, None)
+            row.pop("image", None)
+            row["images"] = image if isinstance(image, list) or image is None else [image]
+        return row
+
+
 def load_dataset(
-    paths: Sequence[str | Path] | str | Path,
+    data: Any,
     encoder: Any = None,
     system_prompt: str = "",
     check_image_files: bool = True,
     on_row: Callable[[], None] | None = None,
+    columns: Columns = Columns(),
 ) -> LoadResult:
-    """Parse and validate every row of every file. Nothing raises for a bad row: it becomes a Problem."""
-    paths = [paths] if isinstance(paths, str | Path) else paths
+    """Parse and validate every row of every source (observe_r1.data.sources: files, globs, folders, DIR@split,
+    a list of dicts, a datasets.Dataset). Nothing raises for a bad row: it becomes a Problem."""
     samples: list[Sample] = []
     problems: list[Problem] = []
     formats: Counter[str] = Counter()
     seen: set[str] = set()
     rows = 0
-    for path in map(Path, paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"dataset file not found: {path}")
-        for line, row in read_rows(path):
+    for source in data if isinstance(data, list) and data and isinstance(data[0], Source) else resolve(data):
+        base_dir = Path(columns.image_dir) if columns.image_dir else source.base_dir
+        for line, row in source.read():
             rows += 1
             sid = None
             try:
                 if isinstance(row, RowError):
                     raise row
+                row = columns.apply(row)
                 if fmt := detect_format(row):
                     formats[fmt] += 1
                 if isinstance(row.get("id"), str | int):  # named in problems found while parsing
                     sid = str(row["id"])
-                sample = parse_row(row, path.parent, default_id=f"{path.stem}:{line}")
+                sample = parse_row(row, base_dir, default_id=f"{Path(source.name).stem}:{line}")
                 sid = sample.id
                 if sid in seen:
                     raise RowError(DUPLICATE_ID, f"id {sid!r} appeared earlier")
@@ -478,26 +460,28 @@ def load_dataset(
                     check_images(sample)
                 if encoder is not None:
                     check_prompt_length(sample, encoder, system_prompt)
-                sample.source = f"{path}:{line}"
+                sample.source = f"{source.name}:{line}"
                 seen.add(sid)
                 samples.append(sample)
             except RowError as e:
-                problems.append(Problem(str(path), line, sid, e.kind, str(e)))
+                problems.append(Problem(source.name, line, sid, e.kind, str(e)))
             except Exception as e:  # noqa: BLE001 - one row's surprise must not abort the file
-                problems.append(Problem(str(path), line, sid, MALFORMED, f"{type(e).__name__}: {e}"))
+                problems.append(Problem(source.name, line, sid, MALFORMED, f"{type(e).__name__}: {e}"))
             if on_row is not None:
                 on_row()
     return LoadResult(samples, problems, rows, formats)
 
 
 def load_samples(
-    paths: Sequence[str | Path] | str | Path,
+    data: Any,
     encoder: Any = None,
     system_prompt: str = "",
     max_bad_row_fraction: float = 0.5,
+    columns: Columns = Columns(),
 ) -> list[Sample]:
     """For training: bad rows are skipped and counted in the log; a mostly-bad dataset is refused."""
-    result = load_dataset(paths, encoder, system_prompt)
+    sources = resolve(data)
+    result = load_dataset(sources, encoder, system_prompt, columns=columns)
     if result.problems:
         kinds = Counter(p.kind for p in result.problems)
         log.warning(
@@ -508,8 +492,9 @@ def load_samples(
             result.problems[0],
         )
     if not result.samples or len(result.problems) > max_bad_row_fraction * result.rows:
+        names = ", ".join(s.name for s in sources)
         raise ValueError(
-            f"{len(result.problems)} of {result.rows} rows in {paths} are bad (limit data.max_bad_row_fraction="
+            f"{len(result.problems)} of {result.rows} rows in {names} are bad (limit data.max_bad_row_fraction="
             f"{max_bad_row_fraction}); run `observe-r1 data check` to see them"
         )
     return result.samples

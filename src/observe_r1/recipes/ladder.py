@@ -22,7 +22,7 @@ import torch
 from matplotlib.figure import Figure
 
 from observe_r1.config import Config
-from observe_r1.data.dataset import Sample, load_samples, to_native_row
+from observe_r1.data.dataset import Columns, Sample, load_samples, to_native_row
 from observe_r1.data.ladder import Item, Ladder, build_ladder, summary
 from observe_r1.data.prompts import DIRECT, system_prompt
 from observe_r1.models.inputs import ChatEncoder
@@ -52,7 +52,7 @@ def build(
     system = system_prompt(cfg.data.system_prompt)
     encoder = ChatEncoder.from_pretrained(model, max_prompt_length=cfg.data.max_prompt_length,
                                           min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)  # fmt: skip
-    samples = load_samples(data, encoder, system, cfg.data.max_bad_row_fraction)
+    samples = load_samples(data, encoder, system, cfg.data.max_bad_row_fraction, Columns.of(cfg.data))
     easy = set()
     with Rewarder.from_config(cfg.reward) as rewarder:
         if lc.easy_model:

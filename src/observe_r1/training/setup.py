@@ -14,7 +14,7 @@ from accelerate import Accelerator
 from transformers import AutoConfig
 
 from observe_r1.config import Config, ConfigError, dump_config, to_dict
-from observe_r1.data.dataset import Sample, load_samples
+from observe_r1.data.dataset import Columns, Sample, load_samples
 from observe_r1.data.prompts import system_prompt
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import frozen, load_model, prepare_policy
@@ -96,10 +96,12 @@ def load_encoder(cfg: Config) -> ChatEncoder:
 
 
 def load_data(cfg: Config, encoder: ChatEncoder) -> tuple[list[Sample], list[Sample]]:
-    system = system_prompt(cfg.data.system_prompt)
-    train = load_samples(cfg.data.train, encoder, system, cfg.data.max_bad_row_fraction)
+    system, columns = system_prompt(cfg.data.system_prompt), Columns.of(cfg.data)
+    train = load_samples(cfg.data.train, encoder, system, cfg.data.max_bad_row_fraction, columns)
     test = (
-        load_samples(cfg.data.test, encoder, system, cfg.data.max_bad_row_fraction) if cfg.data.test else []
+        load_samples(cfg.data.test, encoder, system, cfg.data.max_bad_row_fraction, columns)
+        if cfg.data.test
+        else []
     )
     if cfg.checkpoint.best_metric and not test:
         raise ConfigError("checkpoint.best_metric needs data.test: the evaluation split it is measured on")
