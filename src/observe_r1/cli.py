@@ -152,12 +152,12 @@ def resolved_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from observe_r1.recipes.grpo import train
+    from observe_r1.recipes.api import GRPOTrainer
 
     cfg = resolved_config(args)
     if cfg is None:
         return 0
-    out = train(cfg)
+    out = GRPOTrainer(cfg).train()
     console.print(f"done: checkpoints and metrics in {out}")
     return 0
 
@@ -186,12 +186,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from observe_r1.recipes.sft import sft
+    from observe_r1.recipes.api import SFTTrainer
 
     cfg = resolved_config(args)
     if cfg is None:
         return 0
-    out = sft(cfg, export=args.export)
+    out = SFTTrainer(cfg).train(export=args.export)
     console.print(
         f"done: checkpoints and metrics in {out}"
         + (f"; model exported to {args.export}" if args.export else "")
@@ -206,7 +206,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         task = bar.add_task("evaluating", total=None)
         metrics, records = evaluate_checkpoint(
             args.model, args.data, args.system_prompt, args.max_new_tokens, args.batch_size, args.pass_k, args.limit,
-            on_batch=lambda n: bar.advance(task, n),
+            on_batch=lambda n: bar.advance(task, n), base_model=args.base_model,
         )  # fmt: skip
     out = Path(args.out) if args.out else Path(args.model) / "eval"
     write_report(out, metrics, records, f"Evaluation of {args.model}")
@@ -401,7 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval", help="evaluate a checkpoint: greedy accuracy per level/skill, format rate, pass@k"
     )
-    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--model", required=True, help="checkpoint directory (a full model, or a LoRA checkpoint)")
+    p.add_argument(
+        "--base-model", help="a LoRA checkpoint's base model (default: the one its adapter_config.json names)"
+    )
     p.add_argument("--data", required=True, nargs="+", help="jsonl / parquet files")
     p.add_argument("--out", help="output directory for eval.json and eval.md (default MODEL/eval)")
     p.add_argument("--system-prompt", help="preset (observe, think, none) or literal text (default: the one the "

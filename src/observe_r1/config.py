@@ -173,7 +173,14 @@ class LoggingConfig:
     output_dir: str = "runs/observe-r1"
     tensorboard: bool = True
     wandb: bool = False
+    wandb_project: str = "observe-r1"
+    wandb_entity: str = ""  # "" = your default entity
+    wandb_run_name: str = ""  # "" = the output directory's name
+    wandb_tags: list[str] = field(default_factory=list)
     dump_rollouts_every: int = 10
+    # every k rollout steps, sampled completions with their rewards: TensorBoard text and a wandb table; 0 = off
+    log_completions_every: int = 10
+    log_completions: int = 8  # how many completions each time (spread over the step's groups)
     eval_every: int = 0  # rollout steps; 0 = only at the end
 
 
@@ -235,6 +242,11 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     ladder: LadderConfig = field(default_factory=LadderConfig)
+
+    @staticmethod
+    def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+        """Defaults <- YAML file <- `a.b=c` overrides, validated (`load_config`)."""
+        return load_config(path, overrides)
 
     def validate(self) -> Config:
         """Every value in its range, then the cross-field rules. Raises ConfigError naming the key; returns self."""
@@ -353,6 +365,8 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.lora_dropout", _in(0, 1, high_open=True), "must be in [0, 1)"),
     ("logging.eval_every", _at_least(0), "must be >= 0 (0 = only at the end)"),
     ("logging.dump_rollouts_every", _at_least(0), "must be >= 0 (0 = never)"),
+    ("logging.log_completions_every", _at_least(0), "must be >= 0 (0 = never)"),
+    ("logging.log_completions", _at_least(1), "must be >= 1"),
     ("checkpoint.every", _at_least(1), "must be >= 1"),
     ("checkpoint.keep_last", _at_least(1), "must be >= 1"),
     ("ladder.k", _at_least(1), "must be >= 1"),

@@ -6,27 +6,46 @@ imports)."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from observe_r1.models.packing import PACKED_SDPA, can_pack, pack, takes_encoded_images
 
 
 def load_model(path: str, attn_implementation: str = "sdpa", **kwargs: Any) -> torch.nn.Module:
-    """A vision-language model, or a text-only causal LM when the checkpoint has no vision config.
+    """A vision-language model, or a text-only causal LM when the checkpoint has no vision config; a LoRA
+    checkpoint (adapter files only) is its base model with the adapters merged (`load_lora_merged`).
     fp32 master weights everywhere; bf16 happens under autocast on GPU (see `compute_dtype`).
     (lr 1e-6 updates vanish when added to bf16 weights.) `sdpa` loads as `PACKED_SDPA`: the same attention,
     which can also run packed micro-batches."""
+    if is_lora_checkpoint(path):
+        return load_lora_merged(path, attn_implementation=attn_implementation, **kwargs)
     if attn_implementation == "sdpa":
         attn_implementation = PACKED_SDPA
     is_vlm = getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
     auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
     kwargs.setdefault("dtype", torch.float32)
     return auto.from_pretrained(path, attn_implementation=attn_implementation, **kwargs)
+
+
+def is_lora_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file()
+
+
+def load_lora_merged(path: str | Path, base: str | Path | None = None, **kwargs: Any) -> torch.nn.Module:
+    """A LoRA checkpoint as one model: its base (`base`, else the adapter config's `base_model_name_or_path`)
+    with the adapters (and a trained vision tower, saved with them) merged in."""
+    base = base or json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base or not (Path(base) / "config.json").is_file():
+        raise FileNotFoundError(f"LoRA checkpoint {path}: its base model {base!r} (adapter_config.json "
+                                "base_model_name_or_path) is not a local checkpoint; pass --base-model DIR")  # fmt: skip
+    return PeftModel.from_pretrained(load_model(str(base), **kwargs), str(path)).merge_and_unload()
 
 
 def vision_tower(model: Any) -> torch.nn.Module | None:

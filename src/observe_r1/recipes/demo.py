@@ -34,6 +34,7 @@ from observe_r1.recipes.ladder import build
 from observe_r1.recipes.options import DemoOptions
 from observe_r1.toy.synth import write_dataset
 from observe_r1.training.checkpoint import best_record, latest_checkpoint
+from observe_r1.training.report import GRPO_PANELS, training_plot
 
 log = logging.getLogger(__name__)
 
@@ -246,32 +247,7 @@ See `ladder.summary.md`, `eval_before/eval.md`, `eval_after/eval.md` and `grpo/m
 
 def plots(out: Path, metrics_path: Path, before: dict[str, float], after: dict[str, float]) -> None:
     rows = [json.loads(x) for x in metrics_path.read_text().splitlines()]
-    rows = [r for r in rows if "reward/total/mean" in r]
-    steps = [r["step"] for r in rows]
-    fig = Figure(figsize=(18, 3.6))
-    axes = fig.subplots(1, 4)
-    panels = [
-        ("reward/total/mean", "reward (mean)"),
-        ("accuracy", "accuracy (rollouts)"),
-        ("format_rate", "format rate (rollouts)"),
-        ("response/length_mean", "response length (tokens)"),
-    ]
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        ax.plot(steps, [r.get(key) for r in rows], marker=".")
-        if key == "accuracy" and any("eval/accuracy" in r for r in rows):
-            val = [r for r in rows if "eval/accuracy" in r]
-            ax.plot(
-                [r["step"] for r in val], [r["eval/accuracy"] for r in val], marker="o", label="validation"
-            )
-            ax.legend()
-        if key == "response/length_mean":
-            ax.plot(
-                steps, [r.get("response/length_correct_mean") for r in rows], marker=".", label="correct only"
-            )
-            ax.legend()
-        ax.set(title=title, xlabel="GRPO step")
-    fig.tight_layout()
-    fig.savefig(out / "training.png", dpi=100)
+    training_plot(rows, GRPO_PANELS, out / "training.png", "GRPO step")
 
     levels = sorted(k for k in before if k.startswith("accuracy/level_"))
     fig = Figure(figsize=(7, 3.6))

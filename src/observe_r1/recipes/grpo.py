@@ -50,8 +50,9 @@ from observe_r1.rollout.batch import Trajectory, micro_batches, sequence_inputs
 from observe_r1.training import loop, runtime, setup, sharding
 from observe_r1.training.checkpoint import Checkpointer, RunState
 from observe_r1.training.evaluation import evaluate_on_main
+from observe_r1.training.report import GRPO_PANELS
 from observe_r1.training.scoring import generate_and_score
-from observe_r1.training.tracking import StageTimer
+from observe_r1.training.tracking import StageTimer, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +105,19 @@ def process_share(prompts: int, per_mini: int, world: int, rank: int) -> list[in
     return [j * per_mini + rank * share + i for j in range(prompts // per_mini) for i in range(share)]
 
 
-def train(cfg: Config) -> Path:
-    """Run GRPO as configured; returns the output directory."""
+def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
+    """Run GRPO as configured (with datasets, reward callables and callbacks `given` from Python: the
+    Python API, observe_r1.recipes.api); returns the output directory."""
+    given = given or setup.Inputs()
+    rewarder = Rewarder.from_config(
+        cfg.reward, given.rewards
+    )  # plug-ins imported and checked before anything
     acc = runtime.make_accelerator()
-    cfg = setup.prepare_inputs(cfg, acc)
+    cfg = setup.prepare_inputs(cfg, acc, given)
     runtime.seed_everything(cfg.seed)
     encoder = setup.load_encoder(cfg)
-    samples, test = setup.load_data(cfg, encoder)
+    samples, test = setup.load_data(cfg, encoder, given)
     plan = Plan.make(cfg, acc.num_processes, len(samples), acc.process_index)
-    rewarder = Rewarder.from_config(cfg.reward)  # plug-ins are checked before the models load
 
     policy = setup.build_policy(cfg)
     reference = setup.build_reference(cfg, acc.device)
@@ -146,7 +151,7 @@ def train(cfg: Config) -> Path:
         )
 
     def evaluate() -> dict[str, float]:
-        return evaluate_on_main(cfg, acc, policy, encoder, test, system)
+        return evaluate_on_main(cfg, acc, policy, encoder, test, system, given.rewards)
 
     log.info("GRPO: %d steps x %d prompts x %d responses, %d optimiser step(s) per step (each on %d responses = "
              "%g prompts; EasyR1/verl count these in prompts, docs/config.md), %d process(es)", plan.steps,
@@ -184,17 +189,15 @@ def train(cfg: Config) -> Path:
             metrics["optim/lr"] = scheduler.get_last_lr()[0]
             metrics["advantage/zero_weight_streak"] = watch_zero_weights(cfg, acc, run, traj)
             metrics = runtime.mean_across_processes(metrics, acc)
-            if (
-                tracker is not None
-                and cfg.logging.dump_rollouts_every
-                and step % cfg.logging.dump_rollouts_every == 0
-            ):
-                dump_rollouts(cfg, step, traj)
+            if tracker is not None:
+                log_rollouts(cfg, step, traj, tracker)
             metrics = loop.end_of_step(
                 cfg, run, metrics, tracker, checkpointer, evaluate if test else None, plan.steps
             )
             bar(step, metrics)
-    loop.finish(cfg, acc, run, tracker, checkpointer, evaluate if test else None)
+            if loop.stop_requested(acc, given.callbacks, step, metrics, run, checkpointer):
+                break
+    loop.finish(cfg, acc, run, tracker, checkpointer, evaluate if test else None, "GRPO run", GRPO_PANELS)
     rewarder.close()
     return Path(cfg.logging.output_dir)
 
@@ -457,28 +460,47 @@ def step_metrics(cfg: Config, traj: Trajectory, format_term: str | None, stats: 
     return m | stats | times
 
 
-def dump_rollouts(cfg: Config, step: int, traj: Trajectory) -> None:
-    """Every `logging.dump_rollouts_every` steps: OUTPUT/rollouts/step-N.jsonl, one response per line."""
+def log_rollouts(cfg: Config, step: int, traj: Trajectory, tracker: Tracker) -> None:
+    """Every `logging.dump_rollouts_every` steps all responses to OUTPUT/rollouts/step-N.jsonl; every
+    `logging.log_completions_every` steps `logging.log_completions` of them, spread over the groups, to
+    TensorBoard / wandb."""
+    c = cfg.logging
+    dump = c.dump_rollouts_every and step % c.dump_rollouts_every == 0
+    show = c.log_completions_every and step % c.log_completions_every == 0
+    if not (dump or show):
+        return
+    rows = rollout_rows(step, traj)
+    if dump:
+        out = Path(c.output_dir) / "rollouts"
+        out.mkdir(exist_ok=True)
+        (out / f"step-{step:06d}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    if show:
+        stride = max(1, len(rows) // c.log_completions)
+        shown = [{k: row[k] for k in ("id", "answer", "response", "reward", "correct", "advantage", "length")}
+                 | {f"reward/{k}": v for k, v in row["terms"].items()} for row in rows[::stride][: c.log_completions]]  # fmt: skip
+        tracker.log_completions(step, shown)
+
+
+def rollout_rows(step: int, traj: Trajectory) -> list[dict[str, Any]]:
+    """One row per response: its prompt, answer, text, length, rewards (shaped and per term) and advantage."""
     assert traj.advantages is not None
-    out = Path(cfg.logging.output_dir) / "rollouts"
-    out.mkdir(exist_ok=True)
     r, adv = traj.rollout, traj.advantages
-    with (out / f"step-{step:06d}.jsonl").open("w") as f:
-        for i, text in enumerate(r.texts):
-            s = traj.samples[r.prompt_index[i]]
-            row = {
-                "step": step,
-                "group_id": r.group_ids[i],
-                "id": s.id,
-                "question": s.question,
-                "images": [im if isinstance(im, str) else "<bytes>" for im in s.images],
-                "answer": s.answer,
-                "response": text,
-                "length": int(r.lengths[i]),
-                "truncated": bool(r.truncated[i]),
-                "reward": float(adv.shaped.flatten()[i]),
-                "terms": {k: float(v[i]) for k, v in traj.rewards.terms.items()},
-                "correct": bool(adv.correct.flatten()[i]),
-                "advantage": float(adv.sequence[i]),
-            }
-            f.write(json.dumps(row) + "\n")
+    rows = []
+    for i, text in enumerate(r.texts):
+        s = traj.samples[r.prompt_index[i]]
+        rows.append({
+            "step": step,
+            "group_id": r.group_ids[i],
+            "id": s.id,
+            "question": s.question,
+            "images": [im if isinstance(im, str) else "<bytes>" for im in s.images],
+            "answer": s.answer,
+            "response": text,
+            "length": int(r.lengths[i]),
+            "truncated": bool(r.truncated[i]),
+            "reward": float(adv.shaped.flatten()[i]),
+            "terms": {k: float(v[i]) for k, v in traj.rewards.terms.items()},
+            "correct": bool(adv.correct.flatten()[i]),
+            "advantage": float(adv.sequence[i]),
+        })  # fmt: skip
+    return rows

@@ -27,23 +27,30 @@ from observe_r1.data.prompts import system_prompt, with_system_prompt
 from observe_r1.data.sampler import make_sampler
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import completion_logprobs
+from observe_r1.rewards import Rewarder
 from observe_r1.rollout.base import Rollout
 from observe_r1.rollout.batch import chunks, sequence_inputs
 from observe_r1.training import loop, runtime, setup, sharding
 from observe_r1.training.checkpoint import Checkpointer
 from observe_r1.training.evaluation import evaluate_on_main
+from observe_r1.training.report import SFT_PANELS
 from observe_r1.training.scoring import encode_prompts
 
 log = logging.getLogger(__name__)
 
 
-def sft(cfg: Config, export: str | Path | None = None) -> Path:
-    """Run SFT as configured; with `export`, also write the final model there (bf16, HF format)."""
+def sft(cfg: Config, export: str | Path | None = None, given: setup.Inputs | None = None) -> Path:
+    """Run SFT as configured (datasets and callbacks `given` from Python: observe_r1.recipes.api); with `export`,
+    also write the final model there (bf16, HF format)."""
+    given = given or setup.Inputs()
+    Rewarder.from_config(
+        cfg.reward, given.rewards
+    )  # the evaluation's terms: plug-ins checked before anything
     acc = runtime.make_accelerator()
-    cfg = setup.prepare_inputs(cfg, acc)
+    cfg = setup.prepare_inputs(cfg, acc, given)
     runtime.seed_everything(cfg.seed)
     encoder = setup.load_encoder(cfg)
-    samples, test = setup.load_data(cfg, encoder)
+    samples, test = setup.load_data(cfg, encoder, given)
     samples = with_responses(samples, cfg.sft.response_column)
     if cfg.data.sampler == "online":
         raise ValueError(
@@ -70,7 +77,7 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
     amp = runtime.autocast(acc.device, cfg.model.dtype)
 
     def evaluate() -> dict[str, float]:
-        return evaluate_on_main(cfg, acc, policy, encoder, test, system)
+        return evaluate_on_main(cfg, acc, policy, encoder, test, system, given.rewards)
 
     log.info("SFT: %d optimiser steps x %d samples on %d process(es)", steps, o.mini_batch_size, world)
     with runtime.progress(acc, steps, run.step, "SFT") as bar:
@@ -105,7 +112,9 @@ def sft(cfg: Config, export: str | Path | None = None) -> Path:
                 cfg, run, metrics, tracker, checkpointer, evaluate if test else None, steps
             )
             bar(step, metrics)
-    loop.finish(cfg, acc, run, tracker, checkpointer, evaluate if test else None)
+            if loop.stop_requested(acc, given.callbacks, step, metrics, run, checkpointer):
+                break
+    loop.finish(cfg, acc, run, tracker, checkpointer, evaluate if test else None, "SFT run", SFT_PANELS)
     if export is not None:
         model = acc.unwrap_model(policy)
         weights = sharding.full_state_dict(model) if sharding.is_sharded(model) else None  # all processes

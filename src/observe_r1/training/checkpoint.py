@@ -342,6 +342,7 @@ class Checkpointer:
             sampler,
             encoder,
         )
+        self.saved_step = -1  # the step of the last checkpoint this run wrote
 
     def resume(self) -> RunState:
         """The newest checkpoint that passes its checks (`checkpoint.resume=auto`; older ones are tried in
@@ -462,6 +463,8 @@ class Checkpointer:
             "config": to_dict(self.cfg),
         }
         c = self.cfg.checkpoint
+        if not name:
+            self.saved_step = run.step
         return save_checkpoint(self.cfg.logging.output_dir, run.step, self.model, self.encoder, state,
                                     c.keep_last, self.acc, name, notes)  # fmt: skip
 

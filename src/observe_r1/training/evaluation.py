@@ -103,16 +103,17 @@ def eval_batch_size(cfg: Config) -> int:
 
 
 def evaluate_on_main(cfg: Config, acc: Accelerator, model, encoder: ChatEncoder, test: list[Sample],
-                     system: str) -> dict[str, float]:  # fmt: skip
-    """Greedy evaluation on the test split on the main process (the others wait), as `eval/*` metrics.
-    A sharded model is gathered on every process first, so the main process runs it alone."""
+                     system: str, rewards: dict | None = None) -> dict[str, float]:  # fmt: skip
+    """Greedy evaluation on the test split on the main process (the others wait), as `eval/*` metrics, with the
+    configured reward terms (`rewards`: callables given from Python). A sharded model is gathered on every
+    process first, so the main process runs it alone."""
     metrics: dict[str, float] = {}
     with sharding.gathered(acc.unwrap_model(model)) as full:
         if acc.is_main_process:
             backend = HFRollout(full, encoder)
             with (
                 autocast(acc.device, cfg.model.dtype, generation=True),
-                Rewarder.from_config(cfg.reward) as rewarder,
+                Rewarder.from_config(cfg.reward, rewards) as rewarder,
             ):
                 result, _ = evaluate(backend, encoder, test, rewarder, system, cfg.rollout.max_new_tokens,
                                      eval_batch_size(cfg))  # fmt: skip

@@ -4,15 +4,23 @@ Each recipe keeps its own step body inline. Imports config and the training modu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from accelerate import Accelerator
 
 from observe_r1.config import Config
-from observe_r1.training.checkpoint import Checkpointer, RunState
+from observe_r1.training.checkpoint import Checkpointer, RunState, checkpoint_dirs
+from observe_r1.training.report import Panel, write_report
+from observe_r1.training.runtime import all_processes
 from observe_r1.training.tracking import Tracker
 
+log = logging.getLogger(__name__)
+
 Evaluate = Callable[[], dict[str, float]]  # the periodic evaluation (main process; the others get {})
+# Called at the end of every step with the step and its metrics as logged; returning True stops the run.
+Callback = Callable[[int, dict[str, float]], "bool | None"]
 
 
 def end_of_step(cfg: Config, run: RunState, metrics: dict[str, float], tracker: Tracker | None,
@@ -35,9 +43,22 @@ def end_of_step(cfg: Config, run: RunState, metrics: dict[str, float], tracker: 
     return metrics
 
 
+def stop_requested(acc: Accelerator, callbacks: list[Callback], step: int, metrics: dict[str, float],
+                   run: RunState, checkpointer: Checkpointer) -> bool:  # fmt: skip
+    """Call the step-end callbacks (on every process). If any returns True on any process, the run stops
+    after this step, with a checkpoint of it (resume continues from there)."""
+    stop = any([bool(callback(step, metrics)) for callback in callbacks])  # a list: every callback is called
+    if callbacks and acc.num_processes > 1:
+        stop = not all_processes(acc, not stop)
+    if stop and checkpointer.saved_step != run.step:
+        checkpointer.save(run)
+    return stop
+
+
 def finish(cfg: Config, acc: Accelerator, run: RunState, tracker: Tracker | None, checkpointer: Checkpointer,
-           evaluate: Evaluate | None) -> None:  # fmt: skip
-    """The final evaluation (unless the last step had one), the merged LoRA export, closing the logs."""
+           evaluate: Evaluate | None, title: str, panels: Sequence[Panel]) -> None:  # fmt: skip
+    """The final evaluation (unless the last step had one), the merged LoRA export, closing the logs, and
+    OUTPUT/report.md with the training curves (`title`, one plot per panel)."""
     if evaluate is not None and (not cfg.logging.eval_every or run.step % cfg.logging.eval_every):
         final = evaluate()
         if tracker is not None:
@@ -46,4 +67,11 @@ def finish(cfg: Config, acc: Accelerator, run: RunState, tracker: Tracker | None
     checkpointer.export_merged()
     if tracker is not None:
         tracker.close()
+        out = Path(cfg.logging.output_dir)
+        found = [
+            *checkpoint_dirs(out),
+            *([out / "checkpoints" / "best"] if (out / "checkpoints" / "best").is_dir() else []),
+        ]
+        report = write_report(out, title, run.history, panels, [str(p) for p in found])
+        log.info("report: %s", report)
     acc.wait_for_everyone()

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +35,35 @@ def seed_everything(seed: int) -> None:
 
 def make_accelerator() -> Accelerator:
     ddp = DistributedDataParallelKwargs(find_unused_parameters=False)
-    return Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    acc = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    asked = processes_asked_of_accelerate(os.environ, parent_args())
+    if asked > acc.num_processes:
+        log.warning("`accelerate launch --num_processes %d` started ONE process: without --multi_gpu accelerate "
+                    "runs its single-process launcher (on CPU as well). Add --multi_gpu (it uses gloo on CPU), or "
+                    "use torchrun --nproc_per_node %d (docs/training.md)", asked, asked)  # fmt: skip
+    return acc
+
+
+def processes_asked_of_accelerate(env: Mapping[str, str], launcher_args: list[str]) -> int:
+    """The `--num_processes` given to an `accelerate launch` that started this process with its single-process
+    launcher (it sets ACCELERATE_USE_CPU but no WORLD_SIZE); 0 when not launched that way."""
+    if "ACCELERATE_USE_CPU" not in env or "WORLD_SIZE" in env or "launch" not in launcher_args:
+        return 0
+    for i, arg in enumerate(launcher_args):
+        key, _, value = arg.partition("=")
+        if key in ("--num_processes", "--num-processes"):
+            value = value or (launcher_args[i + 1] if i + 1 < len(launcher_args) else "")
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+def parent_args() -> list[str]:
+    """The command line of the process that started this one (Linux; elsewhere empty)."""
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
 def prepare_model(

@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -16,6 +18,7 @@ from transformers import AutoConfig
 from observe_r1.config import Config, ConfigError, dump_config, to_dict
 from observe_r1.data.dataset import Columns, Sample, load_samples
 from observe_r1.data.prompts import system_prompt
+from observe_r1.data.sources import resolve
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import frozen, load_model, prepare_policy
 from observe_r1.rollout.base import RolloutBackend
@@ -23,6 +26,7 @@ from observe_r1.rollout.hf import HFRollout
 from observe_r1.rollout.vllm import VLLMRollout
 from observe_r1.toy import synth, tiny
 from observe_r1.training.checkpoint import RunState
+from observe_r1.training.loop import Callback
 from observe_r1.training.runtime import reference_dtype
 from observe_r1.training.tracking import Tracker
 
@@ -30,7 +34,18 @@ TINY = "tiny"  # model.path that builds a random tiny Qwen2.5-VL into OUTPUT/bas
 SYNTH = "synth"  # data.train / data.test entry that renders the synthetic ladder into OUTPUT/data
 
 
-def prepare_inputs(cfg: Config, acc: Accelerator) -> Config:
+@dataclass
+class Inputs:
+    """What the Python API hands a recipe beside its config (observe_r1.recipes.api): datasets in memory or
+    paths replacing `data.train` / `data.test`, reward callables by term name, and step-end callbacks."""
+
+    train: Any = None  # a list of dicts, a datasets.Dataset, or paths (observe_r1.data.sources)
+    test: Any = None
+    rewards: dict[str, Callable[..., list]] = field(default_factory=dict)
+    callbacks: list[Callback] = field(default_factory=list)
+
+
+def prepare_inputs(cfg: Config, acc: Accelerator, given: Inputs | None = None) -> Config:
     """Resolve `model.path: tiny` and `data.train / data.test: [synth]` by building them into the output
     directory (once; atomically), and write the resolved config there. Returns the resolved config."""
     out = Path(cfg.logging.output_dir)
@@ -39,10 +54,20 @@ def prepare_inputs(cfg: Config, acc: Accelerator) -> Config:
             "model.path is empty: give a checkpoint folder, or `tiny` to build a random tiny Qwen2.5-VL into the "
             "output directory (`observe-r1 tiny-model DIR` writes one where you like)"
         )
-    if not cfg.data.train:
+    if cfg.model.path != TINY and not (Path(cfg.model.path) / "config.json").is_file():
+        raise ConfigError(
+            f"model.path: no model at {cfg.model.path} (no config.json there); the hub is not read here: download "
+            f"the checkpoint (`huggingface-cli download {cfg.model.path} --local-dir DIR`) and give DIR"
+            if not Path(cfg.model.path).exists()
+            else f"model.path: {cfg.model.path} has no config.json: give the folder of a Hugging Face checkpoint"
+        )
+    if not cfg.data.train and (given is None or given.train is None):
         raise ConfigError(
             "data.train is empty: give jsonl / parquet files, or [synth] for the synthetic ladder"
         )
+    for key, entries, replaced in (("data.train", cfg.data.train, given and given.train is not None),
+                                   ("data.test", cfg.data.test, given and given.test is not None)):  # fmt: skip
+        check_data_entries(key, [] if replaced else [e for e in entries if e != SYNTH])
     model_path = str(out / "base-model") if cfg.model.path == TINY else cfg.model.path
     data = out / "data"
 
@@ -72,6 +97,17 @@ def prepare_inputs(cfg: Config, acc: Accelerator) -> Config:
     return cfg
 
 
+def check_data_entries(key: str, entries: list[str]) -> None:
+    """Every data entry names something that exists, before anything is written or loaded."""
+    for entry in entries:
+        try:
+            resolve(entry)
+        except FileNotFoundError as e:
+            hint = (" The shipped paper configs point at data/neuraladder/, which does not ship: build it from your "
+                    "data with `observe-r1 ladder build` (docs/ladder.md)" if "neuraladder" in entry else "")  # fmt: skip
+            raise ConfigError(f"{key}: {e}.{hint}") from None
+
+
 def build_atomically(final: Path, build: Callable[[Path], object]) -> None:
     """`build(path)` into a temporary folder renamed to `final` when complete: a run killed while building
     leaves no partial model or dataset for the next run to pick up."""
@@ -95,12 +131,18 @@ def load_encoder(cfg: Config) -> ChatEncoder:
     return encoder
 
 
-def load_data(cfg: Config, encoder: ChatEncoder) -> tuple[list[Sample], list[Sample]]:
+def load_data(
+    cfg: Config, encoder: ChatEncoder, given: Inputs | None = None
+) -> tuple[list[Sample], list[Sample]]:
+    """The train and test samples: of the config's files, or those given from Python."""
     system, columns = system_prompt(cfg.data.system_prompt), Columns.of(cfg.data)
-    train = load_samples(cfg.data.train, encoder, system, cfg.data.max_bad_row_fraction, columns)
+    given = given or Inputs()
+    train_data = cfg.data.train if given.train is None else given.train
+    test_data = cfg.data.test if given.test is None else given.test
+    train = load_samples(train_data, encoder, system, cfg.data.max_bad_row_fraction, columns)
     test = (
-        load_samples(cfg.data.test, encoder, system, cfg.data.max_bad_row_fraction, columns)
-        if cfg.data.test
+        load_samples(test_data, encoder, system, cfg.data.max_bad_row_fraction, columns)
+        if len(test_data)
         else []
     )
     if cfg.checkpoint.best_metric and not test:
@@ -135,6 +177,4 @@ def make_backend(cfg: Config, policy: torch.nn.Module, encoder: ChatEncoder) -> 
 def make_tracker(cfg: Config, run: RunState, acc: Accelerator) -> Tracker | None:
     if not acc.is_main_process:
         return None
-    return Tracker(
-        cfg.logging.output_dir, run.history, cfg.logging.tensorboard, cfg.logging.wandb, to_dict(cfg)
-    )
+    return Tracker(cfg.logging, run.history, to_dict(cfg))

@@ -40,30 +40,25 @@ class StageTimer:
 
 
 class Tracker:
-    def __init__(
-        self,
-        output_dir: str | Path,
-        history: list[dict[str, Any]],
-        tensorboard: bool,
-        wandb: bool,
-        config: dict,
-    ):
-        self.path = Path(output_dir) / "metrics.jsonl"
+    def __init__(self, logging_cfg: Any, history: list[dict[str, Any]], config: dict):
+        """`logging_cfg`: the config's LoggingConfig (output_dir, tensorboard, wandb and its settings)."""
+        c, out = logging_cfg, Path(logging_cfg.output_dir)
+        self.path = out / "metrics.jsonl"
         self.history = list(history)
         self.path.write_text("".join(json.dumps(m) + "\n" for m in self.history))  # drop steps to be redone
-        self.tb = None
-        if tensorboard:
-            self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+        self.tb = SummaryWriter(str(out / "tensorboard")) if c.tensorboard else None
         self.wandb = None
-        if wandb:
+        if c.wandb:
             try:
                 import wandb as wb  # optional
-
-                self.wandb = wb.init(project="observe-r1", config=config, dir=str(output_dir), resume="allow")
             except ImportError:
-                log.warning(
-                    "logging.wandb is on but wandb is not installed; logging to TensorBoard and jsonl only"
-                )
+                log.warning("logging.wandb is on but wandb is not installed (pip install wandb); logging to "
+                            "TensorBoard and jsonl only")  # fmt: skip
+            else:
+                self.wandb = wb.init(project=c.wandb_project, entity=c.wandb_entity or None, config=config,
+                                     name=c.wandb_run_name or out.resolve().name, tags=list(c.wandb_tags) or None,
+                                     dir=str(out), resume="allow")  # fmt: skip
+                self._table = wb.Table
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in sorted(metrics.items())}}
@@ -77,6 +72,21 @@ class Tracker:
             self.tb.flush()
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
+
+    def log_completions(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Sampled completions with their rewards: a TensorBoard text (a markdown table) and a wandb table."""
+        if not rows:
+            return
+        columns = list(rows[0])
+        if self.tb is not None:
+            cell = lambda v: str(v).replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
+            lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+            lines += ["| " + " | ".join(cell(r[k]) for k in columns) + " |" for r in rows]
+            self.tb.add_text("completions", "\n".join(lines), step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log({"completions": self._table(columns=columns, data=[[r[k] for k in columns] for r in rows])},
+                           step=step)  # fmt: skip
 
     def close(self) -> None:
         if self.tb is not None:
