@@ -71,3 +71,37 @@ def test_kl_in_reward_is_minus_coef_times_the_kl_still_to_come():
                 future = sum(float(kl[i, u] * mask[i, u]) for u in range(t, 4))
                 want[i, t] = adv[i] - 0.01 * future
     torch.testing.assert_close(got, want)
+
+
+def test_objective_advantages_normalise_each_objective_apart():
+    from observe_r1.algos import objective_advantages
+
+    # two objectives that disagree, one with a 100x larger spread: per objective they cancel; summed first,
+    # the large one wins alone
+    values = torch.tensor([[[0.0, 100.0], [1.0, 0.0]]])  # [groups=1, n=2, K=2]
+    torch.testing.assert_close(objective_advantages(values, torch.tensor([1.0, 1.0])), torch.zeros(1, 2))
+    summed = group_advantages(values.sum(-1))
+    torch.testing.assert_close(summed, torch.tensor([[0.7071, -0.7071]]), atol=1e-4, rtol=0)
+    # weights, by hand: 2 * A(a) + 0.5 * A(b) = 2 * [-.7071, .7071] + 0.5 * [.7071, -.7071]
+    torch.testing.assert_close(objective_advantages(values, torch.tensor([2.0, 0.5])),
+                               torch.tensor([[-1.0607, 1.0607]]), atol=1e-4, rtol=0)  # fmt: skip
+    # NaN (not applicable) counts as the group mean: [1, nan, 0] -> [1, .5, 0] -> [1, 0, -1]
+    nan = torch.tensor([[[1.0], [float("nan")], [0.0]]])
+    torch.testing.assert_close(objective_advantages(nan, torch.tensor([1.0])), torch.tensor([[1.0, 0.0, -1.0]]),
+                               atol=1e-5, rtol=0)  # fmt: skip
+    # one objective of weight 1 is the plain group advantage
+    one = torch.tensor([[[0.0], [1.0], [1.0], [0.5]]])
+    torch.testing.assert_close(objective_advantages(one, torch.ones(1)), group_advantages(one[..., 0]))
+
+
+def test_observe_advantages_per_objective_adds_the_bonus_to_the_correctness_objective():
+    from observe_r1.algos import observe_advantages
+
+    rewards = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    correct = rewards.bool()
+    lengths = torch.tensor([[150, 120, 90, 200]])
+    objectives = torch.stack([rewards, torch.tensor([[1.0, 0.0, 1.0, 0.0]])], -1)  # accuracy, format
+    out = observe_advantages(rewards, correct, lengths, 0.2, 100, objectives=objectives,
+                             objective_weights=torch.tensor([1.0, 0.5]), bonus_objective=0)  # fmt: skip
+    expected = group_advantages(torch.tensor([[1.0, 1.2, 0.0, 0.0]])) + 0.5 * group_advantages(objectives[..., 1])
+    torch.testing.assert_close(out.sequence, (out.weights[:, None] * expected).flatten())

@@ -225,3 +225,27 @@ def test_nan_is_an_error_naming_the_function(plugin):
 def test_correct_is_a_threshold_on_the_correct_term(plugin):
     r = Rewarder([(f"{plugin}:dense", 1.0)], correct_term="dense", correct_threshold=0.5, workers=0)
     assert r(batch([GOOD.format(1)] * 4)).correct.tolist() == [True, False, True, False]
+
+
+def test_a_gate_term_zeroes_the_others_unless_it_is_one():
+    """Plantain / Vision-R1: accuracy counts only when the format is right; the gate's own weight is unused."""
+    r = Rewarder([("accuracy", 1.0), ("observe_format", 0.5)], gate="observe_format", workers=0)
+    out = r(batch([GOOD.format(1), "<answer>1</answer>", GOOD.format(2), "nothing"]))
+    assert out.total.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert out.correct.tolist() == [True, True, False, False]  # correctness is still the accuracy term's
+    with pytest.raises(ValueError, match="reward.gate 'format' is not one of"):
+        Rewarder([("accuracy", 1.0)], gate="format")
+
+
+def test_config_layouts_become_format_terms():
+    from observe_r1.config import load_config
+
+    cfg = load_config(None, ["reward.layouts={plan: 'plan think answer'}", "reward.terms=[{name: accuracy}, "
+                             "{name: plan_format, weight: 0.5}, {name: parallel_format, weight: 0.1}]"])  # fmt: skip
+    r = Rewarder.from_config(cfg.reward)
+    out = r(batch(["<plan>p</plan><think>t</think><answer>1</answer>", GOOD.format(1)]))
+    assert out.terms["plan_format"].tolist() == [1.0, 0.0] and out.terms["parallel_format"].tolist() == [0.0, 0.0]
+    assert r.format_term == "plan_format"
+    bad = load_config(None, ["reward.layouts={plan: 'plan ( answer'}", "reward.terms=[{name: accuracy}, {name: plan_format}]"])
+    with pytest.raises(ValueError, match="format layout 'plan'"):
+        Rewarder.from_config(bad.reward)

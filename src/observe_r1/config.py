@@ -126,6 +126,15 @@ class RewardConfig:
     bonus_coef: float = 0.2  # Observe-R1 bonus for the shortest correct response of a group; 0 = off
     bonus_min_length: int = 100  # tokens; the shortest correct response must be longer than this
     answer_fallback: bool = False  # without <answer> tags, grade one final answer (unsafe: docs/rewards.md)
+    # your format layouts by name, in the layout grammar (docs/rewards.md); each is checked by a term
+    # `<name>_format`, e.g. {plan: "think plan answer"} -> plan_format
+    layouts: dict[str, str] = field(default_factory=dict)
+    # a term that gates the others: the total is the weighted sum of the other terms where this term is >= 1,
+    # else 0 (Plantain's format gate; Vision-R1's "1 only if format and answer are right"); its weight is unused
+    gate: str = ""
+    # sum: advantages of the weighted sum of the terms; per_objective: each term normalised in its group on its
+    # own, then weighted (multi-objective rewards, docs/rewards.md)
+    combine: Literal["sum", "per_objective"] = "sum"
     timeout_s: float = 5.0  # seconds each response may take in each term (math-verify's grading included)
     workers: int = 2  # processes that score rewards (in parallel, with the time bound); 0 = in this process
 
@@ -229,6 +238,19 @@ class SFTConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of a staged run (docs/recipes.md): a recipe, its length, and what changes for it."""
+
+    name: str = ""  # names the stage's folder, OUTPUT/stage-K-NAME ("" = the recipe)
+    recipe: Literal["grpo", "sft", "dpo", "rft"] = "grpo"
+    steps: int = 0  # this stage's optim.max_steps (rollout steps for grpo); 0 = its own count
+    overrides: list[str] = field(default_factory=list)  # `a.b=c` on top of the run's config, for this stage
+    # QwenLong-L1's retrospective sampling: the previous stage's unmastered items (online sampler pass rate below
+    # 1) join this stage's data, with difficulty 1 - pass rate
+    carry_hard: bool = False
+
+
+@dataclass
 class Config:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -242,6 +264,8 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     ladder: LadderConfig = field(default_factory=LadderConfig)
+    # a staged run: each stage starts from the model the previous one ended with ([] = one GRPO run)
+    stages: list[StageConfig] = field(default_factory=list)
 
     @staticmethod
     def load(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -266,6 +290,17 @@ class Config:
                 self.reward.correct_term in [t.name.rsplit(":", 1)[-1] for t in self.reward.terms],
                 "reward.correct_term",
                 f"{self.reward.correct_term!r} must name one of reward.terms",
+            ),
+            (
+                not self.reward.gate
+                or self.reward.gate in [t.name.rsplit(":", 1)[-1] for t in self.reward.terms],
+                "reward.gate",
+                f"{self.reward.gate!r} must name one of reward.terms",
+            ),
+            (
+                not (self.reward.gate and self.reward.combine == "per_objective"),
+                "reward.combine",
+                "per_objective keeps the terms apart, a gate multiplies them: choose one",
             ),
             (o.min_lr <= o.lr, "optim.min_lr", "must be in [0, optim.lr]"),
             (
@@ -303,6 +338,13 @@ class Config:
         for passed, key, why in checks:
             if not passed:
                 raise ConfigError(f"{key}: {why}")
+        for k, stage in enumerate(self.stages):  # each stage's config is checked now, not when it starts
+            if stage.steps < 0:
+                raise ConfigError(f"stages[{k}].steps: must be >= 0, got {stage.steps}")
+            try:
+                with_overrides(dataclasses.replace(self, stages=[]), stage.overrides)
+            except ConfigError as e:
+                raise ConfigError(f"stages[{k}] ({stage.name or stage.recipe}): {e}") from None
         return self
 
 
@@ -420,6 +462,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return {_coerce(args[0], k, key): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
@@ -464,6 +510,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         data = loaded or {}
+    return from_dict(Config, apply_overrides(data, overrides)).validate()
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """The nested dict with each `a.b=c` set in it (in place; returned)."""
     for arg in overrides:
         keys, value = parse_override(arg)
         node = data
@@ -472,7 +523,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             if not isinstance(node, dict):
                 raise ConfigError(f"override {arg!r}: {k} is not a section")
         node[keys[-1]] = value
-    return from_dict(Config, data).validate()
+    return data
+
+
+def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
+    """A copy of `cfg` with `a.b=c` overrides applied, validated."""
+    data = to_dict(cfg)
+    data["optim"]["betas"] = list(data["optim"]["betas"])
+    return from_dict(Config, apply_overrides(data, overrides)).validate()
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

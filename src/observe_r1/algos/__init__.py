@@ -5,6 +5,7 @@ from observe_r1.algos.advantages import (
     difficulty_weights,
     group_advantages,
     kl_reward_advantages,
+    objective_advantages,
     zero_variance_groups,
 )
 from observe_r1.algos.bonus import apply_length_bonus
@@ -33,6 +34,7 @@ __all__ = [
     "kl_divergence",
     "kl_reward_advantages",
     "loss_denominator",
+    "objective_advantages",
     "observe_advantages",
     "policy_loss",
     "tis_weights",

@@ -39,6 +39,24 @@ def group_advantages(rewards: torch.Tensor, estimator: str | Estimator = Estimat
     return ESTIMATORS[Estimator(estimator)](rewards.to(torch.float32))
 
 
+def objective_advantages(
+    values: torch.Tensor,  # [groups, n, K] one value per objective; NaN = not applicable
+    weights: torch.Tensor,  # [K]
+    estimator: str | Estimator = Estimator.GRPO,
+) -> torch.Tensor:
+    """Multi-objective advantages [groups, n]: each objective normalised within its group on its own, then
+    weighted, sum_k w_k * A(r_k), instead of A(sum_k w_k r_k). An objective with a large spread then cannot drown
+    the others (decoupled normalisation, as GDPO does for multi-reward RL; the Pareto aims of Factum's
+    multi-objective RL in spirit). A NaN counts as its group's mean of that objective (no advantage from it);
+    an objective with no value in a group adds nothing there."""
+    values = values.to(torch.float32)
+    present = ~values.isnan()
+    mean = torch.nan_to_num(values).sum(1, keepdim=True) / present.sum(1, keepdim=True).clamp(min=1)
+    filled = torch.where(present, values, mean)
+    per_objective = [group_advantages(filled[..., k], estimator) for k in range(values.shape[-1])]
+    return (torch.stack(per_objective, -1) * weights.to(torch.float32)).sum(-1)
+
+
 def difficulty_weights(correct: torch.Tensor, sigma: float = 1.8) -> torch.Tensor:
     """Observe-R1 dynamic weighting: [groups, n] bool -> [groups] f(d) = 4 * sigma * d * (1 - d),
     d the fraction of correct responses. All-correct and all-wrong groups get weight 0; d = 0.5 gets sigma."""

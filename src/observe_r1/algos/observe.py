@@ -8,7 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
-from observe_r1.algos.advantages import difficulty_weights, group_advantages, kl_reward_advantages
+from observe_r1.algos.advantages import (
+    difficulty_weights,
+    group_advantages,
+    kl_reward_advantages,
+    objective_advantages,
+)
 from observe_r1.algos.bonus import apply_length_bonus
 
 
@@ -30,15 +35,27 @@ def observe_advantages(
     estimator: str = "grpo",
     difficulty_weighting: bool = True,
     sigma: float = 1.8,
+    objectives: torch.Tensor | None = None,  # [groups, n, K] per-objective values (multi-objective)
+    objective_weights: torch.Tensor | None = None,  # [K]
+    bonus_objective: int = 0,  # the objective the bonus is added to (the correctness term)
 ) -> Advantages:
     """A_i = f(d) * normalise(r_i + bonus_i) within the group: the bonus goes to the shortest correct response
     longer than `bonus_min_length` (spec 4); the advantages are computed on the rewards after the bonus and
-    scaled by f(d) = 4 sigma d (1 - d) of the group's accuracy d (spec 5)."""
+    scaled by f(d) = 4 sigma d (1 - d) of the group's accuracy d (spec 5). With `objectives`, each objective
+    is normalised on its own and the results weighted (`objective_advantages`), the bonus added to
+    objective `bonus_objective` first."""
     shaped = (
         apply_length_bonus(rewards, correct, lengths, bonus_coef, bonus_min_length) if bonus_coef else rewards
     )
     weights = difficulty_weights(correct, sigma) if difficulty_weighting else torch.ones(len(rewards))
-    sequence = weights[:, None] * group_advantages(shaped, estimator)  # [groups, n]
+    if objectives is None:
+        base = group_advantages(shaped, estimator)
+    else:
+        assert objective_weights is not None
+        values = objectives.clone().to(torch.float32)
+        values[..., bonus_objective] += shaped - rewards
+        base = objective_advantages(values, objective_weights, estimator)
+    sequence = weights[:, None] * base  # [groups, n]
     return Advantages(rewards, shaped, correct, weights, sequence.flatten())
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from observe_r1.config import Config, ConfigError, RewardTerm, load_config
 from observe_r1.recipes.grpo import train
 from observe_r1.recipes.sft import sft
+from observe_r1.recipes.stages import run_stages
 from observe_r1.training.loop import Callback
 from observe_r1.training.setup import Inputs
 
@@ -53,8 +54,8 @@ class GRPOTrainer:
         self.inputs = Inputs(train_dataset, eval_dataset, functions, list(callbacks))
 
     def train(self) -> Path:
-        """Run it; returns the output directory."""
-        return train(self.config, self.inputs)
+        """Run it (each of `config.stages` in turn when there are stages); returns the output directory."""
+        return run_stages(self.config, self.inputs) if self.config.stages else train(self.config, self.inputs)
 
 
 class SFTTrainer:

@@ -38,7 +38,7 @@ from observe_r1.algos import (
 )
 from observe_r1.algos import zero_variance_groups as zero_variance
 from observe_r1.config import Config
-from observe_r1.data.dataset import Sample
+from observe_r1.data.dataset import Sample, to_native_row
 from observe_r1.data.prompts import system_prompt
 from observe_r1.data.sampler import OnlineSampler, PromptSampler, make_sampler
 from observe_r1.models.inputs import ChatEncoder
@@ -56,6 +56,7 @@ from observe_r1.training.tracking import StageTimer, Tracker
 
 log = logging.getLogger(__name__)
 
+CARRY_FILE = "carry.jsonl"  # with the online sampler: the items not mastered at the end (stages' carry_hard)
 ZERO_WEIGHT_STEPS = 3  # rollout steps in a row with f(d) = 0 for every group before the run warns
 
 
@@ -196,8 +197,11 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
             )
             bar(step, metrics)
             if loop.stop_requested(acc, given.callbacks, step, metrics, run, checkpointer):
+                given.stopped = True
                 break
     loop.finish(cfg, acc, run, tracker, checkpointer, evaluate if test else None, "GRPO run", GRPO_PANELS)
+    if acc.is_main_process and isinstance(sampler, OnlineSampler):
+        write_unmastered(Path(cfg.logging.output_dir), samples, sampler)
     rewarder.close()
     return Path(cfg.logging.output_dir)
 
@@ -261,21 +265,43 @@ def update_sampler(
 
 
 def ladder_prior(samples: list[Sample]) -> list[float] | None:
-    """Starting pass rates for the online sampler: 1 - difficulty, when every row has a ladder difficulty."""
-    if samples and all(isinstance(s.metadata.get("difficulty"), int | float) for s in samples):
-        return [1.0 - float(s.metadata["difficulty"]) for s in samples]
-    return None
+    """Starting pass rates for the online sampler: 1 - difficulty for rows with a ladder difficulty (0.5 for
+    the others), or None when no row has one."""
+    known = [isinstance(s.metadata.get("difficulty"), int | float) for s in samples]
+    if not any(known):
+        return None
+    return [1.0 - float(s.metadata["difficulty"]) if k else 0.5 for s, k in zip(samples, known, strict=True)]
+
+
+def write_unmastered(out: Path, samples: list[Sample], sampler: OnlineSampler) -> Path:
+    """OUTPUT/carry.jsonl: the items reached and not mastered (pass rate below 1), hardest first, each with
+    difficulty = 1 - its pass rate: a later stage with `carry_hard` trains on them again (QwenLong-L1's
+    retrospective sampling, through the online sampler's pass-rate priors)."""
+    reached = [i for i in range(sampler.frontier) if sampler.seen[i] and sampler.pass_rate[i] < 1]
+    reached.sort(key=lambda i: float(sampler.pass_rate[i]))
+    rows = [to_native_row(samples[i], out / "carry-images")
+            | {"id": f"{samples[i].id}@carried", "difficulty": 1.0 - float(sampler.pass_rate[i])} for i in reached]  # fmt: skip
+    path = out / CARRY_FILE
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
 
 # ------------------------------------------------------------------ advantages
 
 
 def advantages(cfg: Config, traj: Trajectory):
-    """Observe-R1's sequence advantages of this step (algos.observe_advantages), groups as rows."""
+    """Observe-R1's sequence advantages of this step (algos.observe_advantages), groups as rows; with
+    `reward.combine: per_objective` each reward term is an objective, normalised on its own."""
     n, rc, a = cfg.rollout.n, cfg.reward, cfg.algorithm
+    objectives = weights = None
+    if rc.combine == "per_objective":
+        names = list(traj.rewards.terms)
+        objectives = torch.stack([traj.rewards.terms[k] for k in names], -1).view(-1, n, len(names))
+        weights = torch.tensor([t.weight for t in rc.terms])
     return observe_advantages(traj.rewards.total.view(-1, n), traj.rewards.correct.view(-1, n),
                               traj.rollout.lengths.view(-1, n), rc.bonus_coef, rc.bonus_min_length, a.estimator,
-                              a.difficulty_weighting, a.sigma)  # fmt: skip
+                              a.difficulty_weighting, a.sigma, objectives, weights,
+                              [t.name.rsplit(":", 1)[-1] for t in rc.terms].index(rc.correct_term))  # fmt: skip
 
 
 def add_token_advantages(cfg: Config, traj: Trajectory, device: torch.device) -> dict[str, float]:

@@ -113,6 +113,7 @@ def sft(cfg: Config, export: str | Path | None = None, given: setup.Inputs | Non
             )
             bar(step, metrics)
             if loop.stop_requested(acc, given.callbacks, step, metrics, run, checkpointer):
+                given.stopped = True
                 break
     loop.finish(cfg, acc, run, tracker, checkpointer, evaluate if test else None, "SFT run", SFT_PANELS)
     if export is not None:

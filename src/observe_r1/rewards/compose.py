@@ -31,11 +31,12 @@ from pebble import ProcessExpired, ProcessPool
 
 from observe_r1.config import RewardTerm
 from observe_r1.rewards.terms import (
-    FORMAT_TERMS,
     Call,
     RewardFn,
     RewardFunctionError,
+    TermContext,
     call_term,
+    format_layout,
     init_worker,
     make_term,
     score_key,
@@ -116,10 +117,14 @@ class Rewarder:
         workers: int = 2,
         correct_threshold: float = 1.0,
         functions: dict[str, RewardFn] | None = None,
+        layouts: dict[str, str] | None = None,
+        gate: str = "",
     ):
-        """`terms`: RewardTerm (or (name, weight)); `functions`: callables given from Python, by term name."""
+        """`terms`: RewardTerm (or (name, weight)); `functions`: callables given from Python, by term name;
+        `layouts`: format layouts by name (`<name>_format` terms); `gate`: a term that gates the others."""
         self.terms = [t if isinstance(t, RewardTerm) else RewardTerm(*t) for t in terms]
         self.functions = dict(functions or {})
+        self.ctx = TermContext(timeout_s, answer_fallback, self.functions, dict(layouts or {}))
         self.refs = [t.name for t in self.terms]
         self.names = [term_name(ref) for ref in self.refs]
         self.weights = [t.weight for t in self.terms]
@@ -128,18 +133,21 @@ class Rewarder:
         if duplicate:
             raise ValueError(f"reward term {duplicate!r} appears twice")
         # built here too, so a bad reference fails before anything runs, and for workers=0
-        self.fns = [make_term(t, timeout_s, answer_fallback, self.functions) for t in self.terms]
+        self.fns = [make_term(t, self.ctx) for t in self.terms]
         self.send_images = [wants_images(fn) for fn in self.fns]
         if correct_term not in self.names:
             raise ValueError(f"reward.correct_term {correct_term!r} is not one of the reward terms")
         self.correct_term, self.correct_threshold = correct_term, correct_threshold
+        if gate and gate not in self.names:
+            raise ValueError(f"reward.gate {gate!r} is not one of the reward terms")
+        self.gate = gate
         stuck = [name for name, fn in self.functions.items() if not importable(fn)]
         if workers and stuck:
             log.info("reward functions %s are defined in __main__ (a notebook or script) or are lambdas: worker "
                      "processes cannot import them, so rewards are scored in this process, without the time "
                      "bound (define them in a module to get it)", stuck)  # fmt: skip
             workers = 0
-        self.timeout_s, self.fallback, self.workers = timeout_s, answer_fallback, workers
+        self.timeout_s, self.workers = timeout_s, workers
         self._pool: ProcessPool | None = None
         self._seen_errors: set[tuple[str, str]] = set()
 
@@ -147,14 +155,13 @@ class Rewarder:
     def from_config(cls, cfg: Any, functions: dict[str, RewardFn] | None = None) -> Rewarder:
         """From a `RewardConfig` (and callables given from Python, by term name)."""
         return cls(cfg.terms, cfg.correct_term, cfg.timeout_s, cfg.answer_fallback, cfg.workers,
-                   cfg.correct_threshold, functions)  # fmt: skip
+                   cfg.correct_threshold, functions, cfg.layouts, cfg.gate)  # fmt: skip
 
     @property
     def format_term(self) -> str | None:
-        """The first built-in format term (its 1s give `format_rate`), or None."""
-        return next(
-            (name for name, ref in zip(self.names, self.refs, strict=True) if ref in FORMAT_TERMS), None
-        )
+        """The first format term (its 1s give `format_rate`), or None."""
+        return next((name for name, ref in zip(self.names, self.refs, strict=True)
+                     if format_layout(ref, self.ctx.layouts) is not None), None)  # fmt: skip
 
     def __enter__(self) -> Rewarder:
         return self
@@ -178,7 +185,8 @@ class Rewarder:
             self._check(name, out, len(batch))
             value = torch.tensor([_term_value(x, name, key) for x in out.raw], dtype=torch.float32)
             values[name] = value
-            total += weight * torch.nan_to_num(value, nan=0.0)
+            if name != self.gate:
+                total += weight * torch.nan_to_num(value, nan=0.0)
             metrics.update(term_metrics(name, out.raw, value))
             for key, n in [
                 *out.counts.items(),
@@ -186,6 +194,8 @@ class Rewarder:
                 ("timeouts", len(out.timed_out)),
             ]:
                 counts[key] = counts.get(key, 0) + n
+        if self.gate:  # Plantain / Vision-R1: the other terms count only where the gate term is 1
+            total = torch.where(values[self.gate] >= 1, total, torch.zeros_like(total))
         n = max(len(batch), 1)
         metrics["reward/total/mean"] = float(total.mean()) if len(batch) else 0.0
         metrics["reward/errors"] = float(counts["errors"])
@@ -280,7 +290,7 @@ class Rewarder:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["observe_r1.rewards.terms"])
             self._pool = ProcessPool(self.workers, initializer=init_worker, context=context,
-                                     initargs=(self.terms, self.timeout_s, self.fallback, self.functions))  # fmt: skip
+                                     initargs=(self.terms, self.ctx))  # fmt: skip
             weakref.finalize(self, self._pool.stop)
         return self._pool
 

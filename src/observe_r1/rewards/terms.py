@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from observe_r1.config import RewardTerm
 from observe_r1.rewards.accuracy import grade
-from observe_r1.rewards.format import format_reward
+from observe_r1.rewards.format import BUILTIN_LAYOUTS, format_reward, layout_of
 from observe_r1.rewards.signatures import SCORE_KEYS, adapt
 
 RewardFn = Callable[..., list]
@@ -73,24 +73,46 @@ class Accuracy:
         return self.score(completions=completions, answers=answers, **kwargs)[0]
 
 
-def _format_term(layout: str) -> RewardFn:
-    def fn(completions: list[str], **_: Any) -> list[float]:
-        return [format_reward(c, layout) for c in completions]
+@dataclass(frozen=True)
+class TermContext:
+    """What building a term may need besides its config: the grading settings, callables given from Python
+    (by term name) and the config's own format layouts (`reward.layouts`, by name)."""
 
+    timeout_s: float = 5.0
+    fallback: bool = False
+    functions: dict[str, RewardFn] = field(default_factory=dict)
+    layouts: dict[str, str] = field(default_factory=dict)
+
+
+def _format_term(layout: str, spec: str | None = None) -> RewardFn:
+    def fn(completions: list[str], **_: Any) -> list[float]:
+        return [format_reward(c, layout, spec) for c in completions]
+
+    layout_of(layout, spec)  # a bad layout fails when the term is built, not at the first step
     fn.__name__ = f"{layout}_format"
     return fn
 
 
-BUILTINS: dict[str, Callable[..., RewardFn]] = {
-    "accuracy": lambda timeout_s, fallback: Accuracy(timeout_s, fallback),
-    "observe_format": lambda **_: _format_term("observe"),
-    "observe_format_nested": lambda **_: _format_term("observe_nested"),
-    "think_format": lambda **_: _format_term("think"),
-    "think_format_empty_ok": lambda **_: _format_term("think_empty_ok"),
-}
+# the earlier names of two built-in layouts' terms
+FORMAT_ALIASES = {"observe_format_nested": "observe_nested", "think_format_empty_ok": "think_empty_ok"}
 
 
-FORMAT_TERMS = {name for name in BUILTINS if "_format" in name}  # the layout checks among the built-ins
+def format_layout(name: str, layouts: dict[str, str]) -> str | None:
+    """The layout a format term checks: `<layout>_format` for a built-in layout or one of `reward.layouts`."""
+    if name in FORMAT_ALIASES:
+        return FORMAT_ALIASES[name]
+    layout = name.removesuffix("_format")
+    return layout if name.endswith("_format") and (layout in BUILTIN_LAYOUTS or layout in layouts) else None
+
+
+def builtin_term(name: str, ctx: TermContext) -> RewardFn | None:
+    if name == "accuracy":
+        return Accuracy(ctx.timeout_s, ctx.fallback)
+    layout = format_layout(name, ctx.layouts)
+    return None if layout is None else _format_term(layout, ctx.layouts.get(layout))
+
+
+BUILTINS = ("accuracy", *(f"{layout}_format" for layout in BUILTIN_LAYOUTS), *FORMAT_ALIASES)
 
 
 def load_function(ref: str) -> RewardFn:
@@ -118,15 +140,10 @@ def load_function(ref: str) -> RewardFn:
     return fn
 
 
-def make_term(term: RewardTerm, timeout_s: float, fallback: bool, functions: dict[str, RewardFn]) -> RewardFn:
-    """The callable of a term, with our native signature: a function given from Python by name, a built-in,
-    or a reference; called through its signature's adapter."""
-    if term.name in functions:
-        fn = functions[term.name]
-    elif term.name in BUILTINS:
-        fn = BUILTINS[term.name](timeout_s=timeout_s, fallback=fallback)
-    else:
-        fn = load_function(term.name)
+def make_term(term: RewardTerm, ctx: TermContext) -> RewardFn:
+    """The callable of a term, with our native signature: a function given from Python by name, a built-in
+    (accuracy, a `<layout>_format` check), or a reference; called through its signature's adapter."""
+    fn = ctx.functions.get(term.name) or builtin_term(term.name, ctx) or load_function(term.name)
     return adapt(fn, term.signature)
 
 
@@ -215,11 +232,9 @@ def check_values(fn: RewardFn, out: Any, n: int) -> list:
 _WORKER_TERMS: list[RewardFn] = []
 
 
-def init_worker(
-    terms: list[RewardTerm], timeout_s: float, fallback: bool, functions: dict[str, RewardFn]
-) -> None:
+def init_worker(terms: list[RewardTerm], ctx: TermContext) -> None:
     """Build the terms once per worker process."""
-    _WORKER_TERMS[:] = [make_term(term, timeout_s, fallback, functions) for term in terms]
+    _WORKER_TERMS[:] = [make_term(term, ctx) for term in terms]
 
 
 def worker_call(term: int, kwargs: dict[str, list]) -> Call:

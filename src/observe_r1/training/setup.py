@@ -43,6 +43,7 @@ class Inputs:
     test: Any = None
     rewards: dict[str, Callable[..., list]] = field(default_factory=dict)
     callbacks: list[Callback] = field(default_factory=list)
+    stopped: bool = False  # set when a callback stopped the run (a staged run then stops too)
 
 
 def prepare_inputs(cfg: Config, acc: Accelerator, given: Inputs | None = None) -> Config:
