@@ -43,6 +43,11 @@ class ModelConfig:
     packing: bool = True
     freeze_vision: bool = False  # the paper trains the vision tower too
     gradient_checkpointing: bool = False
+    # warm start (Ash & Adams 2020): shrink_perturb starts from shrink * the checkpoint + perturb * a fresh random
+    # init of the same architecture (the KL reference stays the checkpoint)
+    warm_start: Literal["none", "shrink_perturb"] = "none"
+    shrink: float = 0.4
+    perturb: float = 0.1
     lora_rank: int = 0  # 0 = full fine-tuning
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -54,7 +59,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     # jsonl / parquet files, globs, folders, `datasets` save_to_disk folders, DIR@split (docs/data.md: native,
-    # Observe-R1, EasyR1, verl, TRL rows), or [synth]: the synthetic ladder rendered into the output directory
+    # Observe-R1, EasyR1, verl, TRL rows), or [synth]: the synthetic ladder rendered into the output directory,
+    # or [logic]: Knights-and-Knaves puzzles (text only) rendered there
     train: list[str] = field(default_factory=list)
     test: list[str] = field(default_factory=list)
     # EasyR1's data keys, when the columns are not the layout's own names ("" = detected from the layout)
@@ -235,6 +241,11 @@ class ParallelConfig:
 @dataclass
 class SFTConfig:
     response_column: str = "solution"  # the dataset column holding the reference response
+    thought_dropout: float = 0.0  # TON: the share of responses whose thought is emptied (stable per sample)
+    difficulty_cue: bool = False  # Think-How-to-Think: <difficulty>easy|medium|hard</difficulty> first
+    # Metis-SPECS (`observe-r1 dpo` / a dpo stage): DPO's beta and the weight of the SFT loss on the chosen
+    dpo_beta: float = 0.1
+    dpo_sft_weight: float = 1.0
 
 
 @dataclass
@@ -416,6 +427,9 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("ladder.proportions", _at_least(0), "must be >= 0"),
     ("ladder.min_complexity", _at_least(0), "must be >= 0"),
     ("ladder.batch_size", _at_least(1), "must be >= 1"),
+    ("sft.thought_dropout", _in(0, 1), "must be in [0, 1]"),
+    ("sft.dpo_beta", lambda v: v > 0, "must be > 0"),
+    ("sft.dpo_sft_weight", _at_least(0), "must be >= 0"),
 ]
 
 

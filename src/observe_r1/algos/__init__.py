@@ -20,6 +20,7 @@ from observe_r1.algos.loss import (
     tis_weights,
 )
 from observe_r1.algos.observe import Advantages, observe_advantages, token_advantages
+from observe_r1.algos.preference import dpo_loss, shrink_perturb
 
 __all__ = [
     "Advantages",
@@ -30,6 +31,7 @@ __all__ = [
     "aggregate",
     "apply_length_bonus",
     "difficulty_weights",
+    "dpo_loss",
     "group_advantages",
     "kl_divergence",
     "kl_reward_advantages",
@@ -37,6 +39,7 @@ __all__ = [
     "objective_advantages",
     "observe_advantages",
     "policy_loss",
+    "shrink_perturb",
     "tis_weights",
     "token_advantages",
     "zero_variance_groups",

@@ -48,6 +48,13 @@ def load_lora_merged(path: str | Path, base: str | Path | None = None, **kwargs:
     return PeftModel.from_pretrained(load_model(str(base), **kwargs), str(path)).merge_and_unload()
 
 
+def fresh_init(model: Any, seed: int) -> Any:
+    """A newly initialised model of the same architecture (its own random draws: the global RNG is untouched)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return type(model)._from_config(model.config, dtype=torch.float32)
+
+
 def vision_tower(model: Any) -> torch.nn.Module | None:
     """The vision encoder, or None for a text-only model."""
     inner = getattr(model, "model", model)

@@ -25,6 +25,7 @@ from observe_r1.config import Config
 from observe_r1.data.dataset import Sample
 from observe_r1.data.prompts import system_prompt, with_system_prompt
 from observe_r1.data.sampler import make_sampler
+from observe_r1.data.transforms import transform_responses
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import completion_logprobs
 from observe_r1.rewards import Rewarder
@@ -52,6 +53,8 @@ def sft(cfg: Config, export: str | Path | None = None, given: setup.Inputs | Non
     encoder = setup.load_encoder(cfg)
     samples, test = setup.load_data(cfg, encoder, given)
     samples = with_responses(samples, cfg.sft.response_column)
+    samples = transform_responses(samples, cfg.sft.response_column, cfg.sft.thought_dropout, cfg.sft.difficulty_cue,
+                                  cfg.seed)  # fmt: skip
     if cfg.data.sampler == "online":
         raise ValueError(
             "data.sampler=online follows rollout pass rates; SFT has none: use shuffled or sequential"

@@ -15,6 +15,7 @@ Built in:
   think            `think answer` (the plain GRPO layout)
   think_empty_ok   `think~ answer` (thought dropout, TON)
   parallel         `think(Parallel*(=Path{2,} Summary)) answer` (Parallel-R1)
+  cued             `difficulty think~ answer` (Think-How-to-Think: a difficulty cue first)
 
 The checker is stack-based: the tags of the layout (and observe / think / answer) are read in order, every
 opened tag must close in nesting order, the top-level blocks must match the layout exactly with only
@@ -66,6 +67,7 @@ BUILTIN_LAYOUTS = {
     "think": "think answer",
     "think_empty_ok": "think~ answer",
     "parallel": "think(Parallel*(=Path{2,} Summary)) answer",
+    "cued": "difficulty think~ answer",
 }
 LAYOUTS = tuple(BUILTIN_LAYOUTS)
 

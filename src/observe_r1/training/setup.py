@@ -15,16 +15,17 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoConfig
 
+from observe_r1.algos import shrink_perturb
 from observe_r1.config import Config, ConfigError, dump_config, to_dict
 from observe_r1.data.dataset import Columns, Sample, load_samples
 from observe_r1.data.prompts import system_prompt
 from observe_r1.data.sources import resolve
 from observe_r1.models.inputs import ChatEncoder
-from observe_r1.models.policy import frozen, load_model, prepare_policy
+from observe_r1.models.policy import fresh_init, frozen, load_model, prepare_policy
 from observe_r1.rollout.base import RolloutBackend
 from observe_r1.rollout.hf import HFRollout
 from observe_r1.rollout.vllm import VLLMRollout
-from observe_r1.toy import synth, tiny
+from observe_r1.toy import logic, synth, tiny
 from observe_r1.training.checkpoint import RunState
 from observe_r1.training.loop import Callback
 from observe_r1.training.runtime import reference_dtype
@@ -32,6 +33,7 @@ from observe_r1.training.tracking import Tracker
 
 TINY = "tiny"  # model.path that builds a random tiny Qwen2.5-VL into OUTPUT/base-model
 SYNTH = "synth"  # data.train / data.test entry that renders the synthetic ladder into OUTPUT/data
+LOGIC = "logic"  # ... that renders Knights-and-Knaves puzzles (text only) into OUTPUT/data/logic
 
 
 @dataclass
@@ -68,12 +70,13 @@ def prepare_inputs(cfg: Config, acc: Accelerator, given: Inputs | None = None) -
         )
     for key, entries, replaced in (("data.train", cfg.data.train, given and given.train is not None),
                                    ("data.test", cfg.data.test, given and given.test is not None)):  # fmt: skip
-        check_data_entries(key, [] if replaced else [e for e in entries if e != SYNTH])
+        check_data_entries(key, [] if replaced else [e for e in entries if e not in (SYNTH, LOGIC)])
     model_path = str(out / "base-model") if cfg.model.path == TINY else cfg.model.path
     data = out / "data"
 
     def files(names: list[str], split: str) -> list[str]:
-        return [str(data / f"{split}.jsonl") if name == SYNTH else name for name in names]
+        built = {SYNTH: data / f"{split}.jsonl", LOGIC: data / "logic" / f"{split}.jsonl"}
+        return [str(built[name]) if name in built else name for name in names]
 
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -85,6 +88,10 @@ def prepare_inputs(cfg: Config, acc: Accelerator, given: Inputs | None = None) -
         if SYNTH in cfg.data.train + cfg.data.test and not (data / "train.jsonl").is_file():
             build_atomically(data, lambda tmp: synth.write_dataset(tmp, cfg.data.synth_train, cfg.data.synth_test,
                                                                    seed=cfg.seed))  # fmt: skip
+        if LOGIC in cfg.data.train + cfg.data.test and not (data / "logic" / "train.jsonl").is_file():
+            data.mkdir(parents=True, exist_ok=True)
+            build_atomically(data / "logic", lambda tmp: logic.write_dataset(tmp, cfg.data.synth_train,
+                                                                             cfg.data.synth_test, seed=cfg.seed))  # fmt: skip
     acc.wait_for_everyone()
     cfg = dataclasses.replace(
         cfg,
@@ -152,7 +159,12 @@ def load_data(
 
 
 def build_policy(cfg: Config) -> torch.nn.Module:
-    return prepare_policy(load_model(cfg.model.path, cfg.model.attn_implementation), cfg.model)
+    """The policy from `model.path`, warm-started by shrink-and-perturb when asked, then prepared (LoRA, ...)."""
+    model = load_model(cfg.model.path, cfg.model.attn_implementation)
+    if cfg.model.warm_start == "shrink_perturb":
+        fresh = fresh_init(model, cfg.seed).state_dict()
+        model.load_state_dict(shrink_perturb(model.state_dict(), fresh, cfg.model.shrink, cfg.model.perturb))
+    return prepare_policy(model, cfg.model)
 
 
 def build_reference(cfg: Config, device: torch.device) -> torch.nn.Module | None:

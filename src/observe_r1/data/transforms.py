@@ -1,0 +1,61 @@
+"""Transforms of the reference responses a supervised stage trains on (`sft.*`, docs/recipes.md). Pure
+functions of text; `transform_responses` applies them to samples, deterministically per sample and seed.
+
+  thought dropout (TON, "Think or Not"): with probability p the thought becomes empty, `<think>\\n\\n</think>`,
+      so the model learns that it may answer directly (its GRPO stage then uses `think_empty_ok`).
+  difficulty cue (Think-How-to-Think): the response starts with `<difficulty>easy|medium|hard</difficulty>`
+      from the row's ladder difficulty, so the model learns to state how hard an item is before thinking
+      (short traces for easy items and long ones for hard come from the data; the `cued` layout checks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections.abc import Sequence
+
+from observe_r1.data.dataset import Sample
+
+THINK_RE = re.compile(r"<think>.*?</think>", re.S)
+EMPTY_THOUGHT = "<think>\n\n</think>"
+CUES = ((1 / 3, "easy"), (2 / 3, "medium"), (float("inf"), "hard"))  # difficulty below the bound -> the cue
+
+
+def drop_thought(response: str) -> str:
+    """The response with its (first) thought emptied; unchanged when it has none."""
+    return THINK_RE.sub(lambda _: EMPTY_THOUGHT, response, count=1)
+
+
+def difficulty_cue(difficulty: float) -> str:
+    return next(name for bound, name in CUES if difficulty < bound)
+
+
+def with_difficulty_cue(response: str, difficulty: float) -> str:
+    return f"<difficulty>{difficulty_cue(difficulty)}</difficulty>{response}"
+
+
+def chosen(seed: int, key: str, p: float) -> bool:
+    """A stable coin with probability p per (seed, key): the same samples are dropped in every epoch and run."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < p
+
+
+def transform_responses(samples: Sequence[Sample], column: str, thought_dropout: float = 0.0,
+                        cue: bool = False, seed: int = 0) -> list[Sample]:  # fmt: skip
+    """The samples with their reference responses (`column`) transformed; rows without a ladder difficulty
+    get no cue (a ValueError when `cue` is on and none has one)."""
+    if cue and not any(isinstance(s.metadata.get("difficulty"), int | float) for s in samples):
+        raise ValueError(
+            "sft.difficulty_cue needs a `difficulty` column (a NeuraLadder file: observe-r1 ladder build)"
+        )
+    out = []
+    for s in samples:
+        response = s.metadata[column]
+        if thought_dropout and chosen(seed, s.id, thought_dropout):
+            response = drop_thought(response)
+        difficulty = s.metadata.get("difficulty")
+        if cue and isinstance(difficulty, int | float):
+            response = with_difficulty_cue(response, float(difficulty))
+        out.append(dataclasses.replace(s, metadata={**s.metadata, column: response}))
+    return out
