@@ -199,6 +199,20 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dpo_rft(args: argparse.Namespace) -> int:
+    from observe_r1.recipes.dpo import dpo
+    from observe_r1.recipes.rft import rft
+
+    cfg = resolved_config(args)
+    if cfg is None:
+        return 0
+    model = (dpo if args.recipe == "dpo" else rft)(cfg)
+    console.print(
+        f"done: the model is in {model}; checkpoints, metrics and report in {cfg.logging.output_dir}"
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from observe_r1.recipes.evaluate import evaluate_checkpoint, markdown_table, write_report
 
@@ -397,6 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
     p.add_argument("--export", help="also write the final model here in bf16 (HF format)")
     p.set_defaults(fn=cmd_sft)
+
+    for name, what in (("dpo", "preference cold start on the model's own responses (Metis-SPECS)"),
+                       ("rft", "rejection-sampling fine-tuning in rounds")):  # fmt: skip
+        p = sub.add_parser(name, help=what)
+        p.add_argument("config", help="YAML config (see configs/recipes/)")
+        p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+        p.add_argument("--output-dir", help="shorthand for logging.output_dir=...")
+        p.add_argument(
+            "--print-config", action="store_true", help="print the resolved config (YAML) and exit"
+        )
+        p.set_defaults(fn=cmd_dpo_rft, recipe=name)
 
     p = sub.add_parser(
         "eval", help="evaluate a checkpoint: greedy accuracy per level/skill, format rate, pass@k"

@@ -249,6 +249,14 @@ class SFTConfig:
 
 
 @dataclass
+class RFTConfig:
+    """Rejection-sampling fine-tuning (`observe-r1 rft`, docs/recipes.md)."""
+
+    rounds: int = 2  # sample -> keep the correct -> fine-tune, this many times
+    keep: Literal["shortest", "all"] = "shortest"  # per prompt: the shortest correct response, or every one
+
+
+@dataclass
 class StageConfig:
     """One stage of a staged run (docs/recipes.md): a recipe, its length, and what changes for it."""
 
@@ -275,6 +283,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     ladder: LadderConfig = field(default_factory=LadderConfig)
+    rft: RFTConfig = field(default_factory=RFTConfig)
     # a staged run: each stage starts from the model the previous one ended with ([] = one GRPO run)
     stages: list[StageConfig] = field(default_factory=list)
 
@@ -428,6 +437,7 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("ladder.min_complexity", _at_least(0), "must be >= 0"),
     ("ladder.batch_size", _at_least(1), "must be >= 1"),
     ("sft.thought_dropout", _in(0, 1), "must be in [0, 1]"),
+    ("rft.rounds", _at_least(1), "must be >= 1"),
     ("sft.dpo_beta", lambda v: v > 0, "must be > 0"),
     ("sft.dpo_sft_weight", _at_least(0), "must be >= 0"),
 ]

@@ -3,6 +3,8 @@ functions of text; `transform_responses` applies them to samples, deterministica
 
   thought dropout (TON, "Think or Not"): with probability p the thought becomes empty, `<think>\\n\\n</think>`,
       so the model learns that it may answer directly (its GRPO stage then uses `think_empty_ok`).
+  format corruption (Metis-SPECS): the rejected response of a preference pair is a correct response with its
+      format broken, its tags removed or renamed.
   difficulty cue (Think-How-to-Think): the response starts with `<difficulty>easy|medium|hard</difficulty>`
       from the row's ladder difficulty, so the model learns to state how hard an item is before thinking
       (short traces for easy items and long ones for hard come from the data; the `cued` layout checks it).
@@ -25,6 +27,17 @@ CUES = ((1 / 3, "easy"), (2 / 3, "medium"), (float("inf"), "hard"))  # difficult
 def drop_thought(response: str) -> str:
     """The response with its (first) thought emptied; unchanged when it has none."""
     return THINK_RE.sub(lambda _: EMPTY_THOUGHT, response, count=1)
+
+
+TAG_RE = re.compile(r"<(/?)(observe|think|answer)>")
+RENAMED = {"observe": "look", "think": "reason", "answer": "result"}
+
+
+def corrupt_format(response: str, rename: bool) -> str:
+    """The same response with its format broken: the tags renamed (<think> -> <reason>, ...) or removed."""
+    if rename:
+        return TAG_RE.sub(lambda m: f"<{m.group(1)}{RENAMED[m.group(2)]}>", response)
+    return " ".join(TAG_RE.sub(" ", response).split())
 
 
 def difficulty_cue(difficulty: float) -> str:

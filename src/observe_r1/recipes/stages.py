@@ -24,7 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from observe_r1.config import Config, StageConfig, with_overrides
+from observe_r1.recipes.dpo import dpo
 from observe_r1.recipes.grpo import CARRY_FILE, train
+from observe_r1.recipes.rft import rft
 from observe_r1.recipes.sft import sft
 from observe_r1.training import runtime
 from observe_r1.training.checkpoint import latest_checkpoint
@@ -51,7 +53,7 @@ def _sft(cfg: Config, given: Inputs) -> Path:
 
 
 # each recipe returns the folder of the model it ended with
-RECIPES: dict[str, Callable[[Config, Inputs], Path]] = {"grpo": _grpo, "sft": _sft}
+RECIPES: dict[str, Callable[[Config, Inputs], Path]] = {"grpo": _grpo, "sft": _sft, "dpo": dpo, "rft": rft}
 
 
 def run_stages(cfg: Config, given: Inputs | None = None) -> Path:

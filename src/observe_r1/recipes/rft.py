@@ -1,0 +1,105 @@
+"""Rejection-sampling fine-tuning (Imitate, Explore, Self-Improve; START's fine-tuning step): `observe-r1 rft
+CONFIG`, or an `rft` stage.
+
+For each of `rft.rounds` rounds: the current model answers every training prompt `rollout.n` times; the
+correct responses are kept (`rft.keep`: the shortest per prompt, or all of them); the SFT recipe fine-tunes
+the current model on them for `optim.max_steps` steps (OUTPUT/round-K, evaluated on `data.test`); its model
+starts the next round. OUTPUT/rounds.jsonl and OUTPUT/report.md give each round's sampled accuracy (the share
+of correct responses before its fine-tuning), the responses kept and the evaluation after it. A finished
+round is skipped when the run is started again. Sampling runs on one process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from observe_r1.config import Config, ConfigError, with_overrides
+from observe_r1.data.dataset import to_native_row
+from observe_r1.data.prompts import system_prompt
+from observe_r1.recipes.sft import sft
+from observe_r1.rewards import Rewarder
+from observe_r1.training import runtime, setup
+from observe_r1.training.report import Panel, write_report
+from observe_r1.training.scoring import ScoredRollout, sample_responses
+
+log = logging.getLogger(__name__)
+
+RFT_PANELS: tuple[Panel, ...] = (
+    ("rft/sampled_accuracy", "sampled accuracy (before the round's fine-tuning)", ()),
+    ("rft/kept", "responses kept", ()),
+    ("eval/accuracy", "accuracy after the round (evaluation)", ()),
+)
+
+
+def kept_rows(scored: list[ScoredRollout], keep: str, image_dir: Path) -> list[dict]:
+    """Native rows of the correct responses (the shortest per prompt, or all), the response in `rft_response`."""
+    rows = []
+    for got in scored:
+        n = len(got.rollout.texts) // len(got.samples)
+        for g, sample in enumerate(got.samples):
+            right = [i for i in range(g * n, (g + 1) * n) if got.result.correct[i]]
+            if keep == "shortest" and right:
+                right = [min(right, key=lambda i: int(got.rollout.lengths[i]))]
+            for j, i in enumerate(right):
+                rows.append(
+                    to_native_row(sample, image_dir)
+                    | {"id": f"{sample.id}#{j}", "rft_response": got.rollout.texts[i]}
+                )
+    return rows
+
+
+def rft(cfg: Config, given: setup.Inputs | None = None) -> Path:
+    """Run the rounds; returns the folder of the last round's model."""
+    given = given or setup.Inputs()
+    rewarder = Rewarder.from_config(cfg.reward, given.rewards)
+    acc = runtime.make_accelerator()
+    if acc.num_processes > 1:
+        raise ConfigError("rft samples on one process: run it without torchrun / accelerate launch")
+    cfg = setup.prepare_inputs(cfg, acc, given)
+    encoder = setup.load_encoder(cfg)
+    samples, _ = setup.load_data(cfg, encoder, given)
+    out, model, system = Path(cfg.logging.output_dir), cfg.model.path, system_prompt(cfg.data.system_prompt)
+    history = []
+    for k in range(cfg.rft.rounds):
+        folder = out / f"round-{k}"
+        record = folder / "round.json"
+        if not record.is_file():
+            scored = sample_responses(cfg, model, samples, rewarder, cfg.rollout.n, system)
+            rows = kept_rows(scored, cfg.rft.keep, folder / "images")
+            accuracy = sum(float(got.result.correct.float().sum()) for got in scored) / (
+                len(samples) * cfg.rollout.n
+            )
+            log.info("rft round %d: sampled accuracy %.3f, %d responses kept", k, accuracy, len(rows))
+            if not rows:
+                raise ValueError(f"rft round {k}: no correct response among {len(samples)} x {cfg.rollout.n}: the "
+                                 "model must answer some (start from a cold start), or raise rollout.n")  # fmt: skip
+            round_cfg = with_overrides(cfg, [f"model.path={model}", f"logging.output_dir={folder}",
+                                             "sft.response_column=rft_response"])  # fmt: skip
+            inner = setup.Inputs(rows, given.test, given.rewards, given.callbacks)
+            sft(round_cfg, export=folder / "model", given=inner)
+            if inner.stopped:  # a callback stopped the round: resumed by the next run
+                given.stopped = True
+                return Path(model)
+            evaluation = _final_evaluation(folder)
+            entry = {"step": k, "rft/sampled_accuracy": accuracy, "rft/kept": len(rows), **evaluation,
+                     "model": str(folder / "model")}  # fmt: skip
+            tmp = record.with_suffix(".tmp")
+            tmp.write_text(json.dumps(entry))
+            os.replace(tmp, record)
+        entry = json.loads(record.read_text())
+        history.append(entry)
+        model = entry["model"]
+    (out / "rounds.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    write_report(out, "Rejection-sampling fine-tuning", history, RFT_PANELS, [h["model"] for h in history])
+    rewarder.close()
+    return Path(model)
+
+
+def _final_evaluation(folder: Path) -> dict[str, float]:
+    """The `eval/*` metrics of the last evaluation of an SFT run (empty without data.test)."""
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    last: dict = next((r for r in reversed(rows) if any(k.startswith("eval/") for k in r)), {})
+    return {k: v for k, v in last.items() if k.startswith("eval/")}
