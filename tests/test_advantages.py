@@ -103,5 +103,7 @@ def test_observe_advantages_per_objective_adds_the_bonus_to_the_correctness_obje
     objectives = torch.stack([rewards, torch.tensor([[1.0, 0.0, 1.0, 0.0]])], -1)  # accuracy, format
     out = observe_advantages(rewards, correct, lengths, 0.2, 100, objectives=objectives,
                              objective_weights=torch.tensor([1.0, 0.5]), bonus_objective=0)  # fmt: skip
-    expected = group_advantages(torch.tensor([[1.0, 1.2, 0.0, 0.0]])) + 0.5 * group_advantages(objectives[..., 1])
+    expected = group_advantages(torch.tensor([[1.0, 1.2, 0.0, 0.0]])) + 0.5 * group_advantages(
+        objectives[..., 1]
+    )
     torch.testing.assert_close(out.sequence, (out.weights[:, None] * expected).flatten())

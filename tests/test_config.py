@@ -5,7 +5,7 @@ import pytest
 
 from observe_r1.config import Config, ConfigError, RewardTerm, dump_config, load_config
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("**/*.yaml"))
 
 
 def test_defaults_are_the_paper_and_valid():
@@ -160,3 +160,14 @@ def test_version_and_print_config(tmp_path):
         resolved = yaml.safe_load(shown)
         assert resolved["optim"]["lr"] == 2e-5 and resolved["parallel"]["strategy"] == "ddp"
     assert not out.exists()  # nothing ran
+
+
+def test_base_files_are_merged_under_the_config(tmp_path):
+    (tmp_path / "base.yaml").write_text("rollout: {n: 4, max_new_tokens: 24}\noptim: {lr: 1.0e-4}\n")
+    (tmp_path / "run.yaml").write_text("base: base.yaml\nrollout: {n: 2}\n")
+    cfg = load_config(tmp_path / "run.yaml")
+    assert (cfg.rollout.n, cfg.rollout.max_new_tokens, cfg.optim.lr) == (2, 24, 1e-4)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="include each other"):
+        load_config(tmp_path / "a.yaml")

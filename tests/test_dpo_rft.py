@@ -30,7 +30,10 @@ def test_dpo_pairs_differ_in_format_only_and_the_policy_learns_the_preference(tm
     answers = {r["id"]: r["answer"] for r in rows(out / "data" / "train.jsonl")}
     assert pairs
     for pair in pairs:
-        assert accuracy_reward(pair["chosen"], answers[pair["id"]]) == 1.0 and format_reward(pair["chosen"]) == 1.0
+        assert (
+            accuracy_reward(pair["chosen"], answers[pair["id"]]) == 1.0
+            and format_reward(pair["chosen"]) == 1.0
+        )
         assert format_reward(pair["rejected"]) == 0.0
         assert words(pair["rejected"]) == words(pair["chosen"])  # the same text, the tags renamed or removed
     first, second = [r for r in rows(out / "metrics.jsonl") if "dpo/loss" in r]

@@ -92,15 +92,33 @@ PARALLEL = "<think>split it <Parallel><Path>a</Path><Path>b</Path><Summary>both<
     [
         (PARALLEL, 1.0),
         ("<think>no parallel block at all</think><answer>1</answer>", 1.0),  # Parallel*: zero is fine
-        (PARALLEL.replace("</Parallel> so", "</Parallel> <Parallel><Path>c</Path><Path>d</Path><Summary>e</Summary></Parallel>"), 1.0),
+        (
+            PARALLEL.replace(
+                "</Parallel> so",
+                "</Parallel> <Parallel><Path>c</Path><Path>d</Path><Summary>e</Summary></Parallel>",
+            ),
+            1.0,
+        ),
         (PARALLEL.replace("<Path>b</Path>", ""), 0.0),  # one path: Path{2,}
         (PARALLEL.replace("<Summary>both</Summary>", ""), 0.0),  # no summary
         (PARALLEL.replace("<Summary>both</Summary>", "<Summary>both</Summary><Summary>x</Summary>"), 0.0),
-        (PARALLEL.replace("<Path>a</Path><Path>b</Path><Summary>both</Summary>", "<Summary>s</Summary><Path>a</Path><Path>b</Path>"), 0.0),  # order
-        (PARALLEL.replace("<Parallel><Path>a", "<Parallel>chatter <Path>a"), 0.0),  # `=`: only blocks inside Parallel
+        (
+            PARALLEL.replace(
+                "<Path>a</Path><Path>b</Path><Summary>both</Summary>",
+                "<Summary>s</Summary><Path>a</Path><Path>b</Path>",
+            ),
+            0.0,
+        ),  # order
+        (
+            PARALLEL.replace("<Parallel><Path>a", "<Parallel>chatter <Path>a"),
+            0.0,
+        ),  # `=`: only blocks inside Parallel
         (PARALLEL.replace("<Path>a</Path>", "<Path>a</Parallel></Path>"), 0.0),  # crossed nesting
         (PARALLEL.replace("</Path><Path>b", "<Path>b"), 0.0),  # unclosed
-        (PARALLEL.replace("<think>split it <Parallel>", "<think>split it </think><Parallel>"), 0.0),  # outside think
+        (
+            PARALLEL.replace("<think>split it <Parallel>", "<think>split it </think><Parallel>"),
+            0.0,
+        ),  # outside think
         ("<Parallel><Path>a</Path><Path>b</Path><Summary>c</Summary></Parallel><answer>1</answer>", 0.0),
         (PARALLEL.replace("<Path>a</Path>", "<Path>  </Path>"), 0.0),  # an empty path
     ],
@@ -120,7 +138,12 @@ def test_layouts_from_the_grammar():
     )
     assert format_reward("<think></think><plan>a</plan><plan>b</plan><answer><final>1</final> ok</answer>", "plan",
                          "think~ plan+ answer(^final)") == 1.0  # fmt: skip
-    assert format_reward("<think></think><answer><final>1</final> ok</answer>", "plan", "think~ plan+ answer(^final)") == 0.0
+    assert (
+        format_reward(
+            "<think></think><answer><final>1</final> ok</answer>", "plan", "think~ plan+ answer(^final)"
+        )
+        == 0.0
+    )
     for bad in ("think (answer", "think) answer", "think answer{x}", "think answer ()", "think & answer"):
         with pytest.raises(ValueError, match="format layout 'x'"):
             parse_layout("x", bad)

@@ -25,7 +25,7 @@ def test_rows_grade_their_own_reference_and_not_a_wrong_one(tmp_path):
         assert format_reward(row["solution"], "think") == 1.0
         flipped = row["answer"].replace("knight", "X").replace("knave", "knight").replace("X", "knave")
         assert accuracy_reward(f"<answer>{flipped}</answer>", row["answer"]) == 0.0
-    assert write_dataset(tmp_path / "again", 40, 8, seed=1).joinpath("train.jsonl").read_text() == (
-        tmp_path / "train.jsonl"
-    ).read_text()
-
+    assert (
+        write_dataset(tmp_path / "again", 40, 8, seed=1).joinpath("train.jsonl").read_text()
+        == (tmp_path / "train.jsonl").read_text()
+    )

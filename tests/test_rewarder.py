@@ -244,8 +244,14 @@ def test_config_layouts_become_format_terms():
                              "{name: plan_format, weight: 0.5}, {name: parallel_format, weight: 0.1}]"])  # fmt: skip
     r = Rewarder.from_config(cfg.reward)
     out = r(batch(["<plan>p</plan><think>t</think><answer>1</answer>", GOOD.format(1)]))
-    assert out.terms["plan_format"].tolist() == [1.0, 0.0] and out.terms["parallel_format"].tolist() == [0.0, 0.0]
+    assert out.terms["plan_format"].tolist() == [1.0, 0.0] and out.terms["parallel_format"].tolist() == [
+        0.0,
+        0.0,
+    ]
     assert r.format_term == "plan_format"
-    bad = load_config(None, ["reward.layouts={plan: 'plan ( answer'}", "reward.terms=[{name: accuracy}, {name: plan_format}]"])
+    bad = load_config(
+        None,
+        ["reward.layouts={plan: 'plan ( answer'}", "reward.terms=[{name: accuracy}, {name: plan_format}]"],
+    )
     with pytest.raises(ValueError, match="format layout 'plan'"):
         Rewarder.from_config(bad.reward)

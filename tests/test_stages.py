@@ -30,7 +30,11 @@ def test_stages_chain_models_and_resume_inside_a_stage(tmp_path):
 
     GRPOTrainer(config, callbacks=[stop_in_the_third_stage]).train()
     cold, short, long = (tmp_path / f"stage-{k}-{n}" for k, n in enumerate(("cold", "short", "long")))
-    assert (cold / "stage.json").is_file() and (short / "stage.json").is_file() and not (long / "stage.json").exists()
+    assert (
+        (cold / "stage.json").is_file()
+        and (short / "stage.json").is_file()
+        and not (long / "stage.json").exists()
+    )
     assert [r["step"] for r in history(long)] == [0]
     done_before = (short / "metrics.jsonl").stat().st_mtime_ns
 

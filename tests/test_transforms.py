@@ -16,7 +16,10 @@ def test_thought_dropout_empties_the_thought_only():
     assert drop_thought(RESPONSE) == f"<observe>two red squares</observe>{EMPTY_THOUGHT}<answer>2</answer>"
     assert drop_thought("<answer>2</answer>") == "<answer>2</answer>"
     plain = "<think>a</think><answer>2</answer>"
-    assert format_reward(drop_thought(plain), "think") == 0.0 and format_reward(drop_thought(plain), "think_empty_ok") == 1.0
+    assert (
+        format_reward(drop_thought(plain), "think") == 0.0
+        and format_reward(drop_thought(plain), "think_empty_ok") == 1.0
+    )
 
 
 def test_the_dropout_coin_is_stable_and_has_its_rate():
@@ -27,7 +30,14 @@ def test_the_dropout_coin_is_stable_and_has_its_rate():
 
 
 def test_difficulty_cues_and_the_cued_layout():
-    assert [difficulty_cue(d) for d in (0.0, 0.2, 0.34, 0.66, 0.67, 1.0)] == ["easy", "easy", "medium", "medium", "hard", "hard"]
+    assert [difficulty_cue(d) for d in (0.0, 0.2, 0.34, 0.66, 0.67, 1.0)] == [
+        "easy",
+        "easy",
+        "medium",
+        "medium",
+        "hard",
+        "hard",
+    ]
     cued = with_difficulty_cue("<think>a</think><answer>2</answer>", 0.9)
     assert cued.startswith("<difficulty>hard</difficulty><think>") and format_reward(cued, "cued") == 1.0
     assert format_reward("<think>a</think><answer>2</answer>", "cued") == 0.0

@@ -163,6 +163,9 @@ class AlgorithmConfig:
     # is weighted by min(pi_trainer / pi_engine, tis_cap) of the rollout weights; 0 = off (verl and TRL use 2)
     tis_cap: float = 0.0
     dynamic_sampling: bool = False  # DAPO: drop zero-variance groups and refill
+    # WSRL: rollout steps of the initial policy before the first update, scored, not trained on: the prompt
+    # sampler hears their accuracy (with data.sampler: online, its pass rates start measured)
+    warmup_rollout_steps: int = 0
     dynamic_sampling_max_tries: int = 3
 
 
@@ -438,6 +441,7 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("ladder.batch_size", _at_least(1), "must be >= 1"),
     ("sft.thought_dropout", _in(0, 1), "must be in [0, 1]"),
     ("rft.rounds", _at_least(1), "must be >= 1"),
+    ("algorithm.warmup_rollout_steps", _at_least(0), "must be >= 0"),
     ("sft.dpo_beta", lambda v: v > 0, "must be > 0"),
     ("sft.dpo_sft_weight", _at_least(0), "must be >= 0"),
 ]
@@ -528,13 +532,32 @@ def parse_override(arg: str) -> tuple[list[str], Any]:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults <- YAML file <- `a.b=c` overrides, then validate()."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        data = loaded or {}
+    data = read_yaml(Path(path)) if path is not None else {}
     return from_dict(Config, apply_overrides(data, overrides)).validate()
+
+
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a dict; `base: OTHER.yaml` (relative to the file) is read first and this file's keys
+    are merged over it (mappings key by key, everything else replaced)."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: `base:` files include each other")
+    loaded = yaml.safe_load(path.read_text())
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    data = loaded or {}
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _merge(read_yaml(path.parent / base, (*seen, path.resolve())), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

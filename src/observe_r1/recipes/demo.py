@@ -35,20 +35,11 @@ from observe_r1.recipes.options import DemoOptions
 from observe_r1.toy.synth import write_dataset
 from observe_r1.training.checkpoint import best_record, latest_checkpoint
 from observe_r1.training.report import GRPO_PANELS, training_plot
+from observe_r1.training.setup import cold_start_path
 
 log = logging.getLogger(__name__)
 
 ASSETS = resources.files("observe_r1") / "assets"
-
-
-def cold_start_path() -> Path:
-    path = Path(str(ASSETS / "cold_start_small"))
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"the shipped cold-start checkpoint is missing at {path}; rebuild it with "
-            "`observe-r1 sft configs/cold_start_small.yaml --export src/observe_r1/assets/cold_start_small`"
-        )
-    return path
 
 
 def demo_config(opts: DemoOptions, overrides: Sequence[str] = ()) -> Config:

@@ -158,6 +158,7 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
              "%g prompts; EasyR1/verl count these in prompts, docs/config.md), %d process(es)", plan.steps,
              r.prompts_per_step, r.n, plan.updates_per_step, cfg.optim.mini_batch_size, cfg.optim.mini_batch_size / r.n,
              plan.world)  # fmt: skip
+    warmup = warm_up(cfg, acc, backend, policy, draw, plan) if run.step == 0 else {}
     with runtime.progress(acc, plan.steps, run.step, "GRPO") as bar:
         while run.step < plan.steps:
             step, started = run.step, time.perf_counter()
@@ -188,6 +189,7 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
                 cfg, traj, rewarder.format_term, stats, timer.pop(), time.perf_counter() - started
             )
             metrics["optim/lr"] = scheduler.get_last_lr()[0]
+            metrics |= warmup if step == 0 else {}
             metrics["advantage/zero_weight_streak"] = watch_zero_weights(cfg, acc, run, traj)
             metrics = runtime.mean_across_processes(metrics, acc)
             if tracker is not None:
@@ -207,6 +209,31 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
 
 
 # ------------------------------------------------------------------ rollout + rewards
+
+
+def warm_up(
+    cfg: Config, acc: Any, backend: Any, policy: torch.nn.Module, draw, plan: Plan
+) -> dict[str, float]:
+    """WSRL's warm-up: `algorithm.warmup_rollout_steps` rollout steps of the initial policy, scored, before the
+    first update. Nothing is trained on them; the prompt sampler hears their accuracy, so the online
+    sampler's pass rates (its revisits, the carried items of a later stage) start measured, not guessed.
+    Returns `warmup/accuracy` and `warmup/reward`, logged with step 0. A run killed during the warm-up
+    starts it again (the first checkpoint comes after step 0)."""
+    steps = cfg.algorithm.warmup_rollout_steps
+    if not steps:
+        return {}
+    backend.update_weights(acc.unwrap_model(policy))
+    accuracy, reward = [], []
+    generating = sharding.gathered(policy) if cfg.rollout.backend == "hf" else contextlib.nullcontext()
+    with runtime.autocast(acc.device, cfg.model.dtype, generation=True), generating:
+        for w in range(steps):
+            traj = draw(plan.steps + w, 0)  # group ids past the run's own: the same prompts sample afresh
+            accuracy.append(float(traj.rewards.correct.float().mean()))
+            reward.append(float(traj.rewards.total.mean()))
+    log.info("warm-up: %d rollout steps of the initial policy, accuracy %.3f", steps, sum(accuracy) / steps)
+    return runtime.mean_across_processes(
+        {"warmup/accuracy": sum(accuracy) / steps, "warmup/reward": sum(reward) / steps}, acc
+    )
 
 
 def rollout_and_reward(cfg: Config, acc: Any, draw, step: int, need: int, pad_token_id: int) -> Trajectory:

@@ -8,6 +8,7 @@ import dataclasses
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from observe_r1.training.runtime import reference_dtype
 from observe_r1.training.tracking import Tracker
 
 TINY = "tiny"  # model.path that builds a random tiny Qwen2.5-VL into OUTPUT/base-model
+COLD_START = "cold_start"  # model.path of the shipped cold-start checkpoint (the demo's; observe_r1/assets)
 SYNTH = "synth"  # data.train / data.test entry that renders the synthetic ladder into OUTPUT/data
 LOGIC = "logic"  # ... that renders Knights-and-Knaves puzzles (text only) into OUTPUT/data/logic
 
@@ -57,7 +59,10 @@ def prepare_inputs(cfg: Config, acc: Accelerator, given: Inputs | None = None) -
             "model.path is empty: give a checkpoint folder, or `tiny` to build a random tiny Qwen2.5-VL into the "
             "output directory (`observe-r1 tiny-model DIR` writes one where you like)"
         )
-    if cfg.model.path != TINY and not (Path(cfg.model.path) / "config.json").is_file():
+    if cfg.model.path == COLD_START:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, path=str(cold_start_path())))
+    found = any((Path(cfg.model.path) / name).is_file() for name in ("config.json", "adapter_config.json"))
+    if cfg.model.path != TINY and not found:
         raise ConfigError(
             f"model.path: no model at {cfg.model.path} (no config.json there); the hub is not read here: download "
             f"the checkpoint (`huggingface-cli download {cfg.model.path} --local-dir DIR`) and give DIR"
@@ -103,6 +108,17 @@ def prepare_inputs(cfg: Config, acc: Accelerator, given: Inputs | None = None) -
     if acc.is_main_process:
         dump_config(cfg, out / "config.yaml")
     return cfg
+
+
+def cold_start_path() -> Path:
+    """The shipped cold-start checkpoint: a `small` tiny Qwen2.5-VL after SFT on the synthetic ladder."""
+    path = Path(str(resources.files("observe_r1") / "assets" / "cold_start_small"))
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the shipped cold-start checkpoint is missing at {path}; rebuild it with "
+            "`observe-r1 sft configs/cold_start_small.yaml --export src/observe_r1/assets/cold_start_small`"
+        )
+    return path
 
 
 def check_data_entries(key: str, entries: list[str]) -> None:

@@ -1,0 +1,115 @@
+"""Every recipe of configs/recipes runs for a few steps on this CPU with the tiny models (docs/recipes.md),
+and shows the mechanism it is about in what it leaves behind."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from observe_r1.cli import main
+
+RECIPES = sorted(p for p in Path("configs/recipes").glob("*.yaml") if not p.name.startswith("_"))
+
+
+def rows(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def steps(folder):
+    return [r for r in rows(folder / "metrics.jsonl") if "perf/step_s" in r]
+
+
+def config(folder):
+    return yaml.safe_load((folder / "config.yaml").read_text())
+
+
+def stage(out, k):
+    return next(out.glob(f"stage-{k}-*"))
+
+
+def check_observe_r1(out):
+    assert {"format_rate", "bonus/group_rate", "advantage/weight_mean"} <= set(steps(out)[0])
+
+
+def check_cold_start_rl(out):
+    assert config(stage(out, 1))["model"]["path"] == str(stage(out, 0) / "model")
+
+
+def check_ptst(out):
+    for k, (n, length) in enumerate([(8, 16), (4, 24), (2, 32)]):
+        assert config(stage(out, k))["rollout"]["n"] == n
+        assert max(r["response/length_max"] for r in steps(stage(out, k))) <= length
+    assert config(stage(out, 0))["reward"]["gate"] == "think_format"
+
+
+def check_ton(out):
+    assert (
+        config(stage(out, 0))["sft"]["thought_dropout"] == 0.5
+        and "reward/think_format_empty_ok/mean" in steps(stage(out, 1))[0]
+    )
+
+
+def check_metis_specs(out):
+    assert rows(stage(out, 0) / "pairs.jsonl") and config(stage(out, 1))["model"]["path"] == str(
+        stage(out, 0) / "model"
+    )
+
+
+def check_warm_up(out):
+    assert (stage(out, 0) / "data" / "logic" / "train.jsonl").is_file()
+    assert config(stage(out, 1))["data"]["synth_train"] == 100
+
+
+def check_qwenlong_phases(out):
+    carried = stage(out, 0) / "carry.jsonl"
+    assert str(carried) in config(stage(out, 1))["data"]["train"]
+    assert all(r["id"].endswith("@carried") and 0 < r["difficulty"] <= 1 for r in rows(carried))
+
+
+def check_parallel_r1(out):
+    weights = [{t["name"]: t["weight"] for t in config(stage(out, k))["reward"]["terms"]} for k in range(3)]
+    assert [w["parallel_format"] for w in weights] == [0.5, 0.0, 0.5]
+
+
+def check_plantain_gate(out):
+    first = steps(out)[0]
+    assert config(out)["reward"]["gate"] == "plantain_format"
+    assert first["reward/plantain_format/mean"] > 0 or first["reward/total/mean"] == 0.0
+
+
+def check_rejection_sampling(out):
+    assert [r["step"] for r in rows(stage(out, 0) / "rounds.jsonl")] == [0, 1]
+
+
+def check_shrink_perturb(out):
+    assert config(out)["model"]["warm_start"] == "shrink_perturb" and len(steps(out)) == 2
+
+
+def check_wsrl(out):
+    assert "warmup/accuracy" in steps(out)[0] and "warmup/accuracy" not in steps(out)[1]
+
+
+def check_continual_rewarm(out):
+    first, second = steps(stage(out, 0)), steps(stage(out, 1))
+    assert max(r["optim/lr"] for r in second) > first[-1]["optim/lr"]  # warmed up again
+
+
+def check_multi_objective(out):
+    assert (
+        config(out)["reward"]["combine"] == "per_objective"
+        and "reward/observe_mentions_colours/mean" in steps(out)[0]
+    )
+
+
+def test_every_recipe_has_a_check():
+    assert sorted(p.stem for p in RECIPES) == sorted(
+        k.removeprefix("check_") for k in globals() if k.startswith("check_")
+    )
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_runs(recipe, tmp_path):
+    out = tmp_path / recipe.stem
+    assert main(["train", str(recipe), "--output-dir", str(out)]) == 0
+    globals()[f"check_{recipe.stem}"](out)
