@@ -121,6 +121,12 @@ def test_the_worked_example_of_docs_recipes_runs(tmp_path):
     text = Path("docs/recipes.md").read_text()
     block = re.search(r"```yaml\n(base: _cpu.yaml.*?)```", text, re.S).group(1)
     recipe = tmp_path / "mine.yaml"
-    recipe.write_text(block.replace("base: _cpu.yaml", f"base: {Path('configs/recipes/_cpu.yaml').resolve()}"))
+    recipe.write_text(
+        block.replace("base: _cpu.yaml", f"base: {Path('configs/recipes/_cpu.yaml').resolve()}")
+    )
     assert main(["train", str(recipe), "--output-dir", str(tmp_path / "run")]) == 0
-    assert [p.name for p in sorted((tmp_path / "run").glob("stage-*"))] == ["stage-0-short", "stage-1-long", "stage-2-logic"]
+    assert [p.name for p in sorted((tmp_path / "run").glob("stage-*"))] == [
+        "stage-0-short",
+        "stage-1-long",
+        "stage-2-logic",
+    ]
