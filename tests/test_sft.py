@@ -64,7 +64,7 @@ def test_short_sft_learns_checkpoints_and_exports(tmp_path):
 
 
 def test_sft_refuses_the_online_sampler(tmp_path):
-    with pytest.raises(ValueError, match="SFT has none"):
+    with pytest.raises(ValueError, match="has none"):
         sft(short_run(tmp_path / "run", "data.sampler=online"))
 
 

@@ -29,15 +29,14 @@ from observe_r1.algos import aggregate, dpo_loss
 from observe_r1.config import Config, ConfigError
 from observe_r1.data.dataset import Sample
 from observe_r1.data.prompts import system_prompt
-from observe_r1.data.sampler import make_sampler
 from observe_r1.data.transforms import chosen, corrupt_format
 from observe_r1.models.policy import completion_logprobs, frozen, load_model, reference_of
 from observe_r1.recipes.sft import export_model, reference_rollout
 from observe_r1.rewards import Rewarder
 from observe_r1.rollout.batch import chunks, sequence_inputs
 from observe_r1.training import loop, runtime, setup, sharding
-from observe_r1.training.checkpoint import Checkpointer
 from observe_r1.training.evaluation import evaluate_on_main
+from observe_r1.training.parts import start_sampling, trainee
 from observe_r1.training.report import SFT_PANELS, Panel
 from observe_r1.training.scoring import ScoredRollout, sample_responses
 
@@ -96,14 +95,15 @@ def collect_pairs(
 def dpo(cfg: Config, given: setup.Inputs | None = None) -> Path:
     """Run the preference cold start; returns the folder of the exported model (OUTPUT/model)."""
     given = given or setup.Inputs()
-    rewarder = Rewarder.from_config(cfg.reward, given.rewards)
-    acc = runtime.make_accelerator()
-    if acc.num_processes > 1:
-        raise ConfigError("dpo samples its pairs on one process: run it without torchrun / accelerate launch")
-    cfg = setup.prepare_inputs(cfg, acc, given)
-    runtime.seed_everything(cfg.seed)
-    encoder = setup.load_encoder(cfg)
-    samples, test = setup.load_data(cfg, encoder, given)
+    start = start_sampling(cfg, given, "dpo")
+    cfg, acc, encoder, samples, test, rewarder = (
+        start.cfg,
+        start.acc,
+        start.encoder,
+        start.train,
+        start.test,
+        start.rewarder,
+    )
     out = Path(cfg.logging.output_dir)
     pairs = collect_pairs(cfg, samples, rewarder, out)
     if not pairs:
@@ -113,18 +113,11 @@ def dpo(cfg: Config, given: setup.Inputs | None = None) -> Path:
     o = cfg.optim
     steps = o.max_steps or max(1, o.epochs * len(data) // o.mini_batch_size)
 
-    policy = runtime.prepare_model(acc, cfg, setup.build_policy(cfg), any(not s.images for s in data))
-    reference = None if cfg.model.lora_rank else frozen(load_model(cfg.model.path)).to(acc.device)
-    optimizer, scheduler = runtime.build_optimizer(cfg, policy, steps)
-    optimizer = runtime.prepare_optimizer(acc, policy, optimizer)
-    sampler = make_sampler(
-        cfg.data.sampler if cfg.data.sampler != "online" else "shuffled", len(data), cfg.seed
+    policy, optimizer, scheduler, sampler, checkpointer, run, tracker, params = trainee(
+        cfg, acc, encoder, data, steps
     )
-    checkpointer = Checkpointer(cfg, acc, policy, optimizer, scheduler, sampler, encoder)
-    run = checkpointer.resume()
-    tracker = setup.make_tracker(cfg, run, acc)
+    reference = None if cfg.model.lora_rank else frozen(load_model(cfg.model.path)).to(acc.device)
     system = system_prompt(cfg.data.system_prompt)
-    params = [p for p in policy.parameters() if p.requires_grad]
     amp = runtime.autocast(acc.device, cfg.model.dtype)
 
     def evaluate() -> dict[str, float]:

@@ -16,12 +16,12 @@ import logging
 import os
 from pathlib import Path
 
-from observe_r1.config import Config, ConfigError, with_overrides
+from observe_r1.config import Config, with_overrides
 from observe_r1.data.dataset import to_native_row
 from observe_r1.data.prompts import system_prompt
 from observe_r1.recipes.sft import sft
-from observe_r1.rewards import Rewarder
-from observe_r1.training import runtime, setup
+from observe_r1.training import setup
+from observe_r1.training.parts import start_sampling
 from observe_r1.training.report import Panel, write_report
 from observe_r1.training.scoring import ScoredRollout, sample_responses
 
@@ -54,13 +54,8 @@ def kept_rows(scored: list[ScoredRollout], keep: str, image_dir: Path) -> list[d
 def rft(cfg: Config, given: setup.Inputs | None = None) -> Path:
     """Run the rounds; returns the folder of the last round's model."""
     given = given or setup.Inputs()
-    rewarder = Rewarder.from_config(cfg.reward, given.rewards)
-    acc = runtime.make_accelerator()
-    if acc.num_processes > 1:
-        raise ConfigError("rft samples on one process: run it without torchrun / accelerate launch")
-    cfg = setup.prepare_inputs(cfg, acc, given)
-    encoder = setup.load_encoder(cfg)
-    samples, _ = setup.load_data(cfg, encoder, given)
+    start = start_sampling(cfg, given, "rft")
+    cfg, samples, rewarder = start.cfg, start.train, start.rewarder
     out, model, system = Path(cfg.logging.output_dir), cfg.model.path, system_prompt(cfg.data.system_prompt)
     history = []
     for k in range(cfg.rft.rounds):

@@ -24,7 +24,6 @@ from observe_r1.algos import aggregate
 from observe_r1.config import Config
 from observe_r1.data.dataset import Sample
 from observe_r1.data.prompts import system_prompt, with_system_prompt
-from observe_r1.data.sampler import make_sampler
 from observe_r1.data.transforms import transform_responses
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import completion_logprobs
@@ -32,8 +31,8 @@ from observe_r1.rewards import Rewarder
 from observe_r1.rollout.base import Rollout
 from observe_r1.rollout.batch import chunks, sequence_inputs
 from observe_r1.training import loop, runtime, setup, sharding
-from observe_r1.training.checkpoint import Checkpointer
 from observe_r1.training.evaluation import evaluate_on_main
+from observe_r1.training.parts import trainee
 from observe_r1.training.report import SFT_PANELS
 from observe_r1.training.scoring import encode_prompts
 
@@ -44,9 +43,8 @@ def sft(cfg: Config, export: str | Path | None = None, given: setup.Inputs | Non
     """Run SFT as configured (datasets and callbacks `given` from Python: observe_r1.recipes.api); with `export`,
     also write the final model there (bf16, HF format)."""
     given = given or setup.Inputs()
-    Rewarder.from_config(
-        cfg.reward, given.rewards
-    )  # the evaluation's terms: plug-ins checked before anything
+    # the evaluation's reward terms: plug-ins are checked before anything is written
+    Rewarder.from_config(cfg.reward, given.rewards)
     acc = runtime.make_accelerator()
     cfg = setup.prepare_inputs(cfg, acc, given)
     runtime.seed_everything(cfg.seed)
@@ -55,10 +53,6 @@ def sft(cfg: Config, export: str | Path | None = None, given: setup.Inputs | Non
     samples = with_responses(samples, cfg.sft.response_column)
     samples = transform_responses(samples, cfg.sft.response_column, cfg.sft.thought_dropout, cfg.sft.difficulty_cue,
                                   cfg.seed)  # fmt: skip
-    if cfg.data.sampler == "online":
-        raise ValueError(
-            "data.sampler=online follows rollout pass rates; SFT has none: use shuffled or sequential"
-        )
     o, world = cfg.optim, acc.num_processes
     if o.mini_batch_size % world or (o.mini_batch_size // world) % o.micro_batch_size:
         raise ValueError(
@@ -67,16 +61,9 @@ def sft(cfg: Config, export: str | Path | None = None, given: setup.Inputs | Non
     mini = o.mini_batch_size // world
     steps = o.max_steps or max(1, o.epochs * len(samples) // o.mini_batch_size)
 
-    policy = setup.build_policy(cfg)
-    policy = runtime.prepare_model(acc, cfg, policy, any(not s.images for s in samples))
-    optimizer, scheduler = runtime.build_optimizer(cfg, policy, steps)
-    optimizer = runtime.prepare_optimizer(acc, policy, optimizer)
-    sampler = make_sampler(cfg.data.sampler, len(samples), cfg.seed)
-    checkpointer = Checkpointer(cfg, acc, policy, optimizer, scheduler, sampler, encoder)
-    run = checkpointer.resume()
-    tracker = setup.make_tracker(cfg, run, acc)
+    policy, optimizer, scheduler, sampler, checkpointer, run, tracker, params = trainee(cfg, acc, encoder, samples,
+                                                                                       steps)  # fmt: skip
     system = system_prompt(cfg.data.system_prompt)
-    params = [p for p in policy.parameters() if p.requires_grad]
     amp = runtime.autocast(acc.device, cfg.model.dtype)
 
     def evaluate() -> dict[str, float]:
