@@ -1,4 +1,5 @@
 import base64
+import io
 import json
 import shutil
 
@@ -8,6 +9,7 @@ from PIL import Image
 from observe_r1.cli import main
 from observe_r1.data import dataset as ds
 from observe_r1.data.dataset import load_dataset, load_samples
+from observe_r1.data.sources import ParquetImage
 
 
 @pytest.fixture
@@ -75,9 +77,35 @@ def test_parquet_with_image_bytes(tmp_path, img):
     )
     pq.write_table(table, tmp_path / "d.parquet")
     (s,) = load_dataset(tmp_path / "d.parquet").samples
-    assert (
-        isinstance(s.images[0], bytes) and s.load_images()[0].size == (112, 112) and s.metadata["level"] == 2
-    )
+    assert s.images[0] == ParquetImage(str(tmp_path / "d.parquet"), 0, "images", 0)  # read again when used
+    assert s.load_images()[0].size == (112, 112) and s.metadata["level"] == 2
+
+
+def test_parquet_images_are_not_held_in_memory(tmp_path):
+    """A loaded parquet dataset keeps references, not image bytes: 600 rows of ~60 KB images in row groups of
+    100; each image reads back exactly, only two row groups are cached at a time."""
+    import random
+
+    from observe_r1.data import sources
+
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rng = random.Random(0)
+    rows = []
+    for i in range(600):
+        noise = Image.frombytes("RGB", (140, 140), bytes(rng.getrandbits(8) for _ in range(140 * 140 * 3)))
+        buffer = io.BytesIO()
+        noise.save(buffer, format="PNG")
+        rows.append(
+            {"problem": f"<image>q{i}", "answer": str(i), "image": {"bytes": buffer.getvalue(), "path": None}}
+        )
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "big.parquet", row_group_size=100)
+    result = load_dataset(tmp_path / "big.parquet")
+    assert len(result.samples) == 600 and not result.problems
+    assert not any(isinstance(ref, bytes) for s in result.samples for ref in s.images)
+    for k in (0, 99, 100, 599, 250):
+        assert result.samples[k].images[0].read() == rows[k]["image"]["bytes"]
+    assert sources._group_column.cache_info().currsize <= 2
 
 
 def bad_rows(tmp_path, img):

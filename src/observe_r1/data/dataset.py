@@ -37,12 +37,14 @@ from typing import Any
 from PIL import Image
 
 from observe_r1.data.prompts import with_system_prompt
-from observe_r1.data.sources import MALFORMED, RowError, Source, resolve
+from observe_r1.data.sources import MALFORMED, ParquetImage, RowError, Source, resolve
 from observe_r1.models.inputs import PromptError
 
 log = logging.getLogger(__name__)
 
-ImageRef = str | bytes  # a path, or the encoded file's bytes (parquet)
+ImageRef = (
+    str | bytes | ParquetImage
+)  # a path, encoded bytes, or an image read from its parquet file when used
 
 # The kinds of bad row, as reported by `data check` (and MALFORMED, from observe_r1.data.sources).
 UNKNOWN_FORMAT = "unknown_format"
@@ -268,6 +270,8 @@ def _part_image(part: dict) -> Any:
 
 
 def _image_ref(ref: Any, base_dir: Path) -> ImageRef:
+    if isinstance(ref, ParquetImage):
+        return ref
     if isinstance(ref, Image.Image):  # rows built in Python
         buffer = io.BytesIO()
         ref.save(buffer, format="PNG")
@@ -348,6 +352,8 @@ def question_text(messages: list[dict]) -> str:
 
 
 def open_image(ref: ImageRef) -> Image.Image:
+    if isinstance(ref, ParquetImage):
+        ref = ref.read()
     return Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref)
 
 
@@ -362,7 +368,8 @@ def check_images(sample: Sample) -> None:
                 im.load()
                 sizes.append(im.size)
         except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-            where = ref if isinstance(ref, str) else f"({len(ref)} bytes)"
+            where = ref if isinstance(ref, str) else f"({ref.path} row {ref.row + 1})" if isinstance(
+                ref, ParquetImage) else f"({len(ref)} bytes)"  # fmt: skip
             raise RowError(UNREADABLE_IMAGE, f"image {i} {where} cannot be decoded: {e}") from None
     sample.image_sizes = sizes
 
@@ -505,7 +512,7 @@ def to_native_row(sample: Sample, image_dir: Path) -> dict[str, Any]:
     metadata columns; loading the row back gives the same sample."""
     paths = []
     for i, ref in enumerate(sample.images):
-        if isinstance(ref, bytes):
+        if not isinstance(ref, str):  # bytes, or a parquet file's image
             image_dir.mkdir(parents=True, exist_ok=True)
             path = image_dir / f"{sample.id.replace('/', '_')}-{i}.png"
             open_image(ref).save(path)

@@ -14,6 +14,8 @@ The hub is never read: a name that is no local path says how to download it.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import glob
 import json
 import re
@@ -197,9 +199,61 @@ def _parquet_file(path: Path) -> Any:
 
 
 def _parquet_rows(path: Path) -> Iterator[dict]:
-    """Row groups one batch at a time, so a large file is never whole in memory."""
+    """Row groups one batch at a time, so a large file is never whole in memory; the images of top-level
+    columns become `ParquetImage` references, read again when a prompt is built (a loaded dataset holds no
+    image bytes)."""
+    i = 0
     for batch in _parquet_file(path).iter_batches(batch_size=BATCH_ROWS):
-        yield from batch.to_pylist()
+        for row in batch.to_pylist():
+            yield {k: _referenced(v, str(path), i, k) for k, v in row.items()}
+            i += 1
+
+
+@dataclass(frozen=True)
+class ParquetImage:
+    """An image stored in a parquet file (a `{bytes, path}` struct), read when it is used."""
+
+    path: str
+    row: int  # 0-based, in the file
+    column: str
+    index: int | None = None  # its position in a list column
+
+    def read(self) -> bytes:
+        group, offset = _locate(self.path, self.row)
+        value = _group_column(self.path, group, self.column)[offset]
+        value = value if self.index is None else value[self.index]
+        return bytes(value["bytes"])
+
+
+def _is_image_struct(value: Any) -> bool:
+    return isinstance(value, dict) and value.keys() == {"bytes", "path"} and bool(value["bytes"])
+
+
+def _referenced(value: Any, path: str, row: int, column: str) -> Any:
+    if _is_image_struct(value):
+        return ParquetImage(path, row, column)
+    if isinstance(value, list) and value and all(_is_image_struct(v) for v in value):
+        return [ParquetImage(path, row, column, k) for k in range(len(value))]
+    return value
+
+
+@functools.lru_cache(maxsize=64)
+def _group_starts(path: str) -> list[int]:
+    meta, starts = _parquet_file(Path(path)).metadata, [0]
+    for g in range(meta.num_row_groups):
+        starts.append(starts[-1] + meta.row_group(g).num_rows)
+    return starts
+
+
+def _locate(path: str, row: int) -> tuple[int, int]:
+    starts = _group_starts(path)
+    group = bisect.bisect_right(starts, row) - 1
+    return group, row - starts[group]
+
+
+@functools.lru_cache(maxsize=2)  # the row group being read, and the one before: bounded memory
+def _group_column(path: str, group: int, column: str) -> list:
+    return _parquet_file(Path(path)).read_row_group(group, columns=[column]).column(column).to_pylist()
 
 
 def _parquet_count(path: Path) -> int:
