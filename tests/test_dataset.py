@@ -313,3 +313,35 @@ def test_single_image_column_without_placeholder(tmp_path, img):
     a, b = load_dataset(write_jsonl(tmp_path / "s.jsonl", rows)).samples
     assert a.messages[0]["content"][0] == {"type": "image"} and len(a.images) == 1
     assert [p["type"] for p in b.messages[0]["content"]] == ["text", "image", "text"]
+
+
+def test_a_parquet_written_again_is_read_again(tmp_path, img):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "d.parquet"
+
+    def write(colour):
+        buffer = io.BytesIO()
+        Image.new("RGB", (56, 56), colour).save(buffer, format="PNG")
+        pq.write_table(
+            pa.table(
+                {
+                    "problem": ["<image>q"],
+                    "answer": ["1"],
+                    "image": [{"bytes": buffer.getvalue(), "path": None}],
+                }
+            ),
+            path,
+        )
+
+    write((255, 0, 0))
+    (first,) = load_dataset(path).samples
+    assert first.load_images()[0].getpixel((0, 0)) == (255, 0, 0)
+    import os
+    import time
+
+    time.sleep(0.01)
+    write((0, 0, 255))
+    os.utime(path, ns=(time.time_ns(), time.time_ns()))
+    (second,) = load_dataset(path).samples
+    assert second.load_images()[0].getpixel((0, 0)) == (0, 0, 255)

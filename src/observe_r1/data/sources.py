@@ -18,6 +18,7 @@ import bisect
 import functools
 import glob
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -219,8 +220,9 @@ class ParquetImage:
     index: int | None = None  # its position in a list column
 
     def read(self) -> bytes:
-        group, offset = _locate(self.path, self.row)
-        value = _group_column(self.path, group, self.column)[offset]
+        version = os.stat(self.path).st_mtime_ns  # a file written again is read again, never a stale cache
+        group, offset = _locate(self.path, version, self.row)
+        value = _group_column(self.path, version, group, self.column)[offset]
         value = value if self.index is None else value[self.index]
         return bytes(value["bytes"])
 
@@ -238,21 +240,21 @@ def _referenced(value: Any, path: str, row: int, column: str) -> Any:
 
 
 @functools.lru_cache(maxsize=64)
-def _group_starts(path: str) -> list[int]:
+def _group_starts(path: str, version: int) -> list[int]:
     meta, starts = _parquet_file(Path(path)).metadata, [0]
     for g in range(meta.num_row_groups):
         starts.append(starts[-1] + meta.row_group(g).num_rows)
     return starts
 
 
-def _locate(path: str, row: int) -> tuple[int, int]:
-    starts = _group_starts(path)
+def _locate(path: str, version: int, row: int) -> tuple[int, int]:
+    starts = _group_starts(path, version)
     group = bisect.bisect_right(starts, row) - 1
     return group, row - starts[group]
 
 
 @functools.lru_cache(maxsize=2)  # the row group being read, and the one before: bounded memory
-def _group_column(path: str, group: int, column: str) -> list:
+def _group_column(path: str, version: int, group: int, column: str) -> list:
     return _parquet_file(Path(path)).read_row_group(group, columns=[column]).column(column).to_pylist()
 
 
