@@ -11,7 +11,7 @@ What a stage changes is any config key: response length and group size (Vision-R
 schedule, re-warmed by each stage's own warm-up (continual pre-training's rewarming), the reward terms and
 weights (Parallel-R1's schedule by step window), the data and sampler (QwenLong-L1's phases, with
 `carry_hard` for its retrospective sampling), the format layout. The optimiser state starts afresh in each
-stage (the stages of the papers are separate runs too).
+stage, as when each stage is a run of its own.
 """
 
 from __future__ import annotations
