@@ -121,6 +121,11 @@ class RewardTerm:
     # signature's own (easyr1: overall, verl: score; native: the sum of the values)
     score_key: str = ""
 
+    @property
+    def key(self) -> str:
+        """The term's name in metrics, `correct_term` and `gate`: a reference's function name, else the name."""
+        return self.name.rsplit(":", 1)[-1]
+
 
 @dataclass
 class RewardConfig:
@@ -310,13 +315,12 @@ class Config:
             ),
             (len(self.reward.terms) >= 1, "reward.terms", "needs at least one term"),
             (
-                self.reward.correct_term in [t.name.rsplit(":", 1)[-1] for t in self.reward.terms],
+                self.reward.correct_term in [t.key for t in self.reward.terms],
                 "reward.correct_term",
                 f"{self.reward.correct_term!r} must name one of reward.terms",
             ),
             (
-                not self.reward.gate
-                or self.reward.gate in [t.name.rsplit(":", 1)[-1] for t in self.reward.terms],
+                not self.reward.gate or self.reward.gate in [t.key for t in self.reward.terms],
                 "reward.gate",
                 f"{self.reward.gate!r} must name one of reward.terms",
             ),

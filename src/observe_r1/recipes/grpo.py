@@ -321,14 +321,15 @@ def advantages(cfg: Config, traj: Trajectory):
     `reward.combine: per_objective` each reward term is an objective, normalised on its own."""
     n, rc, a = cfg.rollout.n, cfg.reward, cfg.algorithm
     objectives = weights = None
+    bonus_objective = 0
     if rc.combine == "per_objective":
-        names = list(traj.rewards.terms)
+        names = list(traj.rewards.terms)  # the reward terms, in the config's order
         objectives = torch.stack([traj.rewards.terms[k] for k in names], -1).view(-1, n, len(names))
         weights = torch.tensor([t.weight for t in rc.terms])
+        bonus_objective = names.index(rc.correct_term)
     return observe_advantages(traj.rewards.total.view(-1, n), traj.rewards.correct.view(-1, n),
                               traj.rollout.lengths.view(-1, n), rc.bonus_coef, rc.bonus_min_length, a.estimator,
-                              a.difficulty_weighting, a.sigma, objectives, weights,
-                              [t.name.rsplit(":", 1)[-1] for t in rc.terms].index(rc.correct_term))  # fmt: skip
+                              a.difficulty_weighting, a.sigma, objectives, weights, bonus_objective)  # fmt: skip
 
 
 def add_token_advantages(cfg: Config, traj: Trajectory, device: torch.device) -> dict[str, float]:

@@ -40,7 +40,6 @@ from observe_r1.rewards.terms import (
     init_worker,
     make_term,
     score_key,
-    term_name,
     wants_images,
     worker_call,
 )
@@ -126,7 +125,7 @@ class Rewarder:
         self.functions = dict(functions or {})
         self.ctx = TermContext(timeout_s, answer_fallback, self.functions, dict(layouts or {}))
         self.refs = [t.name for t in self.terms]
-        self.names = [term_name(ref) for ref in self.refs]
+        self.names = [t.key for t in self.terms]
         self.weights = [t.weight for t in self.terms]
         self.score_keys = [score_key(t) for t in self.terms]
         duplicate = next((n for i, n in enumerate(self.names) if n in self.names[:i]), None)

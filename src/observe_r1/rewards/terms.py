@@ -147,10 +147,6 @@ def make_term(term: RewardTerm, ctx: TermContext) -> RewardFn:
     return adapt(fn, term.signature)
 
 
-def term_name(ref: str) -> str:
-    return ref.rsplit(":", 1)[-1] if ":" in ref else ref
-
-
 def score_key(term: RewardTerm) -> str:
     """The key of a dict result that is the term's value ("" = the sum of the values)."""
     return term.score_key or SCORE_KEYS.get(term.signature, "")
