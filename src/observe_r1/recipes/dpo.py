@@ -36,9 +36,9 @@ from observe_r1.rewards import Rewarder
 from observe_r1.rollout.batch import chunks, sequence_inputs
 from observe_r1.training import loop, runtime, setup, sharding
 from observe_r1.training.evaluation import evaluate_on_main
-from observe_r1.training.parts import start_sampling, trainee
+from observe_r1.training.parts import sample_responses, start_sampling, trainee
 from observe_r1.training.report import SFT_PANELS, Panel
-from observe_r1.training.scoring import ScoredRollout, sample_responses
+from observe_r1.training.scoring import ScoredRollout
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +95,7 @@ def collect_pairs(
 def dpo(cfg: Config, given: setup.Inputs | None = None) -> Path:
     """Run the preference cold start; returns the folder of the exported model (OUTPUT/model)."""
     given = given or setup.Inputs()
-    start = start_sampling(cfg, given, "dpo")
-    cfg, acc, encoder, samples, test, rewarder = (
-        start.cfg,
-        start.acc,
-        start.encoder,
-        start.train,
-        start.test,
-        start.rewarder,
-    )
+    cfg, acc, encoder, samples, test, rewarder = start_sampling(cfg, given, "dpo")
     out = Path(cfg.logging.output_dir)
     pairs = collect_pairs(cfg, samples, rewarder, out)
     if not pairs:
@@ -166,8 +158,7 @@ def dpo(cfg: Config, given: setup.Inputs | None = None) -> Path:
                 cfg, run, stats, tracker, checkpointer, evaluate if test else None, steps
             )
             bar(step, metrics)
-            if loop.stop_requested(acc, given.callbacks, step, metrics, run, checkpointer):
-                given.stopped = True
+            if loop.stop_requested(acc, given, step, metrics, run, checkpointer):
                 break
     loop.finish(cfg, acc, run, tracker, checkpointer, evaluate if test else None, "DPO run", DPO_PANELS)
     model = acc.unwrap_model(policy)

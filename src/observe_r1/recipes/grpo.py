@@ -110,9 +110,8 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
     """Run GRPO as configured (with datasets, reward callables and callbacks `given` from Python: the
     Python API, observe_r1.recipes.api); returns the output directory."""
     given = given or setup.Inputs()
-    rewarder = Rewarder.from_config(
-        cfg.reward, given.rewards
-    )  # plug-ins imported and checked before anything
+    # reward plug-ins are imported and checked before anything is written
+    rewarder = Rewarder.from_config(cfg.reward, given.rewards)
     acc = runtime.make_accelerator()
     cfg = setup.prepare_inputs(cfg, acc, given)
     runtime.seed_everything(cfg.seed)
@@ -198,8 +197,7 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
                 cfg, run, metrics, tracker, checkpointer, evaluate if test else None, plan.steps
             )
             bar(step, metrics)
-            if loop.stop_requested(acc, given.callbacks, step, metrics, run, checkpointer):
-                given.stopped = True
+            if loop.stop_requested(acc, given, step, metrics, run, checkpointer):
                 break
     loop.finish(cfg, acc, run, tracker, checkpointer, evaluate if test else None, "GRPO run", GRPO_PANELS)
     if acc.is_main_process and isinstance(sampler, OnlineSampler):

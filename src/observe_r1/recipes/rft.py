@@ -21,9 +21,9 @@ from observe_r1.data.dataset import to_native_row
 from observe_r1.data.prompts import system_prompt
 from observe_r1.recipes.sft import sft
 from observe_r1.training import setup
-from observe_r1.training.parts import start_sampling
+from observe_r1.training.parts import sample_responses, start_sampling
 from observe_r1.training.report import Panel, write_report
-from observe_r1.training.scoring import ScoredRollout, sample_responses
+from observe_r1.training.scoring import ScoredRollout
 
 log = logging.getLogger(__name__)
 

@@ -102,8 +102,7 @@ def sft(cfg: Config, export: str | Path | None = None, given: setup.Inputs | Non
                 cfg, run, metrics, tracker, checkpointer, evaluate if test else None, steps
             )
             bar(step, metrics)
-            if loop.stop_requested(acc, given.callbacks, step, metrics, run, checkpointer):
-                given.stopped = True
+            if loop.stop_requested(acc, given, step, metrics, run, checkpointer):
                 break
     loop.finish(cfg, acc, run, tracker, checkpointer, evaluate if test else None, "SFT run", SFT_PANELS)
     if export is not None:

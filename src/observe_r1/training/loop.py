@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from accelerate import Accelerator
 
@@ -43,15 +44,25 @@ def end_of_step(cfg: Config, run: RunState, metrics: dict[str, float], tracker: 
     return metrics
 
 
-def stop_requested(acc: Accelerator, callbacks: list[Callback], step: int, metrics: dict[str, float],
-                   run: RunState, checkpointer: Checkpointer) -> bool:  # fmt: skip
+class Listener(Protocol):
+    """Who hears the end of every step (training.setup.Inputs): its callbacks, and whether they stopped it."""
+
+    callbacks: list[Callback]
+    stopped: bool
+
+
+def stop_requested(acc: Accelerator, listener: Listener, step: int, metrics: dict[str, float], run: RunState,
+                   checkpointer: Checkpointer) -> bool:  # fmt: skip
     """Call the step-end callbacks (on every process). If any returns True on any process, the run stops
-    after this step, with a checkpoint of it (resume continues from there)."""
+    after this step, with a checkpoint of it (resume continues from there), and `listener.stopped` says so
+    (a staged run then stops too)."""
+    callbacks = listener.callbacks
     stop = any([bool(callback(step, metrics)) for callback in callbacks])  # a list: every callback is called
     if callbacks and acc.num_processes > 1:
         stop = not all_processes(acc, not stop)
     if stop and checkpointer.saved_step != run.step:
         checkpointer.save(run)
+    listener.stopped = listener.stopped or stop
     return stop
 
 

@@ -1,9 +1,8 @@
-"""What the recipes besides GRPO share at their start: the run's inputs for a recipe that samples on one
-process (DPO, rejection sampling), and the trainable parts of a supervised one (SFT, DPO)."""
+"""What the recipes besides GRPO share: the start of a recipe that samples on one process (DPO, rejection
+sampling) and its sampling, and the trainable parts of a supervised one (SFT, DPO)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -13,14 +12,17 @@ from observe_r1.config import Config, ConfigError
 from observe_r1.data.dataset import Sample
 from observe_r1.data.sampler import PromptSampler, make_sampler
 from observe_r1.models.inputs import ChatEncoder
+from observe_r1.models.policy import load_model
 from observe_r1.rewards import Rewarder
+from observe_r1.rollout.base import SamplingParams
+from observe_r1.rollout.hf import HFRollout
 from observe_r1.training import runtime, setup
 from observe_r1.training.checkpoint import Checkpointer, RunState
+from observe_r1.training.scoring import ScoredRollout, generate_and_score
 from observe_r1.training.tracking import Tracker
 
 
-@dataclass
-class SamplingStart:
+class SamplingStart(NamedTuple):
     cfg: Config  # resolved (tiny model and synthetic data built, model.path: cold_start found)
     acc: Accelerator
     encoder: ChatEncoder
@@ -53,6 +55,25 @@ class Trainee(NamedTuple):
     run: RunState  # resumed from the output directory's checkpoints when there are some
     tracker: Tracker | None
     params: list[torch.nn.Parameter]  # the trainable ones
+
+
+def sample_responses(
+    cfg: Config, model_path: str, samples: list[Sample], rewarder: Rewarder, n: int, system: str
+) -> list[ScoredRollout]:
+    """`n` responses to each sample from the checkpoint at `model_path` (HF generate with `rollout.*`'s
+    sampling settings), scored, in batches of `rollout.prompts_per_step` prompts, on this process alone."""
+    r = cfg.rollout
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = setup.load_encoder(cfg, model_path)
+    backend = HFRollout(load_model(model_path).to(device).eval(), encoder)
+    sampling = SamplingParams(n, r.temperature, r.top_p, r.top_k, r.max_new_tokens, chunk_size=r.chunk_size)
+    out = []
+    with torch.no_grad(), runtime.autocast(device, cfg.model.dtype, generation=True):
+        for start in range(0, len(samples), r.prompts_per_step):
+            batch = samples[start : start + r.prompts_per_step]
+            ids = list(range(start, start + len(batch)))
+            out.append(generate_and_score(backend, encoder, rewarder, batch, ids, sampling, system, cfg.seed))
+    return out
 
 
 def trainee(

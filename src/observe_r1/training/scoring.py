@@ -9,17 +9,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
-from observe_r1.config import Config
 from observe_r1.data.dataset import Sample
 from observe_r1.data.prompts import with_system_prompt
 from observe_r1.models.inputs import ChatEncoder, EncodedPrompt, PromptError
-from observe_r1.models.policy import load_model
 from observe_r1.rewards import RewardBatch, Rewarder, RewardResult
 from observe_r1.rollout.base import PromptBatch, Rollout, RolloutBackend, SamplingParams
-from observe_r1.rollout.hf import HFRollout
-from observe_r1.training.runtime import autocast
 
 log = logging.getLogger(__name__)
 
@@ -107,24 +101,3 @@ def reward_batch(
         group_ids=list(rollout.group_ids),
         columns={c: [samples[i].metadata.get(c) for i in idx] for c in columns},
     )
-
-
-def sample_responses(
-    cfg: Config, model_path: str, samples: list[Sample], rewarder: Rewarder, n: int, system: str
-) -> list[ScoredRollout]:
-    """`n` responses to each sample from the checkpoint at `model_path` (HF generate with `rollout.*`'s
-    sampling settings), scored, in batches of `rollout.prompts_per_step` prompts, on this process alone: the
-    sampling of the DPO and rejection-sampling recipes."""
-    r = cfg.rollout
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    encoder = ChatEncoder.from_pretrained(model_path, max_prompt_length=cfg.data.max_prompt_length,
-                                          min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)  # fmt: skip
-    backend = HFRollout(load_model(model_path).to(device).eval(), encoder)
-    sampling = SamplingParams(n, r.temperature, r.top_p, r.top_k, r.max_new_tokens, chunk_size=r.chunk_size)
-    out = []
-    with torch.no_grad(), autocast(device, cfg.model.dtype, generation=True):
-        for start in range(0, len(samples), r.prompts_per_step):
-            batch = samples[start : start + r.prompts_per_step]
-            ids = list(range(start, start + len(batch)))
-            out.append(generate_and_score(backend, encoder, rewarder, batch, ids, sampling, system, cfg.seed))
-    return out

@@ -144,9 +144,10 @@ def build_atomically(final: Path, build: Callable[[Path], object]) -> None:
     tmp.rename(final)
 
 
-def load_encoder(cfg: Config) -> ChatEncoder:
+def load_encoder(cfg: Config, path: str | None = None) -> ChatEncoder:
+    """The chat encoder of `model.path` (or of the checkpoint at `path`) with `data.*`'s prompt limits."""
     encoder = ChatEncoder.from_pretrained(
-        cfg.model.path,
+        path or cfg.model.path,
         max_prompt_length=cfg.data.max_prompt_length,
         min_pixels=cfg.data.min_pixels,
         max_pixels=cfg.data.max_pixels,
