@@ -31,10 +31,10 @@ from observe_r1.data.dataset import Sample
 from observe_r1.data.prompts import system_prompt
 from observe_r1.data.transforms import chosen, corrupt_format
 from observe_r1.models.policy import completion_logprobs, frozen, load_model, reference_of
-from observe_r1.recipes.sft import export_model, reference_rollout
+from observe_r1.recipes.sft import export_trained, reference_rollout
 from observe_r1.rewards import Rewarder
 from observe_r1.rollout.batch import chunks, sequence_inputs
-from observe_r1.training import loop, runtime, setup, sharding
+from observe_r1.training import loop, runtime, setup
 from observe_r1.training.evaluation import evaluate_on_main
 from observe_r1.training.parts import sample_responses, start_sampling, trainee
 from observe_r1.training.report import SFT_PANELS, Panel
@@ -161,8 +161,5 @@ def dpo(cfg: Config, given: setup.Inputs | None = None) -> Path:
             if loop.stop_requested(acc, given, step, metrics, run, checkpointer):
                 break
     loop.finish(cfg, acc, run, tracker, checkpointer, evaluate if test else None, "DPO run", DPO_PANELS)
-    model = acc.unwrap_model(policy)
-    weights = sharding.full_state_dict(model) if sharding.is_sharded(model) else None
-    export_model(model, encoder, out / "model", weights=weights)
     rewarder.close()
-    return out / "model"
+    return export_trained(acc, policy, encoder, out / "model")

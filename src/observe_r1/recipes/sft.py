@@ -106,12 +106,20 @@ def sft(cfg: Config, export: str | Path | None = None, given: setup.Inputs | Non
                 break
     loop.finish(cfg, acc, run, tracker, checkpointer, evaluate if test else None, "SFT run", SFT_PANELS)
     if export is not None:
-        model = acc.unwrap_model(policy)
-        weights = sharding.full_state_dict(model) if sharding.is_sharded(model) else None  # all processes
-        if acc.is_main_process:
-            export_model(model, encoder, Path(export), weights=weights)
+        export_trained(acc, policy, encoder, Path(export))
     acc.wait_for_everyone()
     return Path(cfg.logging.output_dir)
+
+
+def export_trained(acc: Any, policy: torch.nn.Module, encoder: ChatEncoder, out: Path) -> Path:
+    """The trained policy written to `out` (`export_model`): a sharded one is gathered on every process, the
+    main process writes it, the others wait."""
+    model = acc.unwrap_model(policy)
+    weights = sharding.full_state_dict(model) if sharding.is_sharded(model) else None  # all processes
+    if acc.is_main_process:
+        export_model(model, encoder, out, weights=weights)
+    acc.wait_for_everyone()
+    return out
 
 
 def with_responses(samples: list[Sample], column: str) -> list[Sample]:
