@@ -37,7 +37,7 @@ from typing import Any
 from PIL import Image
 
 from observe_r1.data.prompts import with_system_prompt
-from observe_r1.data.sources import MALFORMED, ParquetImage, RowError, Source, resolve
+from observe_r1.data.sources import MALFORMED, ParquetImage, RowError, resolve
 from observe_r1.models.inputs import PromptError
 
 log = logging.getLogger(__name__)
@@ -446,7 +446,7 @@ def load_dataset(
     formats: Counter[str] = Counter()
     seen: set[str] = set()
     rows = 0
-    for source in data if isinstance(data, list) and data and isinstance(data[0], Source) else resolve(data):
+    for source in resolve(data):
         base_dir = Path(columns.image_dir) if columns.image_dir else source.base_dir
         for line, row in source.read():
             rows += 1

@@ -48,7 +48,9 @@ class Source:
 
 
 def resolve(data: Any) -> list[Source]:
-    """The sources of a data entry or a list of them (see the module docstring)."""
+    """The sources of a data entry or a list of them (see the module docstring); Sources pass through."""
+    if isinstance(data, Source):
+        return [data]
     if _is_hf_dataset(data):
         return [_arrow_source(data, "<Dataset>", Path.cwd())]
     if isinstance(data, list | tuple) and data and all(isinstance(r, dict) for r in data):
