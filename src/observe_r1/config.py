@@ -579,19 +579,22 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 def with_overrides(cfg: Config, overrides: Sequence[str]) -> Config:
     """A copy of `cfg` with `a.b=c` overrides applied, validated."""
-    data = to_dict(cfg)
-    data["optim"]["betas"] = list(data["optim"]["betas"])
-    return from_dict(Config, apply_overrides(data, overrides)).validate()
+    return from_dict(Config, apply_overrides(plain_dict(cfg), overrides)).validate()
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def config_yaml(cfg: Config) -> str:
+def plain_dict(cfg: Config) -> dict[str, Any]:
+    """The config as YAML's plain types (tuples as lists), which `from_dict` reads back."""
     d = to_dict(cfg)
     d["optim"]["betas"] = list(d["optim"]["betas"])
-    return yaml.safe_dump(d, sort_keys=False)
+    return d
+
+
+def config_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(plain_dict(cfg), sort_keys=False)
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
