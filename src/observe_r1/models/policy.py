@@ -18,14 +18,17 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageText
 from observe_r1.models.packing import PACKED_SDPA, can_pack, pack, takes_encoded_images
 
 
-def load_model(path: str, attn_implementation: str = "sdpa", **kwargs: Any) -> torch.nn.Module:
+def load_model(
+    path: str, attn_implementation: str = "sdpa", lora_base: str | None = None, **kwargs: Any
+) -> torch.nn.Module:
     """A vision-language model, or a text-only causal LM when the checkpoint has no vision config; a LoRA
-    checkpoint (adapter files only) is its base model with the adapters merged (`load_lora_merged`).
+    checkpoint (adapter files only) is its base model (`lora_base`, else the one its adapter config names)
+    with the adapters merged (`load_lora_merged`).
     fp32 master weights everywhere; bf16 happens under autocast on GPU (see `compute_dtype`).
     (lr 1e-6 updates vanish when added to bf16 weights.) `sdpa` loads as `PACKED_SDPA`: the same attention,
     which can also run packed micro-batches."""
     if is_lora_checkpoint(path):
-        return load_lora_merged(path, attn_implementation=attn_implementation, **kwargs)
+        return load_lora_merged(path, lora_base, attn_implementation=attn_implementation, **kwargs)
     if attn_implementation == "sdpa":
         attn_implementation = PACKED_SDPA
     is_vlm = getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None

@@ -12,7 +12,7 @@ import torch
 from observe_r1.data.dataset import load_samples
 from observe_r1.data.prompts import system_prompt
 from observe_r1.models.inputs import ChatEncoder
-from observe_r1.models.policy import is_lora_checkpoint, load_lora_merged, load_model
+from observe_r1.models.policy import load_model
 from observe_r1.rewards import Rewarder
 from observe_r1.rollout.hf import HFRollout
 from observe_r1.training.evaluation import evaluate
@@ -56,13 +56,7 @@ def evaluate_checkpoint(
     text = system_prompt(system or encoder.system_prompt or "observe")
     samples = load_samples(data, encoder, text)[: limit or None]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    # a LoRA checkpoint (adapters only): its base model with the adapters merged
-    model = (
-        load_lora_merged(model_dir, base_model)
-        if is_lora_checkpoint(model_dir)
-        else load_model(str(model_dir))
-    )
-    model = model.to(device).eval()
+    model = load_model(str(model_dir), lora_base=base_model).to(device).eval()  # LoRA: merged onto its base
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     with Rewarder([("accuracy", 1.0), ("observe_format", 0.5)]) as rewarder, amp:
         return evaluate(HFRollout(model, encoder), encoder, samples, rewarder, text, max_new_tokens, batch_size,
