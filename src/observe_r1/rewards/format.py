@@ -26,6 +26,7 @@ marked `~` or `=`. Each returns 1.0 or 0.0; the weight (0.5 in the paper) is set
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from dataclasses import dataclass
@@ -100,12 +101,12 @@ def _blocks(items: list[str], name: str, spec: str) -> tuple[list[Block], list[s
         while items and items[0] in ("~", "*", "+", "?", "(") or items and items[0].startswith("{"):
             mark, items = items[0], items[1:]
             if mark == "~":
-                block = _with(block, may_be_empty=True)
+                block = dataclasses.replace(block, may_be_empty=True)
             elif mark in ("*", "+", "?"):
-                block = _with(block, low=int(mark == "+"), high=1 if mark == "?" else None)
+                block = dataclasses.replace(block, low=int(mark == "+"), high=1 if mark == "?" else None)
             elif mark.startswith("{"):
                 low, high = mark[1:-1].split(",")
-                block = _with(block, low=int(low), high=int(high) if high else None)
+                block = dataclasses.replace(block, low=int(low), high=int(high) if high else None)
             else:  # "(": the children
                 first = only = False
                 while items and items[0] in ("^", "="):
@@ -115,13 +116,11 @@ def _blocks(items: list[str], name: str, spec: str) -> tuple[list[Block], list[s
                 if not items or items[0] != ")" or not children:
                     raise ValueError(f"format layout {name!r}: unbalanced or empty ( ) in {spec!r}")
                 items = items[1:]
-                block = _with(block, children=tuple(children), first_child=first, only_children=only)
+                block = dataclasses.replace(
+                    block, children=tuple(children), first_child=first, only_children=only
+                )
         blocks.append(block)
     return blocks, items
-
-
-def _with(block: Block, **changes) -> Block:
-    return Block(**{**block.__dict__, **changes})
 
 
 @functools.lru_cache(maxsize=64)
