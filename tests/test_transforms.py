@@ -1,9 +1,9 @@
 from observe_r1.data.dataset import Sample
 from observe_r1.data.transforms import (
     EMPTY_THOUGHT,
-    chosen,
     difficulty_cue,
     drop_thought,
+    stable_coin,
     transform_responses,
     with_difficulty_cue,
 )
@@ -23,10 +23,10 @@ def test_thought_dropout_empties_the_thought_only():
 
 
 def test_the_dropout_coin_is_stable_and_has_its_rate():
-    draws = [chosen(0, f"id-{i}", 0.5) for i in range(4000)]
-    assert draws == [chosen(0, f"id-{i}", 0.5) for i in range(4000)]
+    draws = [stable_coin(0, f"id-{i}", 0.5) for i in range(4000)]
+    assert draws == [stable_coin(0, f"id-{i}", 0.5) for i in range(4000)]
     assert 0.47 < sum(draws) / len(draws) < 0.53
-    assert draws != [chosen(1, f"id-{i}", 0.5) for i in range(4000)]
+    assert draws != [stable_coin(1, f"id-{i}", 0.5) for i in range(4000)]
 
 
 def test_difficulty_cues_and_the_cued_layout():

@@ -48,7 +48,7 @@ def with_difficulty_cue(response: str, difficulty: float) -> str:
     return f"<difficulty>{difficulty_cue(difficulty)}</difficulty>{response}"
 
 
-def chosen(seed: int, key: str, p: float) -> bool:
+def stable_coin(seed: int, key: str, p: float) -> bool:
     """A stable coin with probability p per (seed, key): the same samples are dropped in every epoch and run."""
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < p
@@ -65,7 +65,7 @@ def transform_responses(samples: Sequence[Sample], column: str, thought_dropout:
     out = []
     for s in samples:
         response = s.metadata[column]
-        if thought_dropout and chosen(seed, s.id, thought_dropout):
+        if thought_dropout and stable_coin(seed, s.id, thought_dropout):
             response = drop_thought(response)
         difficulty = s.metadata.get("difficulty")
         if cue and isinstance(difficulty, int | float):

@@ -29,7 +29,7 @@ from observe_r1.algos import aggregate, dpo_loss
 from observe_r1.config import Config, ConfigError
 from observe_r1.data.dataset import Sample
 from observe_r1.data.prompts import system_prompt
-from observe_r1.data.transforms import chosen, corrupt_format
+from observe_r1.data.transforms import corrupt_format, stable_coin
 from observe_r1.models.policy import completion_logprobs, frozen, load_model, reference_of
 from observe_r1.recipes.sft import export_trained, reference_rollout
 from observe_r1.rewards import Rewarder
@@ -65,7 +65,7 @@ def preference_pairs(
             if rows:
                 best = min(rows, key=lambda i: int(got.rollout.lengths[i]))
                 text = got.rollout.texts[best]
-                pairs.append((sample, text, corrupt_format(text, rename=chosen(seed, sample.id, 0.5))))
+                pairs.append((sample, text, corrupt_format(text, rename=stable_coin(seed, sample.id, 0.5))))
     return pairs
 
 
