@@ -81,3 +81,9 @@ def test_fsdp_generate_bench_gathered_and_sharded_agree():
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     r = json.loads(out.strip().splitlines()[-1])
     assert r["same_responses"] and r["gathered"] > 0 and r["sharded"] > 0
+
+
+def test_parquet_memory_bench_holds_references_not_images():
+    out = run_json(str(BENCH / "parquet_memory.py"), "--rows", "120", "--size", "64", "--row-group", "40")
+    assert out["rows"] == 120 and out["alive_mib_after_load"] < out["file_mib"]
+    assert out["load_ms_file_order"] > 0 and out["load_ms_random_order"] > 0
