@@ -345,3 +345,25 @@ def test_a_parquet_written_again_is_read_again(tmp_path, img):
     os.utime(path, ns=(time.time_ns(), time.time_ns()))
     (second,) = load_dataset(path).samples
     assert second.load_images()[0].getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_a_parquet_image_gone_from_its_file_is_an_os_error_naming_the_row(tmp_path):
+    """Training skips a prompt whose image cannot be opened (OSError) with a count; a parquet rewritten with
+    fewer rows since loading must fail that way too, not with an IndexError hours into a run."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "d.parquet"
+    buffer = io.BytesIO()
+    Image.new("RGB", (56, 56)).save(buffer, format="PNG")
+    image = {"bytes": buffer.getvalue(), "path": None}
+    pq.write_table(
+        pa.table({"problem": ["<image>a", "<image>b"], "answer": ["1", "2"], "image": [image, image]}), path
+    )
+    second = load_dataset(path).samples[1]
+    pq.write_table(pa.table({"problem": ["<image>a"], "answer": ["1"], "image": [image]}), path)
+    import os
+    import time
+
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with pytest.raises(OSError, match="d.parquet row 2, column 'image': the image is no longer there"):
+        second.load_images()

@@ -222,11 +222,16 @@ class ParquetImage:
     index: int | None = None  # its position in a list column
 
     def read(self) -> bytes:
+        """The image's bytes; an OSError naming the row when the file no longer holds it (a file written
+        again since it was loaded), which training counts and skips like a deleted image file."""
         version = os.stat(self.path).st_mtime_ns  # a file written again is read again, never a stale cache
-        group, offset = _locate(self.path, version, self.row)
-        value = _group_column(self.path, version, group, self.column)[offset]
-        value = value if self.index is None else value[self.index]
-        return bytes(value["bytes"])
+        try:
+            group, offset = _locate(self.path, version, self.row)
+            value = _group_column(self.path, version, group, self.column)[offset]
+            return bytes((value if self.index is None else value[self.index])["bytes"])
+        except (IndexError, KeyError, TypeError, ValueError) as e:  # ValueError: pyarrow's ArrowInvalid too
+            raise OSError(f"{self.path} row {self.row + 1}, column {self.column!r}: the image is no longer "
+                          f"there ({type(e).__name__}: {e})") from None  # fmt: skip
 
 
 def _is_image_struct(value: Any) -> bool:
