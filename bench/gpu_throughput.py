@@ -119,7 +119,7 @@ def main() -> None:
     batch = args.prompts * args.n
     cfg = load_config(
         Path(__file__).resolve().parent.parent / "configs" / "observe_r1_qwen2_5_vl_3b.yaml",
-        [f"model.path={model_dir}", f"data.train=[{data['train']}]", "data.test=[]", "data.max_pixels=250000",
+        [f"model.path={model_dir}", f"data.train=[{data['train']}]", "data.test=[]", "data.max_pixels=250000", "rollout.backend=hf",
          "model.dtype=auto", f"rollout.n={args.n}", f"rollout.prompts_per_step={args.prompts}",
          f"rollout.max_new_tokens={args.tokens}", f"optim.mini_batch_size={batch}",
          f"optim.micro_batch_size={args.micro}", f"optim.max_steps={args.steps}", "optim.warmup_ratio=0",

@@ -119,6 +119,50 @@ CASES = [
     (a("the cat"), "cat", 1.0),
     (a("the Globex Corporation."), "Globex Corporation", 1.0),
     (a("An American rock band"), "American", 0.0),
+    # --- units and variables (issue 24): stated on both sides they must agree; on one side only they are
+    # ignored, as math-verify ignores them
+    (a("4 km"), "4 cm", 0.0),
+    (a("4 cm"), "4 cm", 1.0),
+    (a("4 centimeters"), "4 cm", 1.0),
+    (a(r"4\text{ cm}"), "4 cm", 1.0),
+    (a("4"), "4 cm", 1.0),
+    (a("4 km"), "4", 1.0),
+    (a("2 pears"), "2 apples", 0.0),
+    (a("2 red apples"), "2 apples", 1.0),
+    (a("16 units"), "16 square units", 1.0),
+    (a("y=2"), "x=2", 0.0),
+    (a("x = 2"), "x=2", 1.0),
+    (a("2"), "x=2", 1.0),
+    (a("y = 2"), "2", 1.0),
+    # --- percentages: a percent sign the gold has not is part of the number as written
+    (a("4%"), "4", 1.0),
+    (a("400%"), "4", 0.0),  # math-verify reads 400% as 4: a deliberate difference (docs/rewards.md)
+    (a("4"), "4%", 1.0),
+    (a("0.04"), "4%", 1.0),
+    (a(r"4\%"), "4%", 1.0),
+    # --- golds in scientific notation (a float column written out) and mixed numbers
+    (a("100000"), "1e5", 1.0),
+    (a("1e5"), "100000", 1.0),
+    (a("100000000000000000000"), "1e+20", 1.0),
+    (a("100000"), "1e+20", 0.0),
+    (a("3.5"), "3 1/2", 1.0),
+    (a("7/2"), "3 1/2", 1.0),
+    (a("3"), "3 1/2", 0.0),
+    # --- an option ruled out is not the answer
+    (a("B is wrong; C"), "B", 0.0),
+    (a("B is wrong; C"), "C", 1.0),
+    (a("B isn't right, it's C"), "C", 1.0),
+    (a("B: incorrect. D"), "D", 1.0),
+    # --- an <answer> inside the reasoning is not the answer
+    ("<observe>x</observe><think>it is <answer>5</answer></think>", "5", 0.0),
+    ("<think>y<answer>5</answer></think><answer>5</answer>", "5", 1.0),
+    # --- answers whose evaluation has no bound score 0 at once (bounds.unbounded)
+    (a("$10^{10^{10}}$"), "5", 0.0),
+    (a("$9!!!!$"), "5", 0.0),
+    (a("$(10^{7})!$"), "5", 0.0),
+    (a("10**10**10"), "5", 0.0),
+    (a("$2^{10}$"), "1024", 1.0),
+    (a("$5!$"), "120", 1.0),
 ]
 
 
@@ -190,3 +234,61 @@ def test_slow_grading_times_out_scores_zero_and_is_flagged(monkeypatch):
     g = acc.grade(a("3"), "3", timeout_s=0.2)
     assert time.perf_counter() - start < 1.5
     assert g.score == 0.0 and g.timed_out and g.kind == "timeout"
+
+
+TOWERS = ["$10^{10^{10}}$", "$9!!!!$", "$(10^{7})!$", "10**10**10", "$2^{2^{2^{2^{2}}}}$", "10^(10^10)"]
+
+
+@pytest.mark.parametrize("answer", TOWERS)
+def test_unbounded_answers_are_refused_before_sympy_sees_them(answer):
+    """sympy's big-integer work never returns to Python (SIGALRM cannot stop it): `$10^{10^{10}}$` graded
+    for over 120 s at timeout_s=5; the size rule refuses it before math-verify is called."""
+    start = time.perf_counter()
+    g = grade(a(answer), "5", timeout_s=5)
+    assert time.perf_counter() - start < 1.0 and g.score == 0.0
+
+
+@pytest.mark.parametrize(
+    "text, refused",
+    [
+        ("10^{10}", False), ("2^{10000}", False), ("x^{2n+1}", False), ("5!", False), ("(n-1)!", False),
+        ("7!!", False), ("\\binom{10}{3}", False), ("3 \\! 4", False), ("x != 2", False),
+        ("10^{10^{10}}", True), ("a^b^c", True), ("2**3**4", True), ("2^{3!}", True), ("2^{100000}", True),
+        ("123456789012^{9999}", True), ("9!!!", True), ("(3!)!", True), ("(10^7)!", True), ("100000!", True),
+        ("\\binom{100000}{5}", True), ("1" * 301, True), ("x" * 1001, True),
+    ],
+)  # fmt: skip
+def test_the_size_rule(text, refused):
+    from observe_r1.rewards.bounds import unbounded
+
+    assert (unbounded(text) is not None) == refused, unbounded(text)
+
+
+def test_a_timeout_is_never_swallowed_nor_caches_the_gold(monkeypatch):
+    """math-verify catches every Exception: a time limit that was an Exception went uncounted, and the gold
+    it interrupted was cached as plain text, so every later answer to it scored 0."""
+    import observe_r1.rewards.accuracy as acc
+
+    real = acc.parse
+
+    def swallowing(text, **kwargs):  # what math-verify does around its readers
+        try:
+            time.sleep(2)
+        except Exception:  # noqa: BLE001
+            return []
+        return real(text, **kwargs)
+
+    gold = "$\\frac{7}{3}$"
+    acc.classify_gold.cache_clear()
+    monkeypatch.setattr(acc, "parse", swallowing)
+    start = time.perf_counter()
+    g = acc.grade(a("7/3"), gold, timeout_s=0.2)
+    assert time.perf_counter() - start < 1.5 and g.timed_out and g.kind == "timeout"
+    monkeypatch.setattr(acc, "parse", real)
+    assert acc.classify_gold(gold)[0] == "math" and acc.grade(a("7/3"), gold).score == 1.0
+
+
+def test_thousands_of_unclosed_answer_tags_cost_their_length():
+    start = time.perf_counter()
+    g = grade("<answer>" * 8000 + "5", "5", timeout_s=0.5)
+    assert time.perf_counter() - start < 0.2 and g.score == 0.0 and not g.timed_out

@@ -107,3 +107,20 @@ def test_observe_advantages_per_objective_adds_the_bonus_to_the_correctness_obje
         objectives[..., 1]
     )
     torch.testing.assert_close(out.sequence, (out.weights[:, None] * expected).flatten())
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo"])
+def test_all_equal_groups_get_exactly_zero_despite_rounding(estimator):
+    """6 x 1.3: the mean is not exactly 1.3 in float32, and the std division turned the rounding into -0.105
+    each (docs/grpo.md: zero-variance groups get exactly 0)."""
+    rewards = torch.cat([torch.full((1, 6), 1.3), torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.0, 1.0]])])
+    adv = group_advantages(rewards, estimator)
+    assert adv[0].tolist() == [0.0] * 6 and adv[1].abs().sum() > 0
+
+
+def test_observe_advantages_of_an_all_equal_group_are_zero_without_difficulty_weighting():
+    from observe_r1.algos import observe_advantages
+
+    rewards, correct = torch.full((1, 8), 0.7), torch.zeros(1, 8, dtype=torch.bool)
+    out = observe_advantages(rewards, correct, torch.full((1, 8), 10), difficulty_weighting=False)
+    assert out.sequence.tolist() == [0.0] * 8  # was +0.056 each

@@ -2,6 +2,7 @@
 callbacks that stop a run (and the resume after), and the checks that run before anything is written."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,11 @@ def test_a_callback_stops_the_run_and_the_same_trainer_resumes_it(tmp_path):
     datasets = pytest.importorskip("datasets")
     rows = datasets.Dataset.from_list(python_api.counting_rows(16))  # a datasets.Dataset in memory
     config = GRPOConfig.load("configs/tiny_cpu.yaml", [f"logging.output_dir={tmp_path}", "data.test=[]"])
-    calls = []
+    log = tmp_path / "calls.txt"
 
-    def says_four(completions, **kwargs):  # defined in a function: scored in this process
-        calls.append(len(completions))
+    def says_four(completions, **kwargs):  # a closure: scored in a fork of this process, under the time bound
+        with log.open("a") as f:
+            f.write(f"{os.getpid()} {len(completions)}\n")
         return [float("4" in c) for c in completions]
 
     def stop_after_first(step, metrics):
@@ -51,7 +53,9 @@ def test_a_callback_stops_the_run_and_the_same_trainer_resumes_it(tmp_path):
     assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step")] == [
         "step-000001"
     ]
-    assert calls and set(calls) == {4}  # once per group of n=4
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert calls and {n for _, n in calls} == {"4"}  # once per group of n=4
+    assert str(os.getpid()) not in {pid for pid, _ in calls}  # never in the trainer's process
     trainer([]).train()
     assert [r["step"] for r in history(tmp_path)] == [0, 1, 2]
 

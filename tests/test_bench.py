@@ -87,3 +87,8 @@ def test_parquet_memory_bench_holds_references_not_images():
     out = run_json(str(BENCH / "parquet_memory.py"), "--rows", "120", "--size", "64", "--row-group", "40")
     assert out["rows"] == 120 and out["alive_mib_after_load"] < out["file_mib"]
     assert out["load_ms_file_order"] > 0 and out["load_ms_random_order"] > 0
+
+
+def test_head_memory_bench_smoke_run():
+    r = run_json(str(BENCH / "head_memory.py"), "--positions", "64", "--vocab", "2048", "--hidden", "64")
+    assert r["same_logp"] and r["chunked"]["chunk_rows"] == 32768 and r["whole"]["chunk_rows"] == 64

@@ -122,6 +122,17 @@ BAD_VALUES = [
     ("reward.bonus_min_length=-5", "reward.bonus_min_length"),
     ("model.lora_dropout=1.0", "model.lora_dropout"),
     ("logging.eval_every=-1", "logging.eval_every"),
+    # issue 24: a bound of 1e-300 s scored accuracy 0 for a whole run, 1e12 s was "raised on every response"
+    ("reward.timeout_s=1e-300", "reward.timeout_s"),
+    ("reward.timeout_s=1e12", "reward.timeout_s"),
+    ("reward.workers=1000000", "reward.workers"),
+    ("reward.terms=[{name: accuracy, weight: 1e308}]", "reward.terms"),  # a reward of inf, every step skipped
+    ("seed=-1", "seed"),  # failed after the model was built
+    ("seed=4294967296", "seed"),
+    ("algorithm.mismatch_band=[2, 5]", "algorithm.mismatch_band"),
+    ("algorithm.mismatch_band=[0.5]", "algorithm.mismatch_band"),
+    ("algorithm.overlong_buffer=8192", "algorithm.overlong_buffer"),  # the budget: rollout.max_new_tokens
+    ("algorithm.policy_loss=trpo", "algorithm.policy_loss"),
 ]
 
 
@@ -171,3 +182,47 @@ def test_base_files_are_merged_under_the_config(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ConfigError, match="include each other"):
         load_config(tmp_path / "a.yaml")
+
+
+# ------------------------------------------------------------------ issue 24: config files that mislead or hang
+
+
+def test_a_key_given_twice_is_refused_naming_the_line(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 1.0e-5\nseed: 1\noptim:\n  epochs: 2\n")  # YAML kept only the second optim
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}:4: the key 'optim' appears twice"):
+        load_config(f)
+
+
+def test_base_must_be_a_small_regular_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("base: /dev/zero\nseed: 1\n")  # read forever
+    with pytest.raises(ConfigError, match="/dev/zero: not a regular file"):
+        load_config(f)
+    big = tmp_path / "big.yaml"
+    big.write_text("seed: 1\n" + "#" * (2 << 20))
+    with pytest.raises(ConfigError, match="larger than 1024 KiB"):
+        load_config(big)
+
+
+def test_python_tags_are_an_error_naming_the_file_and_line(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("seed: 1\nmodel: !!python/object/apply:os.system [echo hi]\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}:2: could not determine a constructor"):
+        load_config(f)
+    with pytest.raises(ConfigError, match="override 'seed=!!python/object:os.system'"):
+        load_config(None, ["seed=!!python/object:os.system"])
+
+
+def test_the_new_algorithm_keys_load():
+    cfg = load_config(
+        None,
+        [
+            "algorithm.policy_loss=gspo",
+            "algorithm.mismatch_band=[0.5, 5]",
+            "algorithm.overlong_buffer=1024",
+            "model.trust_remote_code=true",
+        ],
+    )
+    assert cfg.algorithm.policy_loss == "gspo" and cfg.algorithm.mismatch_band == [0.5, 5.0]
+    assert cfg.algorithm.overlong_buffer == 1024 and cfg.model.trust_remote_code

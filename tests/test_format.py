@@ -26,6 +26,14 @@ OBSERVE_CASES = [
     ("<observe></observe><think>b</think><answer>1</answer>", 0.0),
     ("<observe>a</observe><think>  \n </think><answer>1</answer>", 0.0),
     ("<observe>a</observe><think>b</think><answer> </answer>", 0.0),
+    # blocks that hold only invisible characters are empty too (issue 24): a zero-width space, a byte-order
+    # mark, control characters, a word joiner, a Hangul filler
+    ("<observe>\u200b</observe><think>b</think><answer>1</answer>", 0.0),
+    ("<observe>a</observe><think>\ufeff</think><answer>1</answer>", 0.0),
+    ("<observe>a</observe><think>b</think><answer>\x00\x07\x1b</answer>", 0.0),
+    ("<observe>\u2060 \u200d</observe><think>b</think><answer>1</answer>", 0.0),
+    ("<observe>\u3164</observe><think>b</think><answer>1</answer>", 0.0),
+    ("<observe>a\u200b</observe><think>b</think><answer>1</answer>", 1.0),  # visible text with one inside
     # text outside the blocks
     ("Sure! " + GOOD, 0.0),
     ("<observe>a</observe> so <think>b</think><answer>1</answer>", 0.0),

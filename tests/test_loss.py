@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from observe_r1.algos import aggregate, kl_divergence, loss_denominator, policy_loss, tis_weights
+from observe_r1.algos import (
+    aggregate,
+    kl_divergence,
+    loss_denominator,
+    mismatch_mask,
+    overlong_penalty,
+    policy_loss,
+    tis_weights,
+)
 
 
 def naive_token_losses(logp, old, adv, clip_low, clip_high, dual_clip):
@@ -109,3 +117,90 @@ def test_truncated_importance_sampling_by_hand():
     torch.testing.assert_close(loss, torch.tensor(-(math.exp(0.5) - math.exp(-0.2) + 4.0) / 3))
     plain, _ = policy_loss(trainer, trainer, adv, mask, denominator=3.0)
     torch.testing.assert_close(plain, torch.tensor(-2.0 / 3))
+
+
+# ------------------------------------------------------------------ issue 24: clamps, GSPO, CISPO, MIS, overlong
+
+
+def test_k3_is_clamped_as_verl_and_easyr1_clamp_it():
+    """logp 0, ref 12: k3 was 162,741.8 with a non-zero gradient; verl's low_var_kl clamps the log-ratio to
+    +-20 and the estimate to <= 10."""
+    logp = torch.tensor([[0.0, -1.0]], requires_grad=True)
+    ref = torch.tensor([[12.0, -1.5]])
+    kl = kl_divergence(logp, ref, "k3")
+    small = math.exp(-0.5) + 0.5 - 1
+    torch.testing.assert_close(kl.detach(), torch.tensor([[10.0, small]]))
+    kl.sum().backward()
+    assert logp.grad[0, 0] == 0 and logp.grad[0, 1] != 0
+
+
+def test_the_ppo_ratio_has_a_log_ratio_clamp():
+    """logp - old = 25 gave a loss and a gradient of 2.4e10."""
+    logp = torch.tensor([[25.0]], requires_grad=True)
+    loss, stats = policy_loss(logp, torch.zeros(1, 1), torch.tensor([[-1.0]]), torch.ones(1, 1))
+    assert loss.item() == pytest.approx(math.exp(20)) and stats.ratio_max == pytest.approx(math.exp(20))
+    loss.backward()
+    assert logp.grad.item() == 0
+
+
+def test_gspo_by_hand():
+    """GSPO (Zheng et al. 2025, eq. 5-7): s_i = exp(mean_t log(pi / pi_old)), the loss per sequence
+    -min(s_i A_i, clip(s_i) A_i); with seq_mean_token_mean the mean over sequences. Its gradient: d/dlogp_t of
+    -s_i A_i is -A_i s_i / |y_i| for each token (unclipped)."""
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.5, 0.0]], requires_grad=True)
+    old = torch.tensor([[-1.2, -2.1, -2.6], [-1.5, -0.9, 0.0]])
+    adv = torch.tensor([[1.0], [-2.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    s1 = math.exp((0.2 + 0.1 - 0.4) / 3)  # 0.967: inside [0.8, 1.2]
+    s2 = math.exp((1.0 + 0.4) / 2)  # 2.01: clipped at 1.2 for A < 0? -A s vs -A clip(s): max is -A s = 4.03
+    want = (-1.0 * s1 + 2.0 * s2) / 2
+    loss, stats = policy_loss(
+        logp, old, adv, mask, 0.2, 0.2, agg="seq_mean_token_mean", denominator=2.0, kind="gspo"
+    )
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+    assert stats.clip_fraction == 0.0  # A < 0 with s > 1 + eps: the unclipped term is the larger
+    loss.backward()
+    torch.testing.assert_close(logp.grad[0], torch.full((3,), -1.0 * s1 / 3 / 2))
+    torch.testing.assert_close(logp.grad[1, :2], torch.full((2,), 2.0 * s2 / 2 / 2))
+    # a positive advantage above 1 + eps is clipped: no gradient
+    loss, stats = policy_loss(
+        logp, old, -adv, mask, 0.2, 0.2, agg="seq_mean_token_mean", denominator=2.0, kind="gspo"
+    )
+    assert loss.item() == pytest.approx((1.0 * s1 - 2.0 * 1.2) / 2, rel=1e-6)
+    assert stats.clip_fraction == pytest.approx(2 / 5)
+
+
+def test_cispo_by_hand():
+    """CISPO (MiniMax-M1, eq. 4): -sg(clip(r, 1 - eps_low, 1 + eps_high)) A log pi per token: a token whose
+    ratio left the band keeps its gradient, with the clipped weight."""
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    old = torch.tensor([[-1.5, -2.0]])  # ratios e^0.5 = 1.65 (clipped to 1.28) and 1
+    adv, mask = torch.tensor([[2.0]]), torch.ones(1, 2)
+    loss, stats = policy_loss(logp, old, adv, mask, 0.2, 0.28, denominator=2.0, kind="cispo")
+    assert loss.item() == pytest.approx(-(1.28 * 2.0 * -1.0 + 1.0 * 2.0 * -2.0) / 2)
+    assert stats.clip_fraction == 0.5
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-1.28 * 2.0 / 2, -1.0 * 2.0 / 2]]))
+
+
+def test_mismatch_mask_by_hand():
+    """MIS / IcePop: tokens whose trainer-to-engine ratio is outside [0.5, 5] get weight 0."""
+    trainer = torch.tensor([[-1.0, -1.0, -1.0, -1.0]])
+    engine = torch.tensor([[-1.0, -0.2, -3.0, -2.5]])  # ratios 1, e^-0.8 = 0.45, e^2 = 7.4, e^1.5 = 4.5
+    torch.testing.assert_close(mismatch_mask(trainer, engine, 0.5, 5.0), torch.tensor([[1.0, 0.0, 0.0, 1.0]]))
+    adv, mask = torch.tensor([[1.0, 1.0, 1.0, 1.0]]), torch.ones(1, 4)
+    loss, _ = policy_loss(
+        trainer, trainer, adv, mask, denominator=4.0, token_weights=mismatch_mask(trainer, engine, 0.5, 5.0)
+    )
+    assert loss.item() == pytest.approx(-2.0 / 4)
+
+
+def test_overlong_penalty_by_hand():
+    """DAPO eq. 13 with L_max = 10, L_cache = 4: 0 up to 6 tokens, then -(len - 6) / 4, -1 at 10."""
+    lengths = torch.tensor([[3, 6, 7, 9, 10]])
+    torch.testing.assert_close(
+        overlong_penalty(lengths, 10, 4), torch.tensor([[0.0, 0.0, -0.25, -0.75, -1.0]])
+    )
+    torch.testing.assert_close(
+        overlong_penalty(lengths, 10, 4, 0.5), torch.tensor([[0.0, 0.0, -0.125, -0.375, -0.5]])
+    )

@@ -172,6 +172,40 @@ def test_completion_logprobs_and_entropy_match_a_full_forward(model, encoder):
         assert ent.requires_grad == grad
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_chunked_head_equals_the_whole_computation_with_gradients(tiny_model_dir, encoder, packed):
+    """The output head scores a few positions at a time (checkpointed, recomputed in the backward): the
+    log-probs, entropies and every parameter's gradient equal those of one chunk holding every position
+    (issue 24: the [positions, vocab] logits of 8k-token responses took 27.8 GiB per GPU)."""
+    from observe_r1.models.policy import completion_logprobs, load_model
+
+    prompt = encoder.encode([{"role": "user", "content": "How many?"}]).input_ids
+    completion = torch.tensor([[11, 12, 13, 14, 15], [21, 22, 23, 0, 0]])
+    ids = torch.cat([torch.tensor([prompt, prompt]), completion], 1)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.cat([torch.ones(2, len(prompt), dtype=torch.long), mask], 1),
+        "completion_ids": completion,
+        "completion_mask": mask,
+    }
+    results = []
+    for rows in (10**6, 3):  # one chunk; chunks of 3 positions
+        model = load_model(str(tiny_model_dir))
+        logp, ent = completion_logprobs(
+            model, dict(inputs), 0.7, entropy_grad=True, packed=packed, chunk_rows=rows
+        )
+        ((logp * mask).sum() + 0.1 * (ent * mask).sum()).backward()
+        results.append((logp.detach(), ent.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (a_logp, a_ent, a_grads), (b_logp, b_ent, b_grads) = results
+    torch.testing.assert_close(b_logp, a_logp, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(b_ent, a_ent, rtol=1e-5, atol=1e-6)
+    assert a_grads.keys() == b_grads.keys()
+    for name, grad in a_grads.items():
+        if grad is not None:
+            torch.testing.assert_close(b_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_image_tokens_get_3d_rope_positions(model, encoder):
     """Qwen-VL places image tokens by (time, row, column); transformers 5 only does so when the batch says
     which tokens are image tokens (`mm_token_type_ids`), and silently uses 1D text positions otherwise."""
@@ -214,3 +248,58 @@ def test_training_forward_sees_the_positions_generation_saw(model, encoder):
     greedy = logits[:, -width - 1 : -1].argmax(-1)
     mask = inputs["completion_mask"].bool()
     assert torch.equal(greedy[mask], inputs["completion_ids"][mask])
+
+
+# ------------------------------------------------------------------ issue 24: a model folder's own code
+
+
+CUSTOM_CODE = """
+from pathlib import Path
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+Path("MARKER").write_text("the model folder's code ran")  # transformers runs a copy of this file elsewhere
+
+
+class MyConfig(Qwen2Config):
+    model_type = "my_custom"
+
+
+class MyModel(Qwen2ForCausalLM):
+    config_class = MyConfig
+"""
+
+
+@pytest.fixture
+def custom_code_model(tmp_path):
+    import json
+
+    from observe_r1.toy.tiny import build_tiny_lm
+
+    out = build_tiny_lm(tmp_path / "custom")
+    config = json.loads((out / "config.json").read_text())
+    config |= {
+        "model_type": "my_custom",
+        "auto_map": {"AutoConfig": "custom.MyConfig", "AutoModelForCausalLM": "custom.MyModel"},
+    }
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "custom.py").write_text(CUSTOM_CODE.replace("MARKER", str(out / "RAN")))
+    return out
+
+
+def test_a_model_folders_code_never_runs_unless_asked(custom_code_model, monkeypatch, caplog):
+    """transformers asked "run the custom code? [y/N]" under our progress bar, and answering y ran the file:
+    trust_remote_code is always given, False unless `model.trust_remote_code: true`."""
+    from observe_r1.models.policy import load_model
+
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda *a: asked.append(a) or "y")
+    with pytest.raises(
+        ValueError, match="needs its own Python code to load .* model.trust_remote_code: true"
+    ):
+        load_model(str(custom_code_model))
+    ChatEncoder.from_pretrained(custom_code_model)  # its tokenizer needs no code of the folder's
+    assert not asked and not (custom_code_model / "RAN").exists()
+    with caplog.at_level("WARNING"):
+        model = load_model(str(custom_code_model), trust_remote_code=True)
+    assert type(model).__name__ == "MyModel" and (custom_code_model / "RAN").exists() and not asked
+    assert "model.trust_remote_code" in caplog.text and "custom.py" in caplog.text

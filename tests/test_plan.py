@@ -16,7 +16,8 @@ from tests.test_train import ROOT, TINY
 QWEN_3B = "qwen2.5-vl-3b-instruct/config.json"
 CONFIG_3B = ROOT / "configs" / "observe_r1_qwen2_5_vl_3b.yaml"
 CONFIG_7B = ROOT / "configs" / "observe_r1_qwen2_5_vl_7b.yaml"
-MODEL_7B = ROOT / "configs" / "models" / "qwen2_5_vl_7b_config.json"
+MODELS = ROOT / "src" / "observe_r1" / "assets" / "models"  # the published config.json files shipped
+MODEL_7B = MODELS / "qwen2_5_vl_7b.json"
 
 
 def test_parameter_counts_are_the_models(realcases, tiny_model_dir):
@@ -101,5 +102,64 @@ def test_plan_prints_a_breakdown_and_a_verdict_for_the_papers_configs(realcases)
             assert line in proc.stdout, proc.stdout
     ddp = plan_cli(CONFIG_7B, "parallel.strategy=ddp", "--model-config", MODEL_7B)
     assert ddp.returncode == 1 and "DOES NOT FIT" in ddp.stdout and "parallel.strategy=fsdp" in ddp.stdout
-    missing = plan_cli(CONFIG_3B)
+    missing = plan_cli(CONFIG_3B, "model.path=/nowhere/MyModel")
     assert missing.returncode == 2 and "--model-config" in missing.stderr + missing.stdout
+
+
+SHIPPED_CONFIGS = sorted((ROOT / "configs").glob("**/*.yaml"))
+
+
+def test_plan_gives_a_verdict_on_every_shipped_config_without_a_download(capsys):
+    """`plan` refused every config without --model-config, even tiny_cpu.yaml whose model the framework builds
+    itself: hub ids resolve to the shipped published configs, `tiny` to its own spec."""
+    from observe_r1.cli import main
+
+    for config in SHIPPED_CONFIGS:
+        code = main(["plan", str(config)])
+        printed = capsys.readouterr().out
+        assert code == 0 and "FITS" in printed, f"{config}: {printed}"
+
+
+def test_known_models_resolve_by_hub_id_or_folder_name(realcases, tmp_path):
+    from observe_r1.recipes.plan import model_config_of
+
+    published = load_model_config(realcases / QWEN_3B).to_dict()
+    for path in (
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+        "/somewhere/else/Qwen2.5-VL-3B-Instruct",
+        "Qwen/Qwen2.5-VL-3B",
+    ):
+        config, source = model_config_of(load_config(TINY, [f"model.path={path}"]))
+        assert "qwen2_5_vl_3b.json" in source
+        assert {k: v for k, v in config.to_dict().items() if k not in ("_comment", "_name_or_path")} == {
+            k: v for k, v in published.items() if k != "_name_or_path"
+        }
+    for name, billions in (
+        ("Qwen/Qwen2-VL-2B-Instruct", 2.21),
+        ("Qwen/Qwen2-VL-7B-Instruct", 8.29),
+    ):  # published
+        config, _ = model_config_of(load_config(TINY, [f"model.path={name}"]))
+        assert round(shape_of(config, load_config(TINY)).total / 1e9, 2) == billions
+    config, source = model_config_of(load_config(TINY))  # model.path: tiny
+    assert "built-in tiny" in source
+
+
+def test_the_tiny_spec_is_the_model_train_builds(tiny_model_dir):
+    from observe_r1.recipes.plan import model_config_of
+
+    config, _ = model_config_of(load_config(TINY))
+    assert shape_of(config, load_config(TINY)).total == count_parameters(
+        AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    )
+
+
+def test_the_logits_term_of_the_8k_configs_is_under_4_gib():
+    """The fp32 logits of 8k-token responses took 27.8 GiB per GPU; the output head now scores a chunk of
+    positions at a time (models.policy.TokenScores)."""
+    from observe_r1.recipes.plan import model_config_of
+
+    for path in (CONFIG_3B, CONFIG_7B):
+        cfg = load_config(path)
+        config, _ = model_config_of(cfg)
+        plan = estimate(cfg, shape_of(config, cfg), Hardware())
+        assert plan.terms["logits (fp32)"] < 4 * GIB and plan.fits

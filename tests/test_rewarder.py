@@ -82,6 +82,13 @@ def trl_style(completions, solution, **kwargs):  # TRL's signature: this dataset
 
 def dense(completions, **kw):
     return [0.6, 0.4] * (len(completions) // 2)
+
+def huge(completions, **kw):
+    return [1e39] * len(completions)
+
+def slow(completions, **kw):
+    time.sleep(0.4)
+    return [1.0] * len(completions)
 """
 
 
@@ -255,3 +262,84 @@ def test_config_layouts_become_format_terms():
     )
     with pytest.raises(ValueError, match="format layout 'plan'"):
         Rewarder.from_config(bad.reward)
+
+
+# ------------------------------------------------------------------ issue 24: bounds that hold, overflow
+
+
+TOWER = "<observe>a</observe><think>b</think><answer>$10^{10^{10}}$</answer>"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_power_tower_is_graded_within_the_bound(workers):
+    """`$10^{10^{10}}$` graded for over 120 s at timeout_s=5 (sympy's big integers never return to Python)
+    in this process; through the pool each such response cost (n + 1) x timeout_s."""
+    import time
+
+    with Rewarder([("accuracy", 1.0), ("observe_format", 0.5)], timeout_s=2, workers=workers) as r:
+        started = time.perf_counter()
+        out = r(batch([TOWER, GOOD.format(1), TOWER, GOOD.format(1)]))
+        took = time.perf_counter() - started
+    assert took < 2 * 2 + 5, took
+    assert out.terms["accuracy"].tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_a_closure_or_lambda_is_scored_under_the_same_bound():
+    """Callables a worker cannot import (defined in __main__, a notebook, a closure) ran in the trainer's
+    process, where a hang hung training: now they run in forked workers, bounded like the others."""
+    import threading
+
+    def hangs(completions, **kw):
+        if any("hang" in c for c in completions):
+            threading.Event().wait(1000)
+        return [1.0] * len(completions)
+
+    with Rewarder(
+        [("accuracy", 1.0), ("hangs", 1.0)], timeout_s=0.5, workers=2, functions={"hangs": hangs}
+    ) as r:
+        assert r.forked
+        out = r(batch([GOOD.format(1), "hang", GOOD.format(1), GOOD.format(1)]))
+    assert out.terms["hangs"].tolist() == [1.0, 0.0, 1.0, 1.0] and out.metrics["reward/timeouts"] == 1.0
+    with Rewarder(
+        [("accuracy", 1.0), ("lam", 1.0)],
+        workers=2,
+        functions={"lam": lambda completions, **kw: [2.0] * len(completions)},
+    ) as r:
+        assert r(batch([GOOD.format(1)] * 2)).terms["lam"].tolist() == [2.0, 2.0]
+
+
+def test_rewards_and_weights_that_overflow_are_refused(plugin):
+    with (
+        Rewarder([("accuracy", 1.0), (f"{plugin}:huge", 1.0)]) as r,
+        pytest.raises(RewardFunctionError, match="within"),
+    ):
+        r(batch([GOOD.format(1)] * 2))  # 1e39 overflowed float32: reward inf, every optimiser step skipped
+    for weight in (1e308, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="weight"):
+            Rewarder([("accuracy", weight)])
+
+
+def test_killed_reward_workers_do_not_end_the_run(plugin):
+    """kill -9 of three workers 3 s apart (an OOM killer): the pool is rebuilt and the responses scored again.
+    Killing a worker while the pool was idle (as it is while the policy generates) broke pebble's pool
+    ("Unexpected error within the Pool") and ended the run; one killed while scoring costs a retry."""
+    import os
+    import signal
+    import threading
+    import time
+
+    def workers(r):
+        return [w.pid for w in r._pool._pool_manager.worker_manager.workers.values()]
+
+    r = Rewarder([("accuracy", 1.0), (f"{plugin}:slow", 1.0)], timeout_s=5, workers=2)
+    outs = [r(batch([GOOD.format(1)] * 4))]
+    for _ in range(3):  # idle: between two steps
+        os.kill(workers(r)[0], signal.SIGKILL)
+        time.sleep(3)
+        outs.append(r(batch([GOOD.format(1)] * 4)))
+    busy = workers(r)[0]  # and once while it scores
+    threading.Timer(0.2, os.kill, (busy, signal.SIGKILL)).start()
+    outs.append(r(batch([GOOD.format(1)] * 4)))
+    r.close()
+    assert all(out.terms["slow"].tolist() == [1.0] * 4 for out in outs)  # every response scored, none lost
+    assert sum(out.metrics["reward/pool_rebuilds"] for out in outs) >= 1

@@ -1,6 +1,7 @@
 """End-to-end GRPO runs of the tiny model on synthetic data (CPU, seconds each)."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -438,3 +439,52 @@ def test_best_checkpoint_needs_evaluations_and_a_logged_metric(shaping, tmp_path
     with pytest.raises(ConfigError, match="logs no 'eval/acuracy'; it logs eval/accuracy"):
         run(shaping, tmp_path / "c", "checkpoint.best_metric=eval/acuracy", "logging.eval_every=1",
             "optim.max_steps=1")  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["gspo", "cispo"])
+def test_the_peers_newer_objectives_train_and_log(kind, shaping, tmp_path):
+    """GSPO and CISPO (algorithm.policy_loss), DAPO's overlong shaping: a run of each trains and logs them."""
+    out = run(
+        shaping,
+        tmp_path / kind,
+        f"algorithm.policy_loss={kind}",
+        "algorithm.overlong_buffer=8",
+        "optim.max_steps=2",
+        "logging.eval_every=0",
+        "data.test=[]",
+    )
+    rows = [r for r in metrics(out) if "actor/loss" in r]
+    assert len(rows) == 2 and all(math.isfinite(r["actor/loss"]) and r["actor/grad_norm"] > 0 for r in rows)
+    assert all(
+        r["reward/overlong_penalty/mean"] <= 0 and 0 <= r["reward/overlong_penalty/rate"] <= 1 for r in rows
+    )
+    assert all(0 <= r["actor/clip_fraction"] <= 1 for r in rows)
+
+
+def test_engine_tokens_outside_the_mismatch_band_get_no_gradient(tiny_model_dir, encoder):
+    """algorithm.mismatch_band (MIS / IcePop): with every engine log-prob far from the trainer's, every token
+    is masked, the gradient is zero and the masked share logged is 1; inside the band the update is the plain one."""
+    from observe_r1.models.policy import load_model
+    from observe_r1.rollout.base import PromptBatch, SamplingParams
+    from observe_r1.rollout.hf import HFRollout
+    from tests.test_rollout import prompt
+
+    model = load_model(str(tiny_model_dir))
+    prompts = [prompt(encoder, "How many?"), prompt(encoder, "What is the sum?", (0, 0, 200), 168)]
+    rollout = HFRollout(model, encoder).generate(
+        PromptBatch(prompts, [0, 1], seed=0), SamplingParams(n=4, max_new_tokens=8)
+    )
+    mask = rollout.completion_mask.float()
+    adv = torch.linspace(-1, 1, 8)[:, None] * mask
+    shares, norms = [], []
+    for shift in (0.0, 5.0):  # the engine's log-probs: the trainer's own, or e^5 times off
+        a = actor(8, model, encoder, GradRecorder(model.parameters()), "algorithm.mismatch_band=[0.5, 5]")
+        traj = trajectory(rollout, adv[:, 0])
+        traj.mask, traj.token_advantages = mask, adv
+        traj.old_logp = a.logprobs(model, traj)
+        rollout.logprobs = traj.old_logp.detach() - shift
+        stats = a.update(traj, RunState())
+        shares.append(stats["actor/mismatch_masked_share"])
+        norms.append(stats["actor/grad_norm"])
+    rollout.logprobs = None
+    assert shares == [0.0, 1.0] and norms[0] > 0 and norms[1] == 0

@@ -163,15 +163,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from observe_r1.config import ConfigError, load_config
-    from observe_r1.recipes.plan import Hardware, estimate, load_model_config, render, shape_of, suggest
+    from observe_r1.config import load_config
+    from observe_r1.recipes.plan import Hardware, estimate, model_config_of, render, shape_of, suggest
 
-    cfg = load_config(args.config, list(args.overrides))
-    source = args.model_config or cfg.model.path
-    if not source or not Path(source).exists():
-        raise ConfigError(f"plan: no model config at {source!r}: pass --model-config (a config.json or a "
-                          "checkpoint directory); the weights are not needed")  # fmt: skip
-    config = load_model_config(source)
+    overrides = list(args.overrides) + (["model.trust_remote_code=true"] if args.trust_remote_code else [])
+    cfg = load_config(args.config, overrides)
+    config, source = model_config_of(cfg, args.model_config)
+    print(f"architecture: {source}")
     hw = Hardware(gpus=args.gpus, nodes=args.nodes, memory_gib=args.gpu_memory, tflops=args.gpu_tflops,
                   mfu_train=args.mfu, price_per_gpu_hour=args.price)  # fmt: skip
     shape = shape_of(config, cfg)
@@ -221,6 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics, records = evaluate_checkpoint(
             args.model, args.data, args.system_prompt, args.max_new_tokens, args.batch_size, args.pass_k, args.limit,
             on_batch=lambda n: bar.advance(task, n), base_model=args.base_model,
+            trust_remote_code=args.trust_remote_code,
         )  # fmt: skip
     out = Path(args.out) if args.out else Path(args.model) / "eval"
     write_report(out, metrics, records, f"Evaluation of {args.model}")
@@ -402,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-tflops", type=float, default=312.0, help="dense bf16 TFLOP/s per GPU (A100 312)")
     p.add_argument("--mfu", type=float, default=0.35, help="model FLOPs utilisation of the training passes")
     p.add_argument("--price", type=float, default=0.0, help="price per GPU-hour, for the cost line")
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="run the Python code the model folder ships"
+    )
     p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("sft", help="supervised fine-tuning on reference responses (cold start)")
@@ -438,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--pass-k", type=int, default=0, help="also sample k responses per item and report pass@k")
     p.add_argument("--limit", type=int, default=0, help="only the first N samples")
+    p.add_argument(
+        "--trust-remote-code", action="store_true", help="run the Python code the model folder ships"
+    )
     p.set_defaults(fn=cmd_eval)
 
     ladder = sub.add_parser("ladder", help="NeuraLadder tools").add_subparsers(
@@ -504,6 +509,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.fn(args)
+    except KeyboardInterrupt as e:  # training.loop.RunInterrupted: a signal, a checkpoint, then the stop
+        signum = getattr(e, "signum", None)
+        if signum is None:
+            console.print("interrupted: the step in progress is not saved (the last checkpoint resumes)")
+            return 130
+        console.print(Text(str(e)), soft_wrap=True)
+        return 128 + signum
     except (OSError, ValueError, ImportError, RuntimeError) as e:
         if args.verbose:
             raise

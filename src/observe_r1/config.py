@@ -25,6 +25,12 @@ class ConfigError(ValueError):
     """A configuration key is unknown, has the wrong type, or contradicts another key."""
 
 
+MAX_TERM_WEIGHT = (
+    1000.0  # |reward.terms[].weight| at most this (rewards are at most 1e6: the sum stays finite)
+)
+MAX_CONFIG_BYTES = 1 << 20  # a config file (or a `base:` file) larger than this is refused
+
+
 @dataclass
 class ModelConfig:
     path: str = (
@@ -42,6 +48,9 @@ class ModelConfig:
     # sdpa or flash attention, and for a vision-language model transformers >= 5.20
     packing: bool = True
     freeze_vision: bool = False  # the paper trains the vision tower too
+    # run the Python code a model folder ships (`auto_map` in its config.json); never without this (the log
+    # says when it is on)
+    trust_remote_code: bool = False
     gradient_checkpointing: bool = False
     # warm start (Ash & Adams 2020): shrink_perturb starts from shrink * the checkpoint + perturb * a fresh random
     # init of the same architecture (the KL reference stays the checkpoint)
@@ -155,6 +164,10 @@ class AlgorithmConfig:
     estimator: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
     difficulty_weighting: bool = True  # Observe-R1 f(d) = 4 * sigma * d * (1 - d)
     sigma: float = 1.8
+    # ppo: token ratios, clipped; gspo: one length-normalised ratio per sequence (its paper clips at
+    # clip_low=3e-4, clip_high=4e-4, with loss_agg: seq_mean_token_mean); cispo: a clipped, stop-gradient
+    # importance weight on every token's log-prob (docs/grpo.md)
+    policy_loss: Literal["ppo", "gspo", "cispo"] = "ppo"
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip: float = 0.0  # 0 = off; else the dual-clip constant c > 1
@@ -167,6 +180,13 @@ class AlgorithmConfig:
     # truncated importance sampling for the engine/trainer mismatch (rollout.backend: vllm): each token's loss
     # is weighted by min(pi_trainer / pi_engine, tis_cap) of the rollout weights; 0 = off (verl and TRL use 2)
     tis_cap: float = 0.0
+    # masked importance sampling (MIS / IcePop): tokens whose engine-vs-trainer ratio pi_trainer / pi_engine lies
+    # outside [low, high] get no loss (IcePop: [0.5, 5] with tis_cap: 5); [] = off; needs the engine's log-probs
+    mismatch_band: list[float] = field(default_factory=list)
+    # DAPO's overlong reward shaping: over the last `overlong_buffer` tokens of rollout.max_new_tokens the reward
+    # falls linearly by up to overlong_penalty (0 = off)
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
     dynamic_sampling: bool = False  # DAPO: drop zero-variance groups and refill
     # WSRL: rollout steps of the initial policy before the first update, scored, not trained on: the prompt
     # sampler hears their accuracy (with data.sampler: online, its pass rates start measured)
@@ -315,6 +335,11 @@ class Config:
             ),
             (len(self.reward.terms) >= 1, "reward.terms", "needs at least one term"),
             (
+                all(abs(t.weight) <= MAX_TERM_WEIGHT for t in self.reward.terms),
+                "reward.terms",
+                f"every weight must be within +-{MAX_TERM_WEIGHT:g}",
+            ),
+            (
                 self.reward.correct_term in [t.key for t in self.reward.terms],
                 "reward.correct_term",
                 f"{self.reward.correct_term!r} must name one of reward.terms",
@@ -330,6 +355,18 @@ class Config:
                 "per_objective keeps the terms apart, a gate multiplies them: choose one",
             ),
             (o.min_lr <= o.lr, "optim.min_lr", "must be in [0, optim.lr]"),
+            (
+                not self.algorithm.mismatch_band
+                or len(self.algorithm.mismatch_band) == 2
+                and self.algorithm.mismatch_band[0] < 1 < self.algorithm.mismatch_band[1],
+                "algorithm.mismatch_band",
+                "must be [] (off) or [low, high] with low < 1 < high",
+            ),
+            (
+                self.algorithm.overlong_buffer < r.max_new_tokens,
+                "algorithm.overlong_buffer",
+                f"must be below rollout.max_new_tokens ({r.max_new_tokens})",
+            ),
             (
                 o.mini_batch_size % o.micro_batch_size == 0,
                 "optim.mini_batch_size",
@@ -400,8 +437,13 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("rollout.chunk_size", _at_least(0), "must be >= 0 (0 = all at once)"),
     ("reward.bonus_coef", _at_least(0), "must be >= 0"),
     ("reward.bonus_min_length", _at_least(0), "must be >= 0"),
-    ("reward.timeout_s", lambda v: v > 0, "must be > 0"),
-    ("reward.workers", _at_least(0), "must be >= 0 (0 = in the training process, without a time bound)"),
+    ("seed", _in(0, 2**32 - 1), "must be in [0, 2^32 - 1]"),
+    ("reward.timeout_s", _in(0.01, 3600), "must be in [0.01, 3600] seconds"),
+    (
+        "reward.workers",
+        _in(0, 256),
+        "must be in [0, 256] (0 = in the training process, without a time bound)",
+    ),
     ("algorithm.sigma", _at_least(0), "must be >= 0"),
     ("algorithm.clip_low", _in(0, 1, high_open=True), "must be in [0, 1)"),
     ("algorithm.clip_high", _at_least(0), "must be >= 0"),
@@ -409,6 +451,9 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("algorithm.kl_coef", _at_least(0), "must be >= 0"),
     ("algorithm.dynamic_sampling_max_tries", _at_least(1), "must be >= 1"),
     ("algorithm.tis_cap", lambda v: v == 0 or v >= 1, "must be 0 (off) or >= 1"),
+    ("algorithm.mismatch_band", lambda v: v > 0, "must be positive ratios"),
+    ("algorithm.overlong_buffer", _at_least(0), "must be >= 0 (0 = off)"),
+    ("algorithm.overlong_penalty", _at_least(0), "must be >= 0"),
     ("rollout.vllm.gpu_memory_utilization", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     ("rollout.vllm.kv_cache_gb", _at_least(0), "must be >= 0"),
     ("rollout.vllm.max_model_len", _at_least(0), "must be >= 0"),
@@ -530,7 +575,7 @@ def parse_override(arg: str) -> tuple[list[str], Any]:
     if "=" not in arg:
         raise ConfigError(f"override {arg!r} must look like key.sub=value")
     key, raw = arg.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
+    value = parse_yaml(raw, f"override {arg!r}") if raw else ""
     return key.strip().split("."), value
 
 
@@ -545,7 +590,7 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     are merged over it (mappings key by key, everything else replaced)."""
     if path.resolve() in seen:
         raise ConfigError(f"{path}: `base:` files include each other")
-    loaded = yaml.safe_load(path.read_text())
+    loaded = parse_yaml(read_config_file(path), str(path))
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     data = loaded or {}
@@ -553,6 +598,57 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base is None:
         return data
     return _merge(read_yaml(path.parent / base, (*seen, path.resolve())), data)
+
+
+def read_config_file(path: Path) -> str:
+    """The text of a config file: a regular file (not a device or a pipe, which may never end) of at most
+    MAX_CONFIG_BYTES, in UTF-8."""
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no such config file" if not path.exists() else f"{path}: not a regular file"
+        )
+    with path.open("rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a config file")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e})") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last one silently: two
+    `optim:` sections would drop the first)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if not isinstance(key, typing.Hashable):
+            continue
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key!r} appears twice in one mapping", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text parsed with the safe loader (no Python objects) and unique keys; an error names `where` and
+    the line."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}{line}: {problem}") from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

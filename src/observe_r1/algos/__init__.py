@@ -8,14 +8,16 @@ from observe_r1.algos.advantages import (
     objective_advantages,
     zero_variance_groups,
 )
-from observe_r1.algos.bonus import apply_length_bonus
+from observe_r1.algos.bonus import apply_length_bonus, overlong_penalty
 from observe_r1.algos.loss import (
     KLEstimator,
     LossAgg,
     LossStats,
+    PolicyLoss,
     aggregate,
     kl_divergence,
     loss_denominator,
+    mismatch_mask,
     policy_loss,
     tis_weights,
 )
@@ -28,6 +30,7 @@ __all__ = [
     "KLEstimator",
     "LossAgg",
     "LossStats",
+    "PolicyLoss",
     "aggregate",
     "apply_length_bonus",
     "difficulty_weights",
@@ -36,8 +39,10 @@ __all__ = [
     "kl_divergence",
     "kl_reward_advantages",
     "loss_denominator",
+    "mismatch_mask",
     "objective_advantages",
     "observe_advantages",
+    "overlong_penalty",
     "policy_loss",
     "shrink_perturb",
     "tis_weights",

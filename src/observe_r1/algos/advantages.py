@@ -35,8 +35,11 @@ ESTIMATORS = {Estimator.GRPO: _grpo, Estimator.DR_GRPO: _dr_grpo, Estimator.RLOO
 
 
 def group_advantages(rewards: torch.Tensor, estimator: str | Estimator = Estimator.GRPO) -> torch.Tensor:
-    """[groups, n] rewards -> [groups, n] advantages. A group whose rewards are all equal gets zeros."""
-    return ESTIMATORS[Estimator(estimator)](rewards.to(torch.float32))
+    """[groups, n] rewards -> [groups, n] advantages. A group whose rewards are all equal gets exactly zeros
+    (its mean is not exactly its value in floating point: 6 x 1.3 gave -0.105 each after the std division)."""
+    rewards = rewards.to(torch.float32)
+    advantages = ESTIMATORS[Estimator(estimator)](rewards)
+    return advantages.masked_fill(zero_variance_groups(rewards)[:, None], 0.0)
 
 
 def objective_advantages(

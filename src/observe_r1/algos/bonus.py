@@ -1,4 +1,5 @@
-"""Observe-R1's bonus for the shortest correct response of a group (spec section 4).
+"""Length shaping of the rewards: Observe-R1's bonus for the shortest correct response of a group (spec
+section 4), and DAPO's soft penalty for responses near the length budget.
 
 Within each group, the shortest correct response (generated tokens, end token included) gets `+coef` if it
 is longer than `min_length`. If the shortest correct response is not longer than `min_length`, nobody in the
@@ -26,3 +27,16 @@ def apply_length_bonus(
     bonus = torch.zeros_like(rewards)
     bonus[torch.arange(rewards.shape[0]), index] = coef * gets_bonus.to(rewards.dtype)
     return rewards + bonus
+
+
+def overlong_penalty(
+    lengths: torch.Tensor,  # [groups, n] generated tokens
+    max_len: int,  # the length budget L_max (rollout.max_new_tokens)
+    buffer: int,  # L_cache: the last tokens of the budget, over which the penalty grows
+    factor: float = 1.0,
+) -> torch.Tensor:
+    """DAPO's overlong reward shaping (Yu et al. 2025, eq. 13), [groups, n], times `factor`: 0 up to
+    L_max - L_cache tokens, then falling linearly to -1 at L_max (a truncated response), -1 beyond."""
+    start = max_len - buffer
+    penalty = ((start - lengths.to(torch.float32)) / buffer).clamp(-1.0, 0.0)
+    return factor * penalty

@@ -38,12 +38,16 @@ def observe_advantages(
     objectives: torch.Tensor | None = None,  # [groups, n, K] per-objective values (multi-objective)
     objective_weights: torch.Tensor | None = None,  # [K]
     bonus_objective: int = 0,  # the objective the bonus is added to (the correctness term)
+    length_penalty: torch.Tensor
+    | None = None,  # [groups, n] added to the rewards first (DAPO's overlong shaping)
 ) -> Advantages:
     """A_i = f(d) * normalise(r_i + bonus_i) within the group: the bonus goes to the shortest correct response
     longer than `bonus_min_length` (spec 4); the advantages are computed on the rewards after the bonus and
     scaled by f(d) = 4 sigma d (1 - d) of the group's accuracy d (spec 5). With `objectives`, each objective
-    is normalised on its own and the results weighted (`objective_advantages`), the bonus added to
-    objective `bonus_objective` first."""
+    is normalised on its own and the results weighted (`objective_advantages`), the bonus (and the length
+    penalty) added to objective `bonus_objective` first."""
+    if length_penalty is not None:
+        rewards = rewards + length_penalty
     shaped = (
         apply_length_bonus(rewards, correct, lengths, bonus_coef, bonus_min_length) if bonus_coef else rewards
     )
@@ -53,7 +57,7 @@ def observe_advantages(
     else:
         assert objective_weights is not None
         values = objectives.clone().to(torch.float32)
-        values[..., bonus_objective] += shaped - rewards
+        values[..., bonus_objective] += shaped - rewards + (0 if length_penalty is None else length_penalty)
         base = objective_advantages(values, objective_weights, estimator)
     sequence = weights[:, None] * base  # [groups, n]
     return Advantages(rewards, shaped, correct, weights, sequence.flatten())

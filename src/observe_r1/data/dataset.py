@@ -38,7 +38,7 @@ from PIL import Image
 
 from observe_r1.data.prompts import with_system_prompt
 from observe_r1.data.sources import MALFORMED, ParquetImage, RowError, resolve
-from observe_r1.models.inputs import PromptError
+from observe_r1.models.inputs import PromptError, PromptTooLong, as_rgb, oriented_size
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ class Sample:
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height), filled by validation
 
     def load_images(self) -> list[Image.Image]:
-        return [open_image(ref).convert("RGB") for ref in self.images]
+        """The images as the model sees them (`models.inputs.as_rgb`: upright, 8-bit RGB)."""
+        return [as_rgb(open_image(ref)) for ref in self.images]
 
     @property
     def question(self) -> str:
@@ -358,7 +359,8 @@ def open_image(ref: ImageRef) -> Image.Image:
 
 
 def check_images(sample: Sample) -> None:
-    """Decode every image fully (a truncated file fails here, not at step 5,000); record the sizes."""
+    """Decode every image fully (a truncated file fails here, not at step 5,000); record the sizes (upright,
+    by the EXIF orientation: what the prompt's image tokens are counted from)."""
     sizes = []
     for i, ref in enumerate(sample.images):
         if isinstance(ref, str) and not Path(ref).is_file():
@@ -366,7 +368,7 @@ def check_images(sample: Sample) -> None:
         try:
             with open_image(ref) as im:
                 im.load()
-                sizes.append(im.size)
+                sizes.append(oriented_size(im))
         except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
             where = ref if isinstance(ref, str) else f"({ref.path} row {ref.row + 1})" if isinstance(
                 ref, ParquetImage) else f"({len(ref)} bytes)"  # fmt: skip
@@ -378,6 +380,8 @@ def check_prompt_length(sample: Sample, encoder: Any, system_prompt: str = "") -
     messages = with_system_prompt(sample.messages, system_prompt)
     try:
         n = encoder.prompt_length(messages, sample.image_sizes, sample.id)
+    except PromptTooLong as e:
+        raise RowError(TOO_LONG, str(e)) from None
     except PromptError as e:
         raise RowError(IMAGE_COUNT, str(e)) from None
     except ValueError as e:  # e.g. an aspect ratio the image processor refuses

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import functools
 import glob
+import itertools
 import json
 import os
 import re
@@ -28,6 +29,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 MALFORMED = "malformed_row"
+TOO_LARGE = "row_too_large"
+MAX_ROW_BYTES = 64 << 20  # a row larger than this (64 MiB: images inline as data: URIs fit) is refused unread
 BATCH_ROWS = 256  # rows per parquet / Arrow read
 DATA_SUFFIXES = (".jsonl", ".parquet")
 Rows = Iterator[tuple[int, "dict | RowError"]]  # (line or row number, row)
@@ -150,18 +153,37 @@ def _file_source(path: Path) -> Source:
 
 def _numbered(rows: Iterable[dict]) -> Rows:
     for i, row in enumerate(rows, start=1):
-        yield (
-            i,
-            row
-            if isinstance(row, dict)
-            else RowError(MALFORMED, f"a row must be a dict, got {type(row).__name__}"),
-        )
+        if not isinstance(row, dict):
+            yield i, RowError(MALFORMED, f"a row must be a dict, got {type(row).__name__}")
+        elif (size := _text_bytes(row)) > MAX_ROW_BYTES:
+            yield i, RowError(TOO_LARGE, f"the row holds {size:,} bytes of text, over {MAX_ROW_BYTES:,}")
+        else:
+            yield i, row
+
+
+def _text_bytes(value: Any) -> int:
+    """The characters of the strings and bytes in a row (images held as references count nothing)."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_text_bytes(v) for v in value)
+    return 0
 
 
 def _jsonl_rows(path: Path) -> Rows:
-    """(line, row); a line that is not a JSON object yields a RowError instead."""
+    """(line, row); a line that is not a JSON object, or longer than MAX_ROW_BYTES (never read whole: a
+    400 MB line once took 19 GB), yields a RowError instead."""
     with path.open("rb") as f:
-        for i, raw in enumerate(f, start=1):
+        for i in itertools.count(1):
+            raw = f.readline(MAX_ROW_BYTES + 1)
+            if not raw:
+                return
+            if len(raw) > MAX_ROW_BYTES:
+                size = len(raw) + _skip_line(f)
+                yield i, RowError(TOO_LARGE, f"the line is {size:,} bytes, over {MAX_ROW_BYTES:,}")
+                continue
             if i == 1:
                 raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
             if not raw.strip():
@@ -170,6 +192,16 @@ def _jsonl_rows(path: Path) -> Rows:
                 yield i, _json_row(raw)
             except RowError as e:
                 yield i, e
+
+
+def _skip_line(f: Any) -> int:
+    """Read past the rest of the current line, a MiB at a time; the bytes skipped."""
+    skipped = 0
+    while chunk := f.readline(1 << 20):
+        skipped += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return skipped
 
 
 def _json_row(raw: bytes) -> dict:

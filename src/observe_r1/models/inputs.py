@@ -13,18 +13,25 @@ through its image tokens into "Image features and image tokens do not match" hou
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import AutoImageProcessor, AutoTokenizer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 
+PREFIX_CHARS_PER_TOKEN = 8  # a text this many characters per token of the limit is first tokenised in part
+log = logging.getLogger(__name__)
+ORIENTATION_TAG = 0x0112  # EXIF: orientations 5-8 swap width and height
 META = "observe_r1.json"  # what observe-r1 records about a checkpoint beside its tokenizer
 # Image-processor types transformers does not know, and the class they name: Qwen's Qwen2.5-VL repos were
 # released with "Qwen2_5_VLImageProcessor" ("Unrecognized image processor", transformers#36193); many
@@ -34,6 +41,10 @@ RENAMED_IMAGE_PROCESSORS = {"Qwen2_5_VLImageProcessor": Qwen2VLImageProcessorPil
 
 class PromptError(ValueError):
     """A prompt cannot be encoded (too long, placeholders and images disagree, bad image); names the sample."""
+
+
+class PromptTooLong(PromptError):
+    """A prompt is longer than `max_prompt_length` tokens (image tokens included)."""
 
 
 @dataclass
@@ -76,11 +87,15 @@ class ChatEncoder:
         self.system_prompt: str | None = None
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> ChatEncoder:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+    def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False, **kwargs: Any) -> ChatEncoder:
+        """The tokenizer and image processor of a checkpoint folder; its own Python code (`auto_map`) runs only
+        with `trust_remote_code` (`remote_code`)."""
+        with remote_code(path, trust_remote_code):
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            processor = load_image_processor(Path(path), trust_remote_code)
         if tokenizer.chat_template is None:  # some checkpoints keep it beside the processor config
             tokenizer.chat_template = _read_chat_template(Path(path))
-        encoder = cls(tokenizer, load_image_processor(Path(path)), **kwargs)
+        encoder = cls(tokenizer, processor, **kwargs)
         encoder.system_prompt = recorded_system_prompt(path)
         return encoder
 
@@ -107,9 +122,7 @@ class ChatEncoder:
     def process_images(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.image_processor is not None, "text-only model"
         size = {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
-        out = self.image_processor(
-            images=[im.convert("RGB") for im in images], size=size, return_tensors="pt"
-        )
+        out = self.image_processor(images=[as_rgb(im) for im in images], size=size, return_tensors="pt")
         return out["pixel_values"], out["image_grid_thw"]
 
     # ------------------------------------------------------------ prompts
@@ -139,7 +152,33 @@ class ChatEncoder:
             self._require_images(sample_id)
         counts = [self.tokens_per_image(w, h) for w, h in image_sizes]
         text = self.expand_image_tokens(self.render(messages), counts, sample_id)
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.token_ids(text, sample_id))
+
+    def token_ids(self, text: str, sample_id: str = "?") -> list[int]:
+        """The token ids of a rendered prompt. A text surely longer than `max_prompt_length` is refused before
+        it is tokenised whole (tokenising one 20 MB row took 6.5 GB and 72 s): by its bytes against the
+        vocabulary's longest token, then by the tokens of a prefix."""
+        limit = self.max_prompt_length
+        if limit is not None and len(text.encode()) > limit * self.longest_token_bytes:
+            raise PromptTooLong(
+                f"sample {sample_id}: the prompt is {len(text.encode()):,} bytes, over "
+                f"max_prompt_length={limit} tokens even at the vocabulary's longest token"
+            )
+        if limit is not None and len(text) > limit * PREFIX_CHARS_PER_TOKEN:
+            head = self.tokenizer(text[: limit * PREFIX_CHARS_PER_TOKEN], add_special_tokens=False)[
+                "input_ids"
+            ]
+            if len(head) > limit:
+                raise PromptTooLong(
+                    f"sample {sample_id}: the prompt's first {limit * PREFIX_CHARS_PER_TOKEN:,} "
+                    f"characters are already {len(head)} tokens, over max_prompt_length={limit}"
+                )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @functools.cached_property
+    def longest_token_bytes(self) -> int:
+        """Bytes of the longest token of the vocabulary (special tokens included)."""
+        return max((len(token.encode()) for token in self.tokenizer.get_vocab()), default=1)
 
     def encode(
         self,
@@ -159,9 +198,9 @@ class ChatEncoder:
                 raise PromptError(f"sample {sample_id}: image processing failed: {e}") from e
             counts = [int(g.prod()) // self.merge_size**2 for g in grid]
         text = self.expand_image_tokens(self.render(messages, add_generation_prompt), counts, sample_id)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self.token_ids(text, sample_id)
         if self.max_prompt_length is not None and len(ids) > self.max_prompt_length:
-            raise PromptError(
+            raise PromptTooLong(
                 f"sample {sample_id}: prompt is {len(ids)} tokens ({sum(counts)} of them image tokens), "
                 f"over max_prompt_length={self.max_prompt_length}; lower max_pixels or raise max_prompt_length"
             )
@@ -230,7 +269,28 @@ class ChatEncoder:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens)
 
 
-def load_image_processor(path: Path) -> Any | None:
+def as_rgb(image: Image.Image) -> Image.Image:
+    """The image as the model sees it, in 8-bit RGB: turned upright by its EXIF orientation (a phone photo
+    stored sideways), 16-bit and 32-bit grey scaled to 8 bits (PIL's own conversion clips them: white), float
+    images in [0, 1] scaled, and transparency composited onto white (as transformers' `convert_to_rgb` does)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        scale = 1 / 257 if image.mode.startswith("I") else (255 if values.max(initial=0) <= 1 else 1)
+        image = Image.fromarray(np.clip(values * scale + 0.5, 0, 255).astype(np.uint8))  # 2-D uint8: mode L
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("RGB")
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) once turned upright by its EXIF orientation (`as_rgb`), without converting it."""
+    width, height = image.size
+    return (height, width) if image.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8) else (width, height)
+
+
+def load_image_processor(path: Path, trust_remote_code: bool = False) -> Any | None:
     """The checkpoint's image processor with its PIL backend (no torchvision); None for a text-only LM."""
     file = path / "preprocessor_config.json"
     if not file.is_file():
@@ -238,7 +298,32 @@ def load_image_processor(path: Path) -> Any | None:
     renamed = RENAMED_IMAGE_PROCESSORS.get(json.loads(file.read_text()).get("image_processor_type"))
     if renamed is not None:
         return renamed.from_pretrained(path)
-    return AutoImageProcessor.from_pretrained(path, backend="pil")
+    return AutoImageProcessor.from_pretrained(path, backend="pil", trust_remote_code=trust_remote_code)
+
+
+@contextlib.contextmanager
+def remote_code(path: str | Path, trust: bool) -> Iterator[None]:
+    """Around loading from a checkpoint folder, with transformers' `trust_remote_code` always given as
+    `trust` (never None, which makes transformers ask "run the custom code? [y/N]" in a terminal, where a
+    progress bar hid the question and answering y ran the file). Refused, it is one clear error; allowed
+    (`model.trust_remote_code: true`), the log says which files may run."""
+    if trust:
+        files = sorted(p.name for p in Path(path).glob("*.py"))
+        log.warning(
+            "model.trust_remote_code: transformers may run the Python code of %s (%s)",
+            path,
+            ", ".join(files) or "code named by its auto_map",
+        )
+    try:
+        yield
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise ValueError(
+            f"{path} needs its own Python code to load (an `auto_map` in its config); observe-r1 "
+            "runs code from a model folder only with model.trust_remote_code: true (eval and plan: "
+            "--trust-remote-code)"
+        ) from None
 
 
 def recorded_system_prompt(checkpoint: str | Path) -> str | None:

@@ -1,7 +1,7 @@
 """Loading the policy (full fine-tune or LoRA, frozen or trained vision tower) and the frozen reference,
 and computing log-probabilities of completion tokens with their images (inputs from
-`observe_r1.rollout.batch.sequence_inputs`), padded or packed (`observe_r1.models.packing`, the one module it
-imports)."""
+`observe_r1.rollout.batch.sequence_inputs`), padded or packed (`observe_r1.models.packing`). A model folder's own
+Python code never runs unless asked (`models.inputs.remote_code`)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,19 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
+from observe_r1.models.inputs import remote_code
 from observe_r1.models.packing import PACKED_SDPA, can_pack, pack, takes_encoded_images
 
 
 def load_model(
-    path: str, attn_implementation: str = "sdpa", lora_base: str | None = None, **kwargs: Any
+    path: str,
+    attn_implementation: str = "sdpa",
+    lora_base: str | None = None,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
 ) -> torch.nn.Module:
     """A vision-language model, or a text-only causal LM when the checkpoint has no vision config; a LoRA
     checkpoint (adapter files only) is its base model (`lora_base`, else the one its adapter config names)
@@ -28,13 +34,22 @@ def load_model(
     (lr 1e-6 updates vanish when added to bf16 weights.) `sdpa` loads as `PACKED_SDPA`: the same attention,
     which can also run packed micro-batches."""
     if is_lora_checkpoint(path):
-        return load_lora_merged(path, lora_base, attn_implementation=attn_implementation, **kwargs)
+        return load_lora_merged(
+            path,
+            lora_base,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            **kwargs,
+        )
     if attn_implementation == "sdpa":
         attn_implementation = PACKED_SDPA
-    is_vlm = getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
-    auto = AutoModelForImageTextToText if is_vlm else AutoModelForCausalLM
     kwargs.setdefault("dtype", torch.float32)
-    return auto.from_pretrained(path, attn_implementation=attn_implementation, **kwargs)
+    with remote_code(path, trust_remote_code):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) else AutoModelForCausalLM
+        return auto.from_pretrained(
+            path, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, **kwargs
+        )
 
 
 def is_lora_checkpoint(path: str | Path) -> bool:
@@ -141,9 +156,11 @@ def completion_logprobs(
     entropy: bool = False,
     entropy_grad: bool = False,
     packed: bool = False,
+    chunk_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[b, T] log-probs of the completion tokens (at the sampling temperature), and optionally the
-    per-token entropy of the policy; 0 at padding. Only the completion positions' logits are materialised.
+    per-token entropy of the policy; 0 at padding. The vocabulary's logits are never whole in memory: the
+    output head runs on `chunk_rows` positions at a time (`TokenScores`; default `head_chunk_rows`).
     `packed`: the sequences run end to end in one row without padding, where the model's attention allows
     it (`models.packing.can_pack`)."""
     device = next(model.parameters()).device
@@ -154,31 +171,72 @@ def completion_logprobs(
     }
     if "image_source" in model_inputs:
         model_inputs |= encode_images(model, model_inputs)
-    if packed and can_pack(_base(model)):
-        model_inputs, keep = pack(_base(model), model_inputs, completion_mask)
-        logits = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits[0]  # [K, vocab]
-        targets = completion[completion_mask]
+    base = _base(model)
+    keep: torch.Tensor | int
+    if packed and can_pack(base):
+        model_inputs, keep = pack(base, model_inputs, completion_mask)
+        targets = completion[completion_mask][None]  # [1, K]: the kept positions predict these
     else:
-        logits = model(**model_inputs, logits_to_keep=completion.shape[1] + 1, use_cache=False).logits[:, :-1]
-        targets = completion
-    logits = logits.float() / temperature
-    log_norm = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_norm
-    ent = None
-    if entropy_grad:  # an entropy bonus in the loss
-        ent = log_norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    elif entropy:  # a metric: a slice at a time, so no second [tokens, vocab] tensor is held
-        with torch.no_grad():
-            rows, norms = logits.flatten(0, -2).split(256), log_norm.flatten().split(256)
-            ent = torch.cat(
-                [n - (torch.softmax(x, -1) * x).sum(-1) for x, n in zip(rows, norms, strict=True)]
-            )
-            ent = ent.view_as(log_norm)
-    if logp.dim() == 1:  # packed: back to [b, T]
-        logp = logp.new_zeros(completion_mask.shape).masked_scatter(completion_mask, logp)
+        keep = completion.shape[1] + 1  # the last prompt position and the completion's
+        targets = torch.nn.functional.pad(completion, (0, 1))  # the last position's target: dropped below
+    head = base.get_output_embeddings()
+    rows = chunk_rows or head_chunk_rows(head.out_features)
+    scorer = TokenScores(head, targets, temperature, entropy_grad, rows)
+    base.set_output_embeddings(scorer)
+    try:
+        scores = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits  # [b, K, 2]
+    finally:
+        base.set_output_embeddings(head)
+    logp, ent = scores[..., 0], None
+    if entropy or entropy_grad:
+        ent = scores[..., 1] if entropy_grad else scores[..., 1].detach()
+    if packed and can_pack(base):  # back to [b, T]
+        logp = logp.new_zeros(completion_mask.shape).masked_scatter(completion_mask, logp[0])
         if ent is not None:
-            ent = ent.new_zeros(completion_mask.shape).masked_scatter(completion_mask, ent)
+            ent = ent.new_zeros(completion_mask.shape).masked_scatter(completion_mask, ent[0])
     else:
-        logp = logp.masked_fill(~completion_mask, 0.0)
-        ent = None if ent is None else ent.masked_fill(~completion_mask, 0.0)
+        logp = logp[:, :-1].masked_fill(~completion_mask, 0.0)
+        ent = None if ent is None else ent[:, :-1].masked_fill(~completion_mask, 0.0)
     return logp, ent
+
+
+HEAD_CHUNK_BYTES = 256 << 20  # fp32 logits of one chunk of positions: 256 MiB (about 3x that in flight)
+
+
+def head_chunk_rows(vocab: int) -> int:
+    """Positions the output head scores at once, so that their fp32 logits take HEAD_CHUNK_BYTES."""
+    return max(1, HEAD_CHUNK_BYTES // (4 * vocab))
+
+
+class TokenScores(torch.nn.Module):
+    """Stands in for the output head during one forward pass (`completion_logprobs`): for each position, the
+    log-prob of its target token and the policy's entropy, [..., 2], computed from the head's logits `rows`
+    positions at a time. In training each chunk is checkpointed: its logits are recomputed in the backward
+    instead of being kept, so the [positions, vocab] logits (27.8 GiB per GPU for 8k-token responses) never
+    exist at once. The values and gradients are those of the whole computation (tests/test_models.py)."""
+
+    def __init__(
+        self, head: torch.nn.Module, targets: torch.Tensor, temperature: float, entropy_grad: bool, rows: int
+    ):
+        super().__init__()
+        self.head, self.targets, self.temperature = head, targets, temperature
+        self.entropy_grad, self.rows = entropy_grad, rows
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        flat, targets = hidden.reshape(-1, hidden.shape[-1]), self.targets.reshape(-1)
+        scores = []
+        for start in range(0, len(flat), self.rows):
+            h, y = flat[start : start + self.rows], targets[start : start + self.rows]
+            if torch.is_grad_enabled() and h.requires_grad:
+                scores.append(checkpoint(self._score, h, y, use_reentrant=False))
+            else:
+                scores.append(self._score(h, y))
+        return torch.cat(scores).view(*hidden.shape[:-1], 2)
+
+    def _score(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.head(hidden).float() / self.temperature
+        log_norm = torch.logsumexp(logits, dim=-1)
+        logp = logits.gather(-1, targets[:, None]).squeeze(-1) - log_norm
+        with torch.set_grad_enabled(self.entropy_grad and torch.is_grad_enabled()):
+            ent = log_norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+        return torch.stack([logp, ent if self.entropy_grad else ent.detach()], -1)

@@ -108,7 +108,12 @@ def dpo(cfg: Config, given: setup.Inputs | None = None) -> Path:
     policy, optimizer, scheduler, sampler, checkpointer, run, tracker, params = trainee(
         cfg, acc, encoder, data, steps
     )
-    reference = None if cfg.model.lora_rank else frozen(load_model(cfg.model.path)).to(acc.device)
+    trust = cfg.model.trust_remote_code
+    reference = (
+        None
+        if cfg.model.lora_rank
+        else frozen(load_model(cfg.model.path, trust_remote_code=trust)).to(acc.device)
+    )
     system = system_prompt(cfg.data.system_prompt)
     amp = runtime.autocast(acc.device, cfg.model.dtype)
 
@@ -122,7 +127,7 @@ def dpo(cfg: Config, given: setup.Inputs | None = None) -> Path:
 
     log.info("DPO: %d optimiser steps x %d pairs (beta %g, SFT weight %g)", steps, o.mini_batch_size,
              cfg.sft.dpo_beta, cfg.sft.dpo_sft_weight)  # fmt: skip
-    with runtime.progress(acc, steps, run.step, "DPO") as bar:
+    with runtime.progress(acc, steps, run.step, "DPO") as bar, loop.interruptible():
         while run.step < steps:
             started, step = time.perf_counter(), run.step
             batch = [data[i] for i in sampler.next(o.mini_batch_size)]

@@ -15,6 +15,7 @@ from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import load_model
 from observe_r1.rewards import Rewarder
 from observe_r1.rollout.hf import HFRollout
+from observe_r1.training.checkpoint import MANIFEST, CheckpointError, verify
 from observe_r1.training.evaluation import evaluate
 
 
@@ -49,14 +50,21 @@ def evaluate_checkpoint(
     max_prompt_length: int = 9216,
     on_batch=None,
     base_model: str | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Load a checkpoint and evaluate it on data files with the default rewards (accuracy + observe format).
-    `system` None: the system prompt the checkpoint was trained with (its observe_r1.json), else "observe"."""
-    encoder = ChatEncoder.from_pretrained(model_dir, max_prompt_length=max_prompt_length)
+    `system` None: the system prompt the checkpoint was trained with (its observe_r1.json), else "observe".
+    A checkpoint of a training run (it has a manifest) is checked against its manifest first."""
+    if (Path(model_dir) / MANIFEST).is_file():
+        problem = verify(Path(model_dir))
+        if problem:
+            raise CheckpointError(f"{model_dir}: the checkpoint cannot be trusted: {problem}")
+    encoder = ChatEncoder.from_pretrained(model_dir, trust_remote_code, max_prompt_length=max_prompt_length)
     text = system_prompt(system or encoder.system_prompt or "observe")
     samples = load_samples(data, encoder, text)[: limit or None]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(str(model_dir), lora_base=base_model).to(device).eval()  # LoRA: merged onto its base
+    model = load_model(str(model_dir), lora_base=base_model, trust_remote_code=trust_remote_code)
+    model = model.to(device).eval()  # LoRA: merged onto its base
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     with Rewarder([("accuracy", 1.0), ("observe_format", 0.5)]) as rewarder, amp:
         return evaluate(HFRollout(model, encoder), encoder, samples, rewarder, text, max_new_tokens, batch_size,

@@ -31,7 +31,9 @@ import torch
 from observe_r1.algos import (
     aggregate,
     kl_divergence,
+    mismatch_mask,
     observe_advantages,
+    overlong_penalty,
     policy_loss,
     tis_weights,
     token_advantages,
@@ -158,7 +160,7 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
              r.prompts_per_step, r.n, plan.updates_per_step, cfg.optim.mini_batch_size, cfg.optim.mini_batch_size / r.n,
              plan.world)  # fmt: skip
     warmup = warm_up(cfg, acc, backend, policy, draw, plan) if run.step == 0 else {}
-    with runtime.progress(acc, plan.steps, run.step, "GRPO") as bar:
+    with runtime.progress(acc, plan.steps, run.step, "GRPO") as bar, loop.interruptible():
         while run.step < plan.steps:
             step, started = run.step, time.perf_counter()
             with timer("sync"):  # HF: the policy itself generates; vLLM: the engine gets a copy
@@ -325,9 +327,26 @@ def advantages(cfg: Config, traj: Trajectory):
         objectives = torch.stack([traj.rewards.terms[k] for k in names], -1).view(-1, n, len(names))
         weights = torch.tensor([t.weight for t in rc.terms])
         bonus_objective = names.index(rc.correct_term)
-    return observe_advantages(traj.rewards.total.view(-1, n), traj.rewards.correct.view(-1, n),
-                              traj.rollout.lengths.view(-1, n), rc.bonus_coef, rc.bonus_min_length, a.estimator,
-                              a.difficulty_weighting, a.sigma, objectives, weights, bonus_objective)  # fmt: skip
+    lengths = traj.rollout.lengths.view(-1, n)
+    penalty = (
+        overlong_penalty(lengths, cfg.rollout.max_new_tokens, a.overlong_buffer, a.overlong_penalty)
+        if a.overlong_buffer
+        else None
+    )
+    return observe_advantages(
+        traj.rewards.total.view(-1, n),
+        traj.rewards.correct.view(-1, n),
+        lengths,
+        rc.bonus_coef,
+        rc.bonus_min_length,
+        a.estimator,
+        a.difficulty_weighting,
+        a.sigma,
+        objectives,
+        weights,
+        bonus_objective,
+        penalty,
+    )
 
 
 def add_token_advantages(cfg: Config, traj: Trajectory, device: torch.device) -> dict[str, float]:
@@ -444,15 +463,20 @@ class Actor:
                             kl = kl_divergence(old, traj.ref_logp[idx, :width], a.kl_estimator)
                             adv = token_advantages(seq_adv[idx], m, kl, a.kl_coef)
                             stats["actor/kl_ref"].append(float((kl * m).sum() / m.sum().clamp(min=1)))
-                        weights = None
-                        if a.tis_cap and traj.rollout.logprobs is not None:  # the engine sampled these
-                            engine = traj.rollout.logprobs[idx, :width].to(old.device)
-                            weights = tis_weights(old, engine, a.tis_cap)
-                            stats["actor/tis_weight_mean"].append(
-                                float((weights * m).sum() / m.sum().clamp(min=1))
-                            )
-                        loss, s = policy_loss(logp, old, adv, m, a.clip_low, a.clip_high, a.dual_clip, a.loss_agg,
-                                              denominator, weights)  # fmt: skip
+                        weights = engine_weights(a, traj, idx, old, m, stats)
+                        loss, s = policy_loss(
+                            logp,
+                            old,
+                            adv,
+                            m,
+                            a.clip_low,
+                            a.clip_high,
+                            a.dual_clip,
+                            a.loss_agg,
+                            denominator,
+                            weights,
+                            a.policy_loss,
+                        )
                         if a.kl_mode == "loss":
                             assert traj.ref_logp is not None
                             kl = kl_divergence(logp, traj.ref_logp[idx, :width], a.kl_estimator)
@@ -476,6 +500,32 @@ class Actor:
         out = {k: sum(v) / len(v) for k, v in stats.items() if k != "optim/skipped_steps"}
         out["optim/skipped_steps"] = float(len(stats.get("optim/skipped_steps", [])))
         return out
+
+
+def engine_weights(
+    a: Any,
+    traj: Trajectory,
+    idx: list[int],
+    old: torch.Tensor,
+    mask: torch.Tensor,
+    stats: dict[str, list[float]],
+) -> torch.Tensor | None:
+    """[b, T] per-token loss weights for tokens an engine sampled (its log-probs differ from the trainer's):
+    truncated IS (`algorithm.tis_cap`) times the mismatch mask (`algorithm.mismatch_band`); None without an
+    engine or either setting. Their means go to `stats`."""
+    if traj.rollout.logprobs is None or not (a.tis_cap or a.mismatch_band):
+        return None
+    engine = traj.rollout.logprobs[idx, : old.shape[1]].to(old.device)
+    weights = torch.ones_like(old)
+    tokens = mask.sum().clamp(min=1)
+    if a.tis_cap:
+        weights = tis_weights(old, engine, a.tis_cap)
+        stats["actor/tis_weight_mean"].append(float((weights * mask).sum() / tokens))
+    if a.mismatch_band:
+        kept = mismatch_mask(old, engine, *a.mismatch_band)
+        stats["actor/mismatch_masked_share"].append(float(((1 - kept) * mask).sum() / tokens))
+        weights = weights * kept
+    return weights
 
 
 # ------------------------------------------------------------------ logging
@@ -509,6 +559,10 @@ def step_metrics(cfg: Config, traj: Trajectory, format_term: str | None, stats: 
         "perf/step_s": seconds,
     }
     m |= {f"difficulty/correct_{k}": float((hits == k).float().mean()) for k in range(n + 1)}
+    if cfg.algorithm.overlong_buffer:  # DAPO's shaping: what it took off the rewards
+        penalty = adv.rewards.flatten() - traj.rewards.total
+        m["reward/overlong_penalty/mean"] = float(penalty.mean())
+        m["reward/overlong_penalty/rate"] = float((penalty < 0).float().mean())
     return m | stats | times
 
 

@@ -5,18 +5,22 @@
    rewards; difficulty = 1 - correct / k, complexity = mean response length in tokens.
 3. Cleaning, ordering, proportions and neighbour mixing (`observe_r1.data.ladder`).
 Scores are appended to OUT.scores.jsonl as each batch finishes, so an interrupted build resumes where it
-stopped. Outputs: OUT (jsonl with `difficulty`, `complexity`, `level`; a row's original `level` column is
+stopped; each row carries the fingerprint of the model and settings that made it, so a build with another
+model, k or sampling scores afresh instead of reusing them. Outputs: OUT (jsonl with `difficulty`, `complexity`, `level`; a row's original `level` column is
 kept as `source_level`), OUT.review.jsonl (difficulty-1 items, for checking their gold answers),
 OUT.summary.md (a table per stage) and OUT.png (the ladder figure).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -35,6 +39,8 @@ from observe_r1.training.scoring import generate_and_score
 
 log = logging.getLogger(__name__)
 
+EASY_TOKENS = 64  # the easy filter's direct answers are at most this long
+
 
 @dataclass
 class LadderResult:
@@ -50,7 +56,7 @@ def build(
     out.parent.mkdir(parents=True, exist_ok=True)
     lc = cfg.ladder
     system = system_prompt(cfg.data.system_prompt)
-    encoder = ChatEncoder.from_pretrained(model, max_prompt_length=cfg.data.max_prompt_length,
+    encoder = ChatEncoder.from_pretrained(model, cfg.model.trust_remote_code, max_prompt_length=cfg.data.max_prompt_length,
                                           min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)  # fmt: skip
     samples = load_samples(data, encoder, system, cfg.data.max_bad_row_fraction, Columns.of(cfg.data))
     easy = set()
@@ -74,25 +80,71 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _cached(path: Path) -> dict[str, dict]:
+def fingerprint(model_dir: str | Path, **settings: Any) -> str:
+    """What a cached score depends on: the model (its folder and its files' sizes and modification times:
+    retrained in place, it is another model) and the scoring settings. A short hash."""
+    files = sorted(
+        (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(model_dir).iterdir() if f.is_file()
+    )
+    text = json.dumps({"model": str(Path(model_dir).resolve()), "files": files, **settings}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _cached(path: Path, key: str) -> dict[str, dict]:
+    """The rows of a score cache made with `key` (the same model and settings), by item id. Rows of another
+    key are left out and counted; an unreadable line (a build killed while writing) is skipped, named."""
     if not path.is_file():
         return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["id"]: r for r in rows}
+    rows, other, bad = {}, 0, []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not (isinstance(row, dict) and isinstance(row.get("id"), str)):
+                raise ValueError("not a score row")
+        except ValueError:
+            bad.append(n)
+            continue
+        if row.get("key") == key:
+            rows[row["id"]] = row
+        else:
+            other += 1
+    if bad:
+        log.warning(
+            "%s: skipped unreadable line(s) %s (those items are scored again)",
+            path,
+            ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else ""),
+        )
+    if other:
+        log.info("%s: %d cached score(s) were made with another model or settings; not used", path, other)
+    return rows
 
 
 def score(
     cfg, model_dir, encoder, todo: list[tuple[int, Sample]], rewarder, system, cache: Path, on_batch
 ) -> dict:
-    """Difficulty and complexity of every item, from k sampled responses; resumes from `cache`."""
-    done = _cached(cache)
+    """Difficulty and complexity of every item, from k sampled responses; resumes from `cache` (the rows
+    made with this model and these settings)."""
+    r = cfg.rollout
+    key = fingerprint(
+        model_dir,
+        k=cfg.ladder.k,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        max_new_tokens=r.max_new_tokens,
+        system=system,
+        seed=cfg.seed,
+        reward=dataclasses.asdict(cfg.reward),
+    )
+    done = _cached(cache, key)
     pending = [(i, s) for i, s in todo if s.id not in done]
     if on_batch is not None and len(done):
         on_batch(len(todo) - len(pending))
     if pending:
-        policy = load_model(model_dir).to(_device()).eval()
+        policy = load_model(model_dir, trust_remote_code=cfg.model.trust_remote_code).to(_device()).eval()
         backend = HFRollout(policy, encoder)
-        r = cfg.rollout
         sampling = SamplingParams(
             cfg.ladder.k, r.temperature, r.top_p, r.top_k, r.max_new_tokens, chunk_size=r.chunk_size
         )
@@ -106,8 +158,13 @@ def score(
                 correct = got.result.correct.view(len(batch), -1)
                 lengths = got.rollout.lengths.view(len(batch), -1).float()
                 for j, s in enumerate(batch):
-                    row = {"id": s.id, "difficulty": 1.0 - float(correct[j].float().mean()),
-                           "complexity": float(lengths[j].mean()), "k": cfg.ladder.k}  # fmt: skip
+                    row = {
+                        "id": s.id,
+                        "difficulty": 1.0 - float(correct[j].float().mean()),
+                        "complexity": float(lengths[j].mean()),
+                        "k": cfg.ladder.k,
+                        "key": key,
+                    }
                     done[s.id] = row
                     f.write(json.dumps(row) + "\n")
                 f.flush()
@@ -118,19 +175,23 @@ def score(
 
 def easy_filter(cfg, model_dir, samples: list[Sample], rewarder, cache: Path, on_batch) -> set[str]:
     """Ids of the items a model answers right without reasoning (greedy, a direct-answer system prompt)."""
-    done = _cached(cache)
+    key = fingerprint(
+        model_dir, system=DIRECT, max_new_tokens=EASY_TOKENS, reward=dataclasses.asdict(cfg.reward)
+    )
+    done = _cached(cache, key)
     pending = [s for s in samples if s.id not in done]
     if pending:
-        encoder = ChatEncoder.from_pretrained(model_dir, max_prompt_length=cfg.data.max_prompt_length)
-        backend = HFRollout(load_model(model_dir).to(_device()).eval(), encoder)
-        sampling = SamplingParams(n=1, greedy=True, max_new_tokens=64)
+        trust = cfg.model.trust_remote_code
+        encoder = ChatEncoder.from_pretrained(model_dir, trust, max_prompt_length=cfg.data.max_prompt_length)
+        backend = HFRollout(load_model(model_dir, trust_remote_code=trust).to(_device()).eval(), encoder)
+        sampling = SamplingParams(n=1, greedy=True, max_new_tokens=EASY_TOKENS)
         with cache.open("a") as f:
             for start in range(0, len(pending), cfg.ladder.batch_size):
                 chunk = pending[start : start + cfg.ladder.batch_size]
                 got = generate_and_score(backend, encoder, rewarder, chunk, list(range(len(chunk))), sampling, DIRECT,
                                          cfg.seed)  # fmt: skip
                 for s, ok in zip(got.samples, got.result.correct.tolist(), strict=True):
-                    done[s.id] = {"id": s.id, "correct": bool(ok)}
+                    done[s.id] = {"id": s.id, "correct": bool(ok), "key": key}
                     f.write(json.dumps(done[s.id]) + "\n")
     return {i for i, r in done.items() if r["correct"]}
 

@@ -39,13 +39,18 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-from observe_r1.config import Config
+from observe_r1.config import Config, ConfigError
+from observe_r1.models.inputs import remote_code
+from observe_r1.models.policy import head_chunk_rows
+from observe_r1.toy.tiny import tiny_model_config
+from observe_r1.training.setup import COLD_START, TINY, cold_start_path
 
 GIB = 1024**3
 RESERVED_GIB = 2.0  # CUDA context, NCCL buffers, fragmentation
@@ -88,9 +93,45 @@ class Shape:
     merge: int = 2  # patches merged per side into one image token
 
 
-def load_model_config(path: str | Path) -> Any:
+SHIPPED = Path(str(resources.files("observe_r1") / "assets" / "models"))
+# published config.json files shipped with observe-r1, by the model's name (a hub id's last part or a folder's
+# name, lower case; a base model has its instruct model's architecture)
+KNOWN_MODELS = {
+    "qwen2.5-vl-3b-instruct": "qwen2_5_vl_3b.json",
+    "qwen2.5-vl-7b-instruct": "qwen2_5_vl_7b.json",
+    "qwen2-vl-2b-instruct": "qwen2_vl_2b.json",
+    "qwen2-vl-7b-instruct": "qwen2_vl_7b.json",
+}
+
+
+def load_model_config(path: str | Path, trust_remote_code: bool = False) -> Any:
     """A `config.json` file, or a checkpoint directory holding one."""
-    return AutoConfig.from_pretrained(path)
+    with remote_code(path, trust_remote_code):
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def model_config_of(cfg: Config, given: str | None = None) -> tuple[Any, str]:
+    """The architecture to plan, and where it came from, never downloaded: `given` (--model-config),
+    `model.path`'s own config.json, the built-in tiny model's spec (`model.path: tiny`), the shipped cold
+    start, or the published config shipped for a known model named by `model.path` (a hub id such as
+    Qwen/Qwen2.5-VL-3B-Instruct, or a folder of that name that is not here)."""
+    path = given or cfg.model.path
+    trust = cfg.model.trust_remote_code
+    if path == TINY and not given:
+        return tiny_model_config(cfg.model.tiny_size, cfg.seed), f"the built-in {cfg.model.tiny_size} model"
+    if path == COLD_START and not given:
+        path = str(cold_start_path())
+    if path and Path(path).exists():
+        return load_model_config(path, trust), path
+    name = Path(path).name.lower()
+    known = KNOWN_MODELS.get(name) or KNOWN_MODELS.get(f"{name}-instruct")
+    if known:
+        return load_model_config(SHIPPED / known), f"{path}: the published config shipped as {known}"
+    raise ConfigError(
+        f"plan: no model config at {path!r}, and it names none of the models whose config ships "
+        f"with observe-r1 ({', '.join(KNOWN_MODELS)}): pass --model-config (a config.json or a "
+        "checkpoint directory); the weights are not needed"
+    )
 
 
 def meta_model(config: Any) -> torch.nn.Module:
@@ -140,12 +181,22 @@ def shape_of(config: Any, cfg: Config) -> Shape:
         kv=getattr(text, "num_key_value_heads", heads) * (text.hidden_size // heads),
         layers=text.num_hidden_layers,
         vocab=text.vocab_size,
-        vision_hidden=getattr(v, "hidden_size", 0) if v else 0,
-        vision_intermediate=getattr(v, "intermediate_size", 0) if v else 0,
+        vision_hidden=vision_width(v)[0],
+        vision_intermediate=vision_width(v)[1],
         vision_layers=getattr(v, "depth", 0) if v else 0,
         patch=getattr(v, "patch_size", 14) if v else 14,
         merge=getattr(v, "spatial_merge_size", 2) if v else 2,
     )
+
+
+def vision_width(v: Any) -> tuple[int, int]:
+    """(width, MLP width) of a vision tower's config: Qwen2-VL names its width embed_dim (its hidden_size is the
+    language model's) and sizes its MLP by mlp_ratio; Qwen2.5-VL and Qwen3-VL say hidden_size and
+    intermediate_size. (0, 0) without a tower."""
+    if v is None:
+        return 0, 0
+    width = int(getattr(v, "embed_dim", 0) or getattr(v, "hidden_size", 0))
+    return width, int(getattr(v, "intermediate_size", 0) or width * getattr(v, "mlp_ratio", 0))
 
 
 @dataclass
@@ -225,7 +276,9 @@ def estimate(cfg: Config, shape: Shape, hw: Hardware, prompt_tokens: int | None 
         text_acts = tokens * shape.layers * per_layer
         vision_acts = images * patches * shape.vision_layers * vision_per_layer
     t["activations (one micro-batch)"] = compute * (text_acts + vision_acts)
-    t["logits (fp32)"] = 12.0 * micro * response * shape.vocab
+    # the output head scores a chunk of positions at a time (models.policy.TokenScores): its fp32 logits, their
+    # softmax and gradient
+    t["logits (fp32)"] = 12.0 * min(micro * response, head_chunk_rows(shape.vocab)) * shape.vocab
     rows = math.ceil(cfg.rollout.prompts_per_step / w) * cfg.rollout.n
     if cfg.rollout.chunk_size:
         rows = min(rows, cfg.rollout.chunk_size)

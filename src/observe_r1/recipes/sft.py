@@ -70,7 +70,7 @@ def sft(cfg: Config, export: str | Path | None = None, given: setup.Inputs | Non
         return evaluate_on_main(cfg, acc, policy, encoder, test, system, given.rewards)
 
     log.info("SFT: %d optimiser steps x %d samples on %d process(es)", steps, o.mini_batch_size, world)
-    with runtime.progress(acc, steps, run.step, "SFT") as bar:
+    with runtime.progress(acc, steps, run.step, "SFT") as bar, loop.interruptible():
         while run.step < steps:
             started = time.perf_counter()
             start = mini * acc.process_index

@@ -28,14 +28,16 @@ import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from math_verify import LatexExtractionConfig, parse, verify
 
+from observe_r1.rewards.bounds import unbounded
+
 log = logging.getLogger(__name__)
 logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns when its own timeout is off; ours is on
 
-ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 TAG_RE = re.compile(r"</?(?:observe|think|answer)>")
 CHOICE_GOLD_RE = re.compile(r"\(?([A-J])\)?[.):]?")
 # A gold that is an option with its text: "(D) Alina", "D. Alina", "D) Alina", "C Cecile" (a capital after
@@ -55,18 +57,63 @@ ANSWER_PREFIX_RE = re.compile(
     r"^(?:so,?\s*)?(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|option|choice)\s*(?:is|:)?\s*", re.I
 )
 HEDGE_RE = re.compile(r"\b(?:maybe|might|perhaps|possibly|not sure|unsure|guess)\b", re.I)
+# what rules out the option just named: "B is wrong", "B is not correct", "B isn't", "B: incorrect"
+NEGATED_RE = re.compile(
+    r"[\s:,-]*(?:(?:is|was|seems|looks)\s+)?(?:not\b|isn't|wasn't|wrong|incorrect|false|eliminated|ruled out)",
+    re.I,
+)
 NEGATION_RE = re.compile(r"\b(?:not|no|never)\b|n't", re.I)
 ARTICLES_RE = re.compile(r"\b(?:a|an|the)\b")
 # Where math-verify must read LaTeX: a $...$ / \(...\) / \[...\] span or a \boxed{}.
 LATEX_SPAN_RE = re.compile(r"\$[^$]+\$|\\\(|\\\[|\\boxed\s*{", re.S)
 LATEX = (LatexExtractionConfig(),)
 BOXED_RE = re.compile(r"\\boxed\s*{((?:[^{}]|{[^{}]*})*)}")  # one level of nested braces: \boxed{\frac{1}{2}}
+SCIENTIFIC_RE = re.compile(r"[-+]?\d+(?:\.\d+)?[eE]([-+]?\d+)")
+MAX_SCIENTIFIC_EXPONENT = 300  # 1e400 stays as written (and is then not read as math)
+MIXED_RE = re.compile(r"(-?)(\d+)\s+(\d+)/(\d+)")  # 3 1/2
 FINAL_LINE_WORDS = 3  # answer_fallback: a last line this short is the answer ("4", "B", "x = 4")
+MAX_ANSWER_CHARS = 10_000  # a longer <answer> scores 0 (no gold is that long; it bounds the readers' work)
+FILLER_WORDS = {
+    "the",
+    "a",
+    "an",
+    "is",
+    "are",
+    "was",
+    "of",
+    "in",
+    "and",
+    "or",
+    "to",
+    "for",
+    "so",
+    "thus",
+    "it",
+    "answer",
+    "final",
+    "total",
+    "about",
+    "approximately",
+    "exactly",
+    "only",
+    "each",
+    "all",
+}
+# one name per unit, for the units rule (`math_matches`); plurals lose their s first
+UNIT_NAMES = {
+    "centimeter": "cm", "centimetre": "cm", "millimeter": "mm", "millimetre": "mm", "meter": "m", "metre": "m",
+    "kilometer": "km", "kilometre": "km", "inche": "in", "inch": "in", "foot": "ft", "feet": "ft", "yard": "yd",
+    "mile": "mi", "gram": "g", "kilogram": "kg", "kgs": "kg", "pound": "lb", "lbs": "lb", "second": "s",
+    "sec": "s", "minute": "min", "hour": "h", "hr": "h", "day": "d", "degree": "deg", "liter": "l", "litre": "l",
+    "milliliter": "ml", "millilitre": "ml", "dollar": "usd",
+}  # fmt: skip
 WRAPPER_RE = re.compile(r"\\(?:boxed|text|mathrm|textbf)\s*{([^{}]*)}")
 
 
-class GradeTimeout(Exception):
-    """Grading took longer than its time limit."""
+class GradeTimeout(BaseException):
+    """Grading took longer than its time limit. A BaseException: math-verify and sympy catch every
+    `Exception` (a timeout they swallowed once went uncounted, left the rest of the grading unbounded, and
+    cached the gold it interrupted as plain text for the rest of the process)."""
 
 
 @dataclass(frozen=True)
@@ -78,12 +125,18 @@ class Grade:
 
 
 def extract_answer(completion: str, fallback: bool = False) -> str | None:
-    """Content of the last `<answer>...</answer>` (may span lines); without tags, None, or with `fallback`
-    the one final answer the completion states (`final_answer`)."""
-    found = ANSWER_RE.findall(completion)
-    if found:
-        return found[-1].strip()
-    return final_answer(completion) if fallback else None
+    """Content of the last `<answer>...</answer>` (may span lines) that is not inside a `<think>` or
+    `<observe>` block (an answer written while reasoning is not the answer); without one, None, or with
+    `fallback` the one final answer the completion states (`final_answer`). Linear in the length: a
+    completion of thousands of unclosed tags costs what its length costs."""
+    end = completion.rfind("</answer>")
+    start = completion.rfind("<answer>", 0, end) if end >= 0 else -1
+    if start < 0:
+        return final_answer(completion) if fallback else None
+    before = completion[:start]
+    if any(before.count(f"<{tag}>") > before.count(f"</{tag}>") for tag in ("think", "observe")):
+        return None
+    return completion[start + len("<answer>") : end].strip()
 
 
 def final_answer(completion: str) -> str | None:
@@ -126,10 +179,13 @@ def normalise_text(text: str) -> str:
 
 
 def read_math(text: str, whole: bool = False) -> list:
-    """math-verify's reading of `text`, given what it needs (see the module docstring); [] if none.
+    """math-verify's reading of `text`, given what it needs (see the module docstring); [] if none, or if
+    evaluating it could run without bound (`bounds.unbounded`).
 
     `whole`: the reading must keep every digit of a plain text (for golds), else []."""
-    text = text.strip().replace("\u2212", "-")
+    text = plain_number(text.strip().replace("\u2212", "-"))
+    if unbounded(text):
+        return []
     if LATEX_SPAN_RE.search(text):
         return parse(text, parsing_timeout=None)  # type: ignore[arg-type]
     if "\\" in text:  # bare LaTeX: "2 \sqrt { 221 }", "\dfrac{7}{2}"
@@ -143,6 +199,19 @@ def read_math(text: str, whole: bool = False) -> list:
         if wrapped and _digits(wrapped[-1]) == _digits(text):
             return wrapped
     return [] if whole else parsed
+
+
+def plain_number(text: str) -> str:
+    """Scientific notation and mixed numbers, which math-verify misreads (`1e5` as 1, `3 1/2` as 1), as
+    plain numbers: `1e+20` (a float column written out) -> 100000000000000000000, `3 1/2` -> 7/2."""
+    sci = SCIENTIFIC_RE.fullmatch(text)
+    if sci and abs(int(sci.group(1))) <= MAX_SCIENTIFIC_EXPONENT:
+        return format(Decimal(text), "f")
+    mixed = MIXED_RE.fullmatch(text)
+    if mixed:
+        sign, whole, num, den = mixed.groups()
+        return f"{sign}{int(whole) * int(den) + int(num)}/{den}"
+    return text
 
 
 def _digits(text: object) -> str:
@@ -196,6 +265,10 @@ def _letter_in(text: str, labelled: bool) -> str | None:
     if labelled and re.fullmatch(r"\(?([a-j])\)?\.?", text):  # "Answer: c"
         return text.strip("().").upper()
     m = LEADING_CHOICE_RE.fullmatch(text)
+    if m and not _is_word(text, m.start(1), m.end(1)) and NEGATED_RE.match(m.group(2)):
+        # "B is wrong; C": the letter is ruled out, the answer is what follows the clause
+        rest = re.split(r"[,.;:\n]", m.group(2), maxsplit=1)
+        return _letter_in(rest[1], labelled) if len(rest) > 1 else None
     if m and not _is_word(text, m.start(1), m.end(1)):
         # "D. it can't be A or B" names D; "A or B", "A/B/C", "A, B" name several
         listed = OPTION_LIST_RE.match(text, m.end(1))
@@ -234,12 +307,14 @@ def yes_no(prediction: str) -> str | None:
 
 def grade(completion: str, gold: str, timeout_s: float = 5.0, fallback: bool = False) -> Grade:
     """Score one completion against its gold, within `timeout_s` seconds (a timeout scores 0)."""
-    prediction = extract_answer(completion, fallback)
     try:
         with time_limit(timeout_s):
+            prediction = extract_answer(completion, fallback)
             kind, value = classify_gold(gold)
             if prediction is None or not prediction:
                 return Grade(0.0, "no_answer", unparsed_gold=kind == "text")
+            if len(prediction) > MAX_ANSWER_CHARS:
+                return Grade(0.0, kind, unparsed_gold=kind == "text")
             if kind == "choice":
                 letter, option_text = value
                 ok = choice_letter(prediction) == letter or (
@@ -248,13 +323,57 @@ def grade(completion: str, gold: str, timeout_s: float = 5.0, fallback: bool = F
             elif kind == "yesno":
                 ok = yes_no(prediction) == value
             elif kind == "math":
-                predicted = read_math(prediction)
-                ok = bool(predicted) and verify(value, predicted, timeout_seconds=None)  # gold first
+                ok = math_matches(value, gold, prediction)
             else:
                 ok = normalise_text(prediction) == value
     except GradeTimeout:
         return Grade(0.0, "timeout", timed_out=True)
     return Grade(float(ok), kind, unparsed_gold=kind == "text")
+
+
+def math_matches(gold_value: list, gold: str, prediction: str) -> bool:
+    """math-verify finds the prediction equal to the gold (gold first), and what the two say around their
+    numbers agrees: a percent sign the gold has not is part of the prediction's number as written (`400%` is
+    not `4`), and units or variables stated on both sides must be the same (`4 km` is not `4 cm`, `y = 2` is
+    not `x = 2`; `4 km` for a gold `4` is right, as math-verify has it)."""
+    if "%" not in gold:
+        prediction = re.sub(r"\\?%", "", prediction)
+    predicted = read_math(prediction)
+    if not (predicted and verify(gold_value, predicted, timeout_seconds=None)):
+        return False
+    (gold_units, gold_variable), (units, variable) = qualifiers(gold), qualifiers(prediction)
+    if gold_units and units and not gold_units & words(prediction):
+        return False
+    return not (gold_variable and variable and gold_variable != variable)
+
+
+def qualifiers(text: str) -> tuple[set[str], str | None]:
+    """The words after a text's first number (its unit: `4 cm` -> {cm}, `16 square units` -> {square, unit}), and
+    the variable it assigns (`x = 2` -> x), read from the text with its LaTeX commands taken out."""
+    text = plain_text(text)
+    number = re.search(r"\d", text)
+    units = words(text[number.start() :]) if number else set()
+    variable = re.match(r"\s*([A-Za-z])\s*=", text)
+    return units, variable.group(1) if variable else None
+
+
+def words(text: str) -> set[str]:
+    """The words of a text, lower case, singular, units by one name (`centimeters` -> cm), without the small
+    words that say nothing about a quantity (`the`, `is`, `in`, ...)."""
+    out = set()
+    for word in re.findall(r"[A-Za-z]+", plain_text(text).lower()):
+        word = word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
+        if word not in FILLER_WORDS:
+            out.add(UNIT_NAMES.get(word, word))
+    return out
+
+
+def plain_text(text: str) -> str:
+    """Text with LaTeX reduced to its words: `\\text{ cm}` -> ` cm`, other commands and braces -> spaces."""
+    text = WRAPPER_RE.sub(
+        r" \1 ", re.sub(r"\\(?:begin|end)\s*{[^{}]*}", " ", text)
+    )  # \begin{pmatrix}: no word
+    return re.sub(r"\\[A-Za-z]+|[{}$\\]", " ", text)
 
 
 def accuracy_reward(completion: str, answer: str, timeout_s: float = 5.0, fallback: bool = False) -> float:
@@ -273,7 +392,9 @@ def time_limit(seconds: float) -> Iterator[None]:
     """Raise GradeTimeout after `seconds` (SIGALRM; the main thread only, elsewhere unbounded and said once).
 
     math-verify's own limit is whole seconds and returns "no match" on timeout without telling the caller,
-    so we turn it off and use this one, which lets timeouts be counted."""
+    so we turn it off and use this one, which lets timeouts be counted. SIGALRM fires between Python
+    bytecodes only: work inside one C call (sympy's big integers) is bounded by `bounds.unbounded` refusing it
+    and, in the reward workers, by the worker being killed (observe_r1.rewards.compose)."""
     global _warned_thread
     if seconds <= 0:
         yield
@@ -284,14 +405,17 @@ def time_limit(seconds: float) -> Iterator[None]:
             _warned_thread = True
         yield
         return
+    armed = True
 
     def on_alarm(signum, frame):
-        raise GradeTimeout()
+        if armed:  # not once the block is done: the alarm may fire while it is being disarmed
+            raise GradeTimeout()
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
+        armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

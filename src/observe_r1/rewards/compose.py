@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import os
 import pickle
 import weakref
 from collections.abc import Sequence
@@ -29,8 +30,9 @@ from typing import Any
 import torch
 from pebble import ProcessExpired, ProcessPool
 
-from observe_r1.config import RewardTerm
+from observe_r1.config import MAX_TERM_WEIGHT, RewardTerm
 from observe_r1.rewards.terms import (
+    BUILTINS,
     Call,
     RewardFn,
     RewardFunctionError,
@@ -45,6 +47,8 @@ from observe_r1.rewards.terms import (
 )
 
 log = logging.getLogger(__name__)
+
+MAX_REBUILDS = 3  # times the worker pool may break and be rebuilt while scoring one batch of calls
 
 
 class RewardTimeoutError(RuntimeError):
@@ -122,6 +126,11 @@ class Rewarder:
         """`terms`: RewardTerm (or (name, weight)); `functions`: callables given from Python, by term name;
         `layouts`: format layouts by name (`<name>_format` terms); `gate`: a term that gates the others."""
         self.terms = [t if isinstance(t, RewardTerm) else RewardTerm(*t) for t in terms]
+        for t in self.terms:
+            if not (isinstance(t.weight, int | float) and abs(t.weight) <= MAX_TERM_WEIGHT):
+                raise ValueError(
+                    f"reward term {t.name}: weight {t.weight!r} must be a number within +-{MAX_TERM_WEIGHT:g}"
+                )
         self.functions = dict(functions or {})
         self.ctx = TermContext(timeout_s, answer_fallback, self.functions, dict(layouts or {}))
         self.refs = [t.name for t in self.terms]
@@ -141,13 +150,24 @@ class Rewarder:
             raise ValueError(f"reward.gate {gate!r} is not one of the reward terms")
         self.gate = gate
         stuck = [name for name, fn in self.functions.items() if not importable(fn)]
-        if workers and stuck:
-            log.info("reward functions %s are defined in __main__ (a notebook or script) or are lambdas: worker "
-                     "processes cannot import them, so rewards are scored in this process, without the time "
-                     "bound (define them in a module to get it)", stuck)  # fmt: skip
-            workers = 0
+        # workers that fork this process: they inherit functions a forkserver's workers could not import
+        self.forked = bool(workers and stuck)
+        if self.forked:
+            log.info(
+                "reward functions %s are defined in __main__ (a notebook or script), or are lambdas or "
+                "closures: the reward workers are forks of this process, which inherit them",
+                stuck,
+            )
+        if not workers and any(t.name not in BUILTINS for t in self.terms):
+            log.warning(
+                "reward.workers=0: rewards are scored in this process, and reward functions other than "
+                "the built-in terms run without a time bound (for debugging; the default is 2 workers)"
+            )
+        if workers > (os.cpu_count() or 1) * 4:
+            log.warning("reward.workers=%d is more than 4 per CPU core (%d cores)", workers, os.cpu_count())
         self.timeout_s, self.workers = timeout_s, workers
         self._pool: ProcessPool | None = None
+        self.rebuilds = 0  # times the worker pool broke and was rebuilt (logged as reward/pool_rebuilds)
         self._seen_errors: set[tuple[str, str]] = set()
 
     @classmethod
@@ -175,6 +195,7 @@ class Rewarder:
             self._pool = None
 
     def __call__(self, batch: RewardBatch) -> RewardResult:
+        rebuilds = self.rebuilds
         outcomes = self._score(batch)
         total = torch.zeros(len(batch))
         values: dict[str, torch.Tensor] = {}
@@ -200,7 +221,8 @@ class Rewarder:
         metrics["reward/errors"] = float(counts["errors"])
         metrics["reward/timeouts"] = float(
             counts["timeouts"]
-        )  # calls bounded here + gradings math-verify stopped
+        )  # calls past their bound + gradings past theirs
+        metrics["reward/pool_rebuilds"] = float(self.rebuilds - rebuilds)
         if "unparsed_gold" in counts:
             metrics["reward/unparsed_gold"] = counts["unparsed_gold"] / n
         correct = values[self.correct_term] >= self.correct_threshold  # NaN compares False
@@ -249,45 +271,82 @@ class Rewarder:
         return outcomes
 
     def _in_workers(self, calls: dict) -> tuple[dict, dict]:
-        """Run the calls in the worker pool; a call past its bound is retried response by response."""
-        pool = self._get_pool()
-        futures = {key: pool.schedule(worker_call, (key[0], kw), timeout=self.timeout_s * len(kw["completions"]))
-                   for key, kw in calls.items()}  # fmt: skip
-        done: dict[tuple[int, int], Call] = {}
-        retry = []
-        for key, future in futures.items():
-            try:
-                done[key] = future.result()
-            except (FutureTimeout, ProcessExpired):
-                retry.append(key)
-        timed_out: dict[tuple[int, int], list[int]] = {}
-        singles = {(key, i): pool.schedule(worker_call, (key[0], {k: v[i : i + 1] for k, v in calls[key].items()}),
-                                           timeout=self.timeout_s)
+        """Run the calls in the worker pool; a call past its bound is retried response by response, and a
+        response whose worker died (killed from outside, by an OOM killer, or by the function) once more."""
+        first = self._run(
+            {key: (key[0], kw, self.timeout_s * len(kw["completions"])) for key, kw in calls.items()}
+        )
+        done = {key: got for key, got in first.items() if isinstance(got, Call)}
+        retry = [key for key in calls if key not in done]
+        singles = {(key, i): (key[0], {k: v[i : i + 1] for k, v in calls[key].items()}, self.timeout_s)
                    for key in retry for i in range(len(calls[key]["completions"]))}  # fmt: skip
+        got = self._run(singles)
+        got |= self._run({k: singles[k] for k, one in got.items() if isinstance(one, ProcessExpired)})
+        timed_out: dict[tuple[int, int], list[int]] = {}
         for key in retry:
             call = Call([])
             for i in range(len(calls[key]["completions"])):
-                try:
-                    one = singles[(key, i)].result()
+                one = got[(key, i)]
+                if isinstance(one, Call):
                     call.values += one.values
                     call.errors += [(i, m, tb) for _, m, tb in one.errors]
                     for name, n in one.counts.items():
                         call.counts[name] = call.counts.get(name, 0) + n
-                except FutureTimeout:
+                elif isinstance(one, FutureTimeout):
                     call.values.append(0.0)
                     timed_out.setdefault(key, []).append(i)
-                except ProcessExpired as e:  # the function killed its worker (os._exit, a crash)
+                else:  # the worker died twice on this response (the function kills it: os._exit, a crash)
                     call.values.append(0.0)
-                    call.errors.append((i, f"worker process died: {e}", f"worker process died: {e}"))
+                    call.errors.append((i, f"worker process died: {one}", f"worker process died: {one}"))
             done[key] = call
         return done, timed_out
+
+    def _run(self, calls: dict[Any, tuple[int, dict, float]]) -> dict[Any, Any]:
+        """Each call (term, kwargs, time bound) scheduled on the pool: its Call, or the FutureTimeout /
+        ProcessExpired that ended it. A pool that breaks (a worker killed while idle breaks pebble's pool) is
+        rebuilt and the calls not done yet run again, at most MAX_REBUILDS times per batch of calls."""
+        out: dict[Any, Any] = {}
+        for _ in range(MAX_REBUILDS + 1):
+            try:
+                pool = self._get_pool()
+                futures = {
+                    key: pool.schedule(worker_call, (term, kw), timeout=bound)
+                    for key, (term, kw, bound) in calls.items()
+                    if key not in out
+                }
+                for key, future in futures.items():
+                    try:
+                        out[key] = future.result()
+                    except (FutureTimeout, ProcessExpired) as e:
+                        out[key] = e
+                return out
+            except RuntimeError as e:  # pebble: BrokenProcessPool, "Unexpected error within the Pool"
+                log.warning(
+                    "the reward worker pool broke (%s: %s; a worker killed from outside?): rebuilt, %d "
+                    "call(s) scored again",
+                    type(e).__name__,
+                    e,
+                    len(calls) - len(out),
+                )
+                self.close()
+                self.rebuilds += 1
+        raise RuntimeError(
+            f"the reward worker pool broke {MAX_REBUILDS + 1} times while scoring one batch; "
+            "something kills its workers (memory? see the system log)"
+        )
 
     def _get_pool(self) -> ProcessPool:
         if self._pool is None:
             # forkserver: workers fork from a clean server process (not from a process holding a model and
-            # threads), so a worker killed for a timeout is replaced in milliseconds
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["observe_r1.rewards.terms"])
+            # threads), so a worker killed for a timeout is replaced in milliseconds. Functions that a worker
+            # cannot import (defined in __main__, lambdas, closures) are inherited instead: a fork of this
+            # process, where they exist (such a function must not use CUDA, which does not survive a fork).
+            context: Any
+            if self.forked:
+                context = multiprocessing.get_context("fork")
+            else:
+                context = multiprocessing.get_context("forkserver")
+                context.set_forkserver_preload(["observe_r1.rewards.terms"])
             self._pool = ProcessPool(self.workers, initializer=init_worker, context=context,
                                      initargs=(self.terms, self.ctx))  # fmt: skip
             weakref.finalize(self, self._pool.stop)
@@ -346,7 +405,7 @@ def merge_results(parts: list[tuple[RewardResult, list[int]]]) -> RewardResult:
     metrics = dict(first.metrics)
     for name, value in terms.items():
         metrics.update(term_metrics(name, [], value))
-    for key in ("reward/errors", "reward/timeouts"):
+    for key in ("reward/errors", "reward/timeouts", "reward/pool_rebuilds"):
         metrics[key] = sum(r.metrics.get(key, 0.0) for r, _ in parts)
     metrics["reward/total/mean"] = float(total.mean()) if len(total) else 0.0
     return RewardResult(total, terms, cat(lambda r: r.correct), metrics)

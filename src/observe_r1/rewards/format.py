@@ -21,7 +21,8 @@ The checker is stack-based: the tags of the layout (and observe / think / answer
 opened tag must close in nesting order, the top-level blocks must match the layout exactly with only
 whitespace around them (end-of-sequence tokens such as <|im_end|> may follow), a block may hold only the
 blocks its layout names, and a block's own text (without the blocks inside it) must be non-empty unless
-marked `~` or `=`. Each returns 1.0 or 0.0; the weight (0.5 in the paper) is set in the config, not here.
+marked `~` or `=` (text of only invisible characters, a zero-width space or a byte-order mark, is empty).
+Each returns 1.0 or 0.0; the weight (0.5 in the paper) is set in the config, not here.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import unicodedata
 from dataclasses import dataclass
 
 TAGS = ("observe", "think", "answer")  # always read as tags, so a stray one breaks any layout
+BLANK_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")  # letters and symbols that render as nothing
 END_RE = re.compile(r"(?:\s|<\|im_end\|>|<\|endoftext\|>|</s>)*")  # what may follow the last block
 
 
@@ -185,13 +188,21 @@ def _matches(nodes: list[_Node], blocks: tuple[Block, ...]) -> bool:
 
 
 def _valid(node: _Node, block: Block) -> bool:
-    if not (block.may_be_empty or block.only_children or node.text.strip()):
+    if not (block.may_be_empty or block.only_children or visible(node.text)):
         return False
-    if block.only_children and node.text.strip():
+    if block.only_children and visible(node.text):
         return False
-    if block.first_child and (not node.children or node.leading.strip()):
+    if block.first_child and (not node.children or visible(node.leading)):
         return False
     return _matches(node.children, block.children)
+
+
+def visible(text: str) -> bool:
+    """Whether `text` holds a character that shows: not whitespace, a control or format character (a
+    zero-width space, a byte-order mark, a joiner) or a blank filler (Hangul and Braille blanks)."""
+    return any(
+        not (ch.isspace() or unicodedata.category(ch).startswith("C") or ch in BLANK_FILLERS) for ch in text
+    )
 
 
 def check_layout(completion: str, layout: Layout) -> float:

@@ -37,6 +37,7 @@ from observe_r1.rewards.format import BUILTIN_LAYOUTS, format_reward, layout_of
 from observe_r1.rewards.signatures import SCORE_KEYS, adapt
 
 RewardFn = Callable[..., list]
+MAX_REWARD = 1e6  # the largest |value| a reward function may return (with weights <= 1e3: a finite sum)
 
 
 class RewardFunctionError(TypeError):
@@ -218,6 +219,11 @@ def check_values(fn: RewardFn, out: Any, n: int) -> list:
         if any(v is not None and not math.isfinite(v) for v in values):
             raise RewardFunctionError(
                 f"reward function {name} returned {x!r}; return None (not NaN or inf) for 'not applicable'"
+            )
+        if any(v is not None and abs(v) > MAX_REWARD for v in values):
+            raise RewardFunctionError(
+                f"reward function {name} returned {x!r}; rewards must be within +-{MAX_REWARD:g} (larger ones "
+                "overflow the weighted sum and the advantages): scale them down"
             )
     return list(out)
 

@@ -207,6 +207,12 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, size: str = "tiny") -> Qwen2
     )
 
 
+def tiny_model_config(size: str = "tiny", seed: int = 0) -> Qwen2_5_VLConfig:
+    """The config of the model `build_tiny_vlm` builds (its tokenizer is trained, nothing is written): what
+    `observe-r1 plan` plans for `model.path: tiny`."""
+    return tiny_config(train_tokenizer(SIZES[size]["vocab_size"] if size in SIZES else 0, seed=seed), size)
+
+
 def build_tiny_vlm(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     """Write a randomly initialised tiny Qwen2.5-VL + tokenizer + image processor to `out_dir`."""
     out = Path(out_dir)

@@ -45,7 +45,7 @@ from safetensors.torch import load_file
 
 from observe_r1.config import Config, ConfigError, to_dict
 from observe_r1.models.policy import load_model, prepare_policy
-from observe_r1.training import sharding
+from observe_r1.training import rundir, sharding
 from observe_r1.training.state import load_tree, rng_state, save_tree, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,20 @@ def pickled_checkpoints(output_dir: str | Path) -> list[Path]:
 
 def verify(path: Path) -> str | None:
     """Why the checkpoint at `path` cannot be trusted, or None: every file of its manifest is there, with
-    its size and sha256."""
+    its size and sha256, and no other file is (a file planted beside them, an `adapter_model.safetensors`
+    say, would change what loading reads)."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        unlisted = sorted(
+            f.name for f in path.iterdir() if f.is_file() and f.name not in files and f.name != MANIFEST
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         return f"no readable {MANIFEST} ({e})"
+    if not isinstance(files, dict):
+        return f"{MANIFEST} lists no files"
+    if unlisted:
+        return f"{', '.join(unlisted)} {'is' if len(unlisted) == 1 else 'are'} not in its manifest"
     for name, (size, digest) in files.items():
         f = path / name
         if not f.is_file():
@@ -263,24 +271,29 @@ def load_trainer_state(path: Path, process_index: int) -> dict[str, Any]:
     return state
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
+def load_weights(model: torch.nn.Module, path: Path, trust_remote_code: bool = False) -> None:
     """Load checkpointed weights (full model or LoRA adapter) into an already built policy, in place, after
     checking they are finite. Full weights go through `from_pretrained`, which knows how transformers
     renames keys on save."""
+    adapter = (path / "adapter_model.safetensors").is_file()
     try:
-        if (path / "adapter_model.safetensors").is_file():
-            weights = load_file(path / "adapter_model.safetensors")
-        else:
-            weights = load_model(str(path)).state_dict()
-    except (OSError, ValueError, SafetensorError) as e:
+        weights = (
+            load_file(path / "adapter_model.safetensors")
+            if adapter
+            else load_model(str(path), trust_remote_code=trust_remote_code).state_dict()
+        )
+    except Exception as e:  # noqa: BLE001 - whatever transformers or safetensors raise for a bad file
         raise CheckpointError(f"{path}: unreadable weights ({type(e).__name__}: {e})") from e
     bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{path}: {len(bad)} weight tensors are not finite (first {bad[0]})")
-    if (path / "adapter_model.safetensors").is_file():
-        set_peft_model_state_dict(model, weights)
-    else:
-        sharding.load_full_state_dict(model, weights)
+    try:
+        if adapter:
+            set_peft_model_state_dict(model, weights)
+        else:
+            sharding.load_full_state_dict(model, weights)
+    except (AttributeError, KeyError, RuntimeError, ValueError) as e:  # weights of another model
+        raise CheckpointError(f"{path}: its weights do not fit this model ({type(e).__name__}: {e})") from e
 
 
 # ------------------------------------------------------------------ the run's checkpointer
@@ -378,14 +391,20 @@ class Checkpointer:
                 "checkpoint.overwrite=true (with checkpoint.resume=none) to clear it and start afresh, or choose "
                 "another logging.output_dir"
             )
+        if (out / "metrics.jsonl").exists() and "metrics.jsonl" not in rundir.owned_outputs(out):
+            raise ConfigError(
+                f"checkpoint.overwrite: {out / 'metrics.jsonl'} was not written by observe-r1 (its run "
+                f"record {rundir.RECORD} does not list it), so it is not deleted; move it away, or "
+                "choose another logging.output_dir"
+            )
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             log.warning("checkpoint.overwrite: clearing the previous run in %s", out)
-            for p in (out / "checkpoints", out / "metrics.jsonl", out / "rollouts", out / "tensorboard"):
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
+            kept = rundir.clear_previous_run(out, lambda p: (p / MANIFEST).is_file())
+            if kept:
+                log.warning(
+                    "checkpoint.overwrite: kept %s in %s: observe-r1 did not make them", ", ".join(kept), out
+                )
         self.acc.wait_for_everyone()
 
     def _load(self, path: Path) -> RunState:
@@ -398,7 +417,7 @@ class Checkpointer:
             raise ConfigError(f"the config differs from the one checkpoint {path} was trained with:\n  "
                               + "\n  ".join(changes) + "\nresume with the same config, or pass "
                               "checkpoint.allow_config_change=true to continue with the new values")  # fmt: skip
-        load_weights(self.acc.unwrap_model(self.model), path)
+        load_weights(self.acc.unwrap_model(self.model), path, self.cfg.model.trust_remote_code)
         sharding.load_optimizer_state(self.acc.unwrap_model(self.model), self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
@@ -477,7 +496,8 @@ class Checkpointer:
             weights = sharding.full_state_dict(model)
             if not self.acc.is_main_process:
                 return None
-            model = prepare_policy(load_model(self.cfg.model.path), self.cfg.model)
+            base = load_model(self.cfg.model.path, trust_remote_code=self.cfg.model.trust_remote_code)
+            model = prepare_policy(base, self.cfg.model)
             model.load_state_dict(weights, strict=False)  # tied weights come once
         elif not self.acc.is_main_process:
             return None

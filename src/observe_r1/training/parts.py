@@ -65,7 +65,8 @@ def sample_responses(
     r = cfg.rollout
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder = setup.load_encoder(cfg, model_path)
-    backend = HFRollout(load_model(model_path).to(device).eval(), encoder)
+    model = load_model(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    backend = HFRollout(model.to(device).eval(), encoder)
     sampling = SamplingParams(n, r.temperature, r.top_p, r.top_k, r.max_new_tokens, chunk_size=r.chunk_size)
     out = []
     with torch.no_grad(), runtime.autocast(device, cfg.model.dtype, generation=True):

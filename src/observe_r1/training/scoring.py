@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from observe_r1.data.dataset import Sample
 from observe_r1.data.prompts import with_system_prompt
-from observe_r1.models.inputs import ChatEncoder, EncodedPrompt, PromptError
+from observe_r1.models.inputs import ChatEncoder, EncodedPrompt
 from observe_r1.rewards import RewardBatch, Rewarder, RewardResult
 from observe_r1.rollout.base import PromptBatch, Rollout, RolloutBackend, SamplingParams
 
@@ -57,9 +57,9 @@ def generate_and_score(
 def encode_prompts(
     samples: list[Sample], messages: list[list[dict]], encoder: ChatEncoder
 ) -> tuple[list[EncodedPrompt], list[list], int]:
-    """Encode each sample's prompt. One that fails now (an image deleted since validation, say) is replaced
-    (in `samples` and `messages` too) by the previous good prompt of the batch and counted, so batch shapes
-    and processes stay in step."""
+    """Encode each sample's prompt. One that fails now (an image deleted since validation, or rewritten into a
+    decompression bomb, say) is replaced (in `samples` and `messages` too) by the previous good prompt of the
+    batch and counted, so batch shapes and processes stay in step."""
     prompts: list[EncodedPrompt | None] = []
     images: list[list] = []
     bad = 0
@@ -68,8 +68,10 @@ def encode_prompts(
             imgs = s.load_images()
             prompts.append(encoder.encode(m, imgs, s.id))
             images.append(imgs)
-        except (OSError, PromptError) as e:
-            log.warning("prompt %s skipped at training time: %s", s.id, e)
+        except Exception as e:  # noqa: BLE001 - PIL raises many types (a decompression bomb is no OSError)
+            log.warning(
+                "prompt %s (%s) skipped at training time: %s: %s", s.id, s.source, type(e).__name__, e
+            )
             prompts.append(None)
             images.append([])
             bad += 1

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from transformers import AutoConfig
 
 from observe_r1.algos import shrink_perturb
@@ -27,6 +28,7 @@ from observe_r1.rollout.base import RolloutBackend
 from observe_r1.rollout.hf import HFRollout
 from observe_r1.rollout.vllm import VLLMRollout
 from observe_r1.toy import logic, synth, tiny
+from observe_r1.training import rundir
 from observe_r1.training.checkpoint import RunState
 from observe_r1.training.loop import Callback
 from observe_r1.training.runtime import reference_dtype
@@ -83,8 +85,8 @@ def prepare_inputs(cfg: Config, acc: Accelerator, given: Inputs | None = None) -
         built = {SYNTH: data / f"{split}.jsonl", LOGIC: data / "logic" / f"{split}.jsonl"}
         return [str(built[name]) if name in built else name for name in names]
 
+    claim_output(acc, out)
     if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         if cfg.model.path == TINY and not (Path(model_path) / "config.json").is_file():
             build_atomically(
                 Path(model_path),
@@ -108,6 +110,21 @@ def prepare_inputs(cfg: Config, acc: Accelerator, given: Inputs | None = None) -
     if acc.is_main_process:
         dump_config(cfg, out / "config.yaml")
     return cfg
+
+
+def claim_output(acc: Accelerator, out: Path) -> None:
+    """The main process takes the output directory for this run (`training.rundir`); every process raises
+    OutputDirBusy when another run holds it."""
+    busy = None
+    if acc.is_main_process:
+        try:
+            rundir.claim(out)
+        except rundir.OutputDirBusy as e:
+            busy = str(e)
+    if acc.num_processes > 1:
+        busy = broadcast_object_list([busy])[0]
+    if busy:
+        raise rundir.OutputDirBusy(busy)
 
 
 def cold_start_path() -> Path:
@@ -148,6 +165,7 @@ def load_encoder(cfg: Config, path: str | None = None) -> ChatEncoder:
     """The chat encoder of `model.path` (or of the checkpoint at `path`) with `data.*`'s prompt limits."""
     encoder = ChatEncoder.from_pretrained(
         path or cfg.model.path,
+        trust_remote_code=cfg.model.trust_remote_code,
         max_prompt_length=cfg.data.max_prompt_length,
         min_pixels=cfg.data.min_pixels,
         max_pixels=cfg.data.max_pixels,
@@ -177,7 +195,9 @@ def load_data(
 
 def build_policy(cfg: Config) -> torch.nn.Module:
     """The policy from `model.path`, warm-started by shrink-and-perturb when asked, then prepared (LoRA, ...)."""
-    model = load_model(cfg.model.path, cfg.model.attn_implementation)
+    model = load_model(
+        cfg.model.path, cfg.model.attn_implementation, trust_remote_code=cfg.model.trust_remote_code
+    )
     if cfg.model.warm_start == "shrink_perturb":
         fresh = fresh_init(model, cfg.seed).state_dict()
         model.load_state_dict(shrink_perturb(model.state_dict(), fresh, cfg.model.shrink, cfg.model.perturb))
@@ -190,7 +210,12 @@ def build_reference(cfg: Config, device: torch.device) -> torch.nn.Module | None
     if cfg.algorithm.kl_mode == "off" or cfg.model.lora_rank:
         return None
     reference = frozen(
-        load_model(cfg.model.path, cfg.model.attn_implementation, dtype=reference_dtype(cfg, device))
+        load_model(
+            cfg.model.path,
+            cfg.model.attn_implementation,
+            trust_remote_code=cfg.model.trust_remote_code,
+            dtype=reference_dtype(cfg, device),
+        )
     )
     return reference if cfg.parallel.strategy == "fsdp" else reference.to(device)  # FSDP: moved once sharded
 
@@ -198,7 +223,8 @@ def build_reference(cfg: Config, device: torch.device) -> torch.nn.Module | None
 def make_backend(cfg: Config, policy: torch.nn.Module, encoder: ChatEncoder) -> RolloutBackend:
     """`rollout.backend`: the policy itself generating (hf), or a colocated vLLM engine (vllm)."""
     if cfg.rollout.backend == "vllm":
-        positions = AutoConfig.from_pretrained(cfg.model.path).get_text_config().max_position_embeddings
+        config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+        positions = config.get_text_config().max_position_embeddings
         max_len = min(cfg.data.max_prompt_length + cfg.rollout.max_new_tokens, positions)
         return VLLMRollout(cfg.model.path, encoder, cfg.rollout.vllm, cfg.seed, max_len)
     return HFRollout(policy, encoder)
