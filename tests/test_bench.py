@@ -92,3 +92,44 @@ def test_parquet_memory_bench_holds_references_not_images():
 def test_head_memory_bench_smoke_run():
     r = run_json(str(BENCH / "head_memory.py"), "--positions", "64", "--vocab", "2048", "--hidden", "64")
     assert r["same_logp"] and r["chunked"]["chunk_rows"] == 32768 and r["whole"]["chunk_rows"] == 64
+
+
+def test_gpu_check_without_a_gpu_exits_at_once_saying_so(tmp_path):
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=30,
+    )
+    assert proc.returncode == 0 and "no GPU here" in proc.stdout
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["gpu"] is False
+
+
+def test_gpu_check_parts_run_on_cpu_and_a_failing_part_is_recorded(tmp_path):
+    """The parts' code paths at tiny sizes on CPU (the GPU numbers come only from a GPU machine); vllm fails
+    where vLLM is not installed and is recorded as failed while the parts after it still run."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "gpu_check.py"),
+            "--cpu",
+            "--out",
+            str(tmp_path),
+            "--parts",
+            "env,vllm,hf,real3b",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    parts = report["parts"]
+    assert list(parts) == ["env", "vllm", "hf", "real3b"] and parts["env"]["ok"], proc.stdout[-3000:]
+    assert parts["hf"]["ok"] and parts["hf"]["steps"] == 3 and parts["hf"]["tokens_per_s"] > 0, parts["hf"]
+    assert parts["real3b"]["ok"] and parts["real3b"]["planned_peak_gib"] > 0, parts["real3b"]
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        assert not parts["vllm"]["ok"] and "vLLM is not installed" in parts["vllm"]["error"]
+        assert proc.returncode == 1

@@ -367,3 +367,9 @@ def test_a_parquet_image_gone_from_its_file_is_an_os_error_naming_the_row(tmp_pa
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     with pytest.raises(OSError, match="d.parquet row 2, column 'image': the image is no longer there"):
         second.load_images()
+
+
+def test_an_empty_file_says_it_has_no_rows(tmp_path, encoder):
+    (tmp_path / "ladder.jsonl").write_text("")
+    with pytest.raises(ValueError, match="ladder.jsonl: no rows"):
+        load_samples([str(tmp_path / "ladder.jsonl")], encoder, "")

@@ -2,9 +2,14 @@
 
 import json
 
+import pytest
 import yaml
 
 from observe_r1.cli import main
+
+
+def words(text: str) -> list[str]:
+    return text.split()
 
 
 def test_short_demo_end_to_end(tmp_path, capsys):
@@ -74,8 +79,96 @@ def test_ablate_runs_variants_and_writes_table_and_plot(tmp_path, capsys):
 
 
 def test_demo_refuses_an_unknown_level(tmp_path, capsys):
-    import pytest
-
     with pytest.raises(SystemExit) as e:
         main(["demo", "--out", str(tmp_path), "--levels", "1,7"])
     assert e.value.code == 2 and "unknown level(s) [7]" in capsys.readouterr().err
+
+
+def test_ablate_resumes_finished_runs_and_restarts_on_other_settings(tmp_path):
+    out = tmp_path / "ablate"
+    sizes = words("--pool 16 --test 8 --steps 1 --eval-every 1 --k 2 rollout.max_new_tokens=96")
+    args = ["ablate", "--out", str(out), "--seeds", "0", "--variants", "a", *sizes]
+    assert main(args) == 0
+    metrics = out / "seed0" / "a" / "metrics.jsonl"
+    first = metrics.stat().st_mtime_ns
+    assert main([*args[:6], "ae", *args[7:]]) == 0  # (a) is read back, only (e) runs
+    assert metrics.stat().st_mtime_ns == first and (out / "seed0" / "e" / "curve.json").is_file()
+    assert list(json.loads((out / "ablation.json").read_text())["variants"]) == ["a", "e"]
+    assert main([*args[:-1], "rollout.max_new_tokens=80"]) == 0  # other settings: the seed starts afresh
+    assert metrics.stat().st_mtime_ns != first and not (out / "seed0" / "e").exists()
+
+
+def test_ablation_claims_are_paired_by_seed_with_a_verdict():
+    from observe_r1.recipes.ablate import CLAIMS, bootstrap_interval, claim, summarise
+    from observe_r1.recipes.options import AblationOptions
+
+    def run(final, length):
+        return {"steps": [0, 10, 20], "accuracy": [0.3, (0.3 + final) / 2, final], "length_correct": length}
+
+    runs = {  # (e) beats (d) on every seed; (c) is not shorter than (b) on every seed; (d) = (c) + noise
+        "a": {s: run(0.40 + 0.01 * s, 50.0) for s in range(5)},
+        "b": {s: run(0.41 + 0.01 * s, 50.0 + (-1) ** s * 3) for s in range(5)},
+        "c": {s: run(0.41 + 0.01 * s, 50.0) for s in range(5)},
+        "d": {s: run(0.42 + 0.01 * s + (-1) ** s * 0.02, 48.0) for s in range(5)},
+        "e": {s: run(0.50 + 0.01 * s, 47.0) for s in range(5)},
+    }
+    summary = summarise(AblationOptions(out="x", seeds=range(5)), runs)
+    verdicts = {(c["compare"], c["measure"]): c["verdict"] for c in summary["claims"]}
+    assert verdicts[("(e) - (d)", "final accuracy")] == "supported"
+    assert verdicts[("(c) - (b)", "mean length of correct responses")] == "inconclusive at this scale"
+    assert ("(c) - (a)", "mean length of correct responses") not in verdicts  # only without (b)
+    e_vs_d = next(c for c in summary["claims"] if c["compare"] == "(e) - (d)")
+    assert e_vs_d["per_seed"] == pytest.approx([0.08 - (-1) ** s * 0.02 for s in range(5)])
+    low, high = summary["variants"]["e"]["final_interval"]
+    assert 0.50 <= low < high <= 0.54
+    no_b = {k: v for k, v in runs.items() if k != "b"}
+    worse = {**no_b, "c": {s: run(0.41, 60.0) for s in range(5)}}  # the bonus made them longer
+    bonus_vs_a = next(c for c in CLAIMS if c.better == "c" and c.worse == "a")
+    assert claim(bonus_vs_a, worse)["verdict"] == "contradicted"
+    assert bootstrap_interval([0.2]) == [0.2, 0.2]
+
+
+def test_the_real_model_demo_on_a_tiny_gguf_model(tmp_path, capsys):
+    """`demo --model smollm2` with the cache holding a tiny imported GGUF llama in place of SmolLM2: the
+    format cold start, the base-model evaluations (with and without the prompt), the evaluation before RL and
+    the ladder. A random model solves nothing, so its ladder is empty and the demo stops there saying so (the
+    GRPO stage of this config is measured on the real model: docs/results.md)."""
+    from observe_r1.models.gguf import import_gguf
+    from observe_r1.recipes.demo import demo_config
+    from observe_r1.recipes.options import demo_options
+    from tests.test_gguf import write_tiny_gguf
+
+    cache = tmp_path / "cache"
+    import_gguf(write_tiny_gguf(tmp_path / "tiny.gguf"), cache / "base")
+    out = tmp_path / "demo"
+    sizes = words("--pool 8 --test 4 --val 2 --steps 1 --eval-every 1 --k 2 rollout.max_new_tokens=16")
+    args = [
+        "demo",
+        "--model",
+        "smollm2",
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+        *sizes,
+        "data.max_prompt_length=1024",
+    ]
+    assert main(args) == 2
+    assert "ladder.jsonl: no rows" in capsys.readouterr().out.replace("\n", "")
+    assert (cache / "cold_start" / "model.safetensors").is_file()
+    assert (cache / "cold_start_run" / "metrics.jsonl").is_file()
+    for name in ("eval_base_none", "eval_base_think", "eval_before"):
+        metrics = json.loads((out / name / "eval.json").read_text())["metrics"]
+        assert {"accuracy", "accuracy_lenient", "format_rate"} <= metrics.keys()
+    rows = [json.loads(x) for x in (out / "data" / "test.jsonl").read_text().splitlines()]
+    assert {r["level"] for r in rows} == {1, 2, 3} and all(
+        isinstance(r["messages"][0]["content"], str) for r in rows
+    )
+    opts = demo_options(out, "smollm2", steps=None)
+    assert (opts.steps, opts.pool, opts.levels) == (60, 160, (1, 2, 3))
+    cfg = demo_config(opts)
+    assert [t.name for t in cfg.reward.terms] == [
+        "accuracy",
+        "think_format",
+    ] and cfg.algorithm.difficulty_weighting
+    assert cfg.data.sampler == "sequential" and cfg.rollout.temperature == 0.7

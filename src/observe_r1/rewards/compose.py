@@ -332,7 +332,9 @@ class Rewarder:
                 self.rebuilds += 1
         raise RuntimeError(
             f"the reward worker pool broke {MAX_REBUILDS + 1} times while scoring one batch; "
-            "something kills its workers (memory? see the system log)"
+            "something kills its workers (memory? see the system log), or they cannot start: a script that "
+            'trains or evaluates at its top level, without `if __name__ == "__main__":`, is run again by '
+            "every worker that starts (Python's multiprocessing imports the main script)"
         )
 
     def _get_pool(self) -> ProcessPool:

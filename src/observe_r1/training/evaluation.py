@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from observe_r1.config import Config
 from observe_r1.data.dataset import Sample
 from observe_r1.models.inputs import ChatEncoder
-from observe_r1.rewards import Rewarder
+from observe_r1.rewards import Rewarder, grade
 from observe_r1.rollout.base import RolloutBackend, SamplingParams
 from observe_r1.rollout.hf import HFRollout
 from observe_r1.training import sharding
@@ -31,11 +31,14 @@ def evaluate(
     pass_k: int = 0,
     seed: int = 0,
     on_batch=None,
+    lenient: bool = False,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """(metrics, per-sample records). Metrics: accuracy, format_rate, length_mean, length_correct_mean,
     accuracy/level_<L> and accuracy/skill_<S> when the samples carry those columns, and with `pass_k` > 1
     pass@k: the share of samples with at least one correct response among k sampled at temperature 1, and
-    accuracy_sampled: the mean accuracy of those k responses."""
+    accuracy_sampled: the mean accuracy of those k responses. With `lenient`, also accuracy_lenient: graded
+    without the <answer> tags where a response has none (its one final answer, `extract_answer`'s fallback),
+    so that a gain can be told apart from format learning."""
     records: list[dict[str, Any]] = []
     greedy = SamplingParams(n=1, greedy=True, max_new_tokens=max_new_tokens)
     sampled = SamplingParams(n=pass_k, max_new_tokens=max_new_tokens)
@@ -58,6 +61,11 @@ def evaluate(
                     "response": got.rollout.texts[i],
                     "correct": bool(got.result.correct[i]),
                     "format": None if fmt is None else bool(got.result.terms[fmt][i] == 1),
+                    **(
+                        {"lenient": grade(got.rollout.texts[i], s.answer, fallback=True).score > 0}
+                        if lenient
+                        else {}
+                    ),
                     "length": int(got.rollout.lengths[i]),
                     **(
                         {}
@@ -84,6 +92,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
     }
     if records[0]["format"] is not None:
         metrics["format_rate"] = sum(bool(r["format"]) for r in records) / n
+    if "lenient" in records[0]:
+        metrics["accuracy_lenient"] = sum(r["lenient"] for r in records) / n
     for key in [k for k in records[0] if k.startswith("pass@")]:
         metrics[key] = sum(r[key] for r in records) / n
         metrics["accuracy_sampled"] = sum(r["sampled"] for r in records) / n
