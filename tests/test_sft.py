@@ -69,12 +69,12 @@ def test_sft_refuses_the_online_sampler(tmp_path):
 
 
 def test_shipped_cold_start_has_the_layout_and_partial_skill(tmp_path):
-    from observe_r1.recipes.demo import DemoOptions
+    from observe_r1.recipes.demo import TASKS
     from observe_r1.recipes.evaluate import evaluate_checkpoint
     from observe_r1.toy.synth import write_dataset
     from observe_r1.training.setup import cold_start_path
 
-    paths = write_dataset(tmp_path, train=0, test=48, seed=777, levels=DemoOptions.levels)
+    paths = write_dataset(tmp_path, train=0, test=48, seed=777, levels=TASKS["synth"].levels)
     # no system prompt given: the checkpoint's observe_r1.json says it was trained with "none"
     metrics, _ = evaluate_checkpoint(cold_start_path(), [str(paths["test"])], None, 160, 48)
     assert metrics["format_rate"] >= 0.9
