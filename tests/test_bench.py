@@ -133,3 +133,10 @@ def test_gpu_check_parts_run_on_cpu_and_a_failing_part_is_recorded(tmp_path):
     except ImportError:
         assert not parts["vllm"]["ok"] and "vLLM is not installed" in parts["vllm"]["error"]
         assert proc.returncode == 1
+
+
+def test_tools_bench_smoke_run(tmp_path):
+    r = run_json(str(BENCH / "tools.py"), "--size", "tiny", "--train", "16", "--test", "4", "--sft-steps", "2",
+                 "--grpo-steps", "1", "--prompts", "2", "--n", "2", "--out", str(tmp_path))  # fmt: skip
+    assert {"tools", "direct"} <= r.keys() and "gain_of_the_tool_points" in r
+    assert 0 <= r["tools"]["accuracy_after_grpo"] <= 1 and r["direct"]["sft_seconds"] > 0

@@ -6,7 +6,19 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "observe_r1"
 # lowest first: a module may import its own layer and the ones before it
-LAYERS = ["config", "algos", "rewards", "models", "data", "rollout", "toy", "training", "recipes", "cli"]
+LAYERS = [
+    "config",
+    "algos",
+    "rewards",
+    "models",
+    "data",
+    "tools",
+    "rollout",
+    "toy",
+    "training",
+    "recipes",
+    "cli",
+]
 OPTIONAL = {"datasets", "wandb", "vllm"}  # imported where used, so the package works without them
 
 

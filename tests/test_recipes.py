@@ -82,6 +82,12 @@ def check_rejection_sampling(out):
     assert [r["step"] for r in rows(stage(out, 0) / "rounds.jsonl")] == [0, 1]
 
 
+def check_start(out):
+    (round_,) = rows(stage(out, 1) / "rounds.jsonl")
+    assert round_["rft/kept"] > 0 and round_["rft/tool_used_rate"] > 0 and "rft/hints_per_response" in round_
+    assert config(stage(out, 1))["rollout"]["multi_turn"]["hints"]
+
+
 def check_shrink_perturb(out):
     assert config(out)["model"]["warm_start"] == "shrink_perturb" and len(steps(out)) == 2
 

@@ -100,6 +100,33 @@ def test_a_lora_policy_is_served_merged(text_model, engine):
     assert not any(p.requires_grad for n, p in policy.named_parameters() if "lora" not in n)  # still LoRA
 
 
+def test_multi_turn_with_the_engine(tmp_path_factory):
+    """Tool calls between the engine's turns (the code layout): the engine's log-probs of the model's tokens
+    equal the trainer's over the whole sequence (observations in context), observations carry none."""
+    from observe_r1.config import MultiTurnConfig, ToolsConfig
+    from observe_r1.rollout.multiturn import MultiTurnRollout
+    from observe_r1.tools.builtin import make_tools
+    from tests.test_multiturn import QUESTION, train_tool_policy
+
+    path = train_tool_policy(tmp_path_factory.mktemp("tool-policy"))
+    encoder = ChatEncoder.from_pretrained(path)
+    engine = VLLMRollout(str(path), encoder, SETTINGS, seed=0, max_model_len=512)
+    tools = ToolsConfig(names=["python"])
+    multi = MultiTurnRollout(
+        engine, encoder, make_tools(tools), MultiTurnConfig(enabled=True, layout="code"), tools
+    )
+    rollout = multi.generate(
+        PromptBatch([encoder.encode(QUESTION)], [0], 0), SamplingParams(n=4, max_new_tokens=80)
+    )
+    assert any(t.calls and t.calls[0].output == "42\n" for t in rollout.traces)
+    model = load_model(str(path)).eval()
+    ours = trainer_logprobs(model, rollout, encoder)
+    own, observed = rollout.loss_mask.bool(), (rollout.completion_mask.bool() & ~rollout.loss_mask.bool())
+    assert observed.any() and (rollout.logprobs[observed] == 0).all()
+    diff = (ours - rollout.logprobs).abs()[own]
+    assert float(diff.mean()) < 1e-3 and float(diff.max()) < 1e-2, (float(diff.mean()), float(diff.max()))
+
+
 RERUN = """
 import sys, torch
 from observe_r1.config import VLLMConfig

@@ -105,6 +105,45 @@ class VLLMConfig:
 
 
 @dataclass
+class MultiTurnConfig:
+    """Tool-calling rollouts (docs/tools.md): generate until a tool call, run it, append its result as an
+    observation (masked from the loss), continue."""
+
+    enabled: bool = False
+    # chat: the chat template's tool turns, calls as <tool_call>{"name": ..., "arguments": ...}</tool_call>;
+    # code: <code>python</code> -> <output>...</output> inside the answer, for models without a tool template
+    layout: Literal["chat", "code"] = "chat"
+    max_turns: int = 4  # model turns per response (tool calls + 1)
+    max_total_tokens: int = 0  # model + observation tokens per response; 0 = rollout.max_new_tokens
+    max_observation_tokens: int = 256  # one observation's tokens at most (cut, with a note to the model)
+    # START's hint-infer: inserted when the model closes its thinking (`hint_marker`) without having called a
+    # tool, at most `max_hints` times per response; masked like observations
+    hints: list[str] = field(default_factory=list)
+    hint_marker: str = "</think>"
+    max_hints: int = 1
+
+
+@dataclass
+class ToolsConfig:
+    """The tools multi-turn rollouts may call (docs/tools.md)."""
+
+    names: list[str] = field(default_factory=list)  # python, crop, sandbox_fusion, or file.py:fn / module:fn
+    sandbox: Literal["auto", "bwrap", "process"] = "auto"  # auto: bubblewrap when it works here, else process
+    python: str = ""  # the interpreter that runs the code; "" = this one (or /usr/bin/python3, docs/tools.md)
+    cpu_s: float = 5.0
+    wall_s: float = 10.0
+    memory_mb: int = 1024
+    file_mb: int = 16
+    disk_mb: int = 64
+    max_processes: int = 16
+    max_output_bytes: int = 65536  # per stream, kept from the sandbox (the observation is cut further)
+    max_output_chars: int = 2000  # of one observation's text
+    workers: int = 4  # tool calls run at once
+    sandbox_fusion_url: str = ""  # e.g. http://localhost:8080 for tools.names: [sandbox_fusion]
+    crop_max_pixels: int = 1 << 20
+
+
+@dataclass
 class RolloutConfig:
     # what generates the rollouts: hf = HF `generate` on the policy itself; vllm = a colocated vLLM engine,
     # weights synced every step (docs/rollout.md)
@@ -117,6 +156,7 @@ class RolloutConfig:
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 8192
     chunk_size: int = 0  # sequences per generate call (bounds rollout memory); 0 = all at once
+    multi_turn: MultiTurnConfig = field(default_factory=MultiTurnConfig)
 
 
 @dataclass
@@ -282,6 +322,8 @@ class RFTConfig:
 
     rounds: int = 2  # sample -> keep the correct -> fine-tune, this many times
     keep: Literal["shortest", "all"] = "shortest"  # per prompt: the shortest correct response, or every one
+    # START's hint-RFT: keep only correct responses that called a tool and got a result (multi-turn rollouts)
+    require_tool: bool = False
 
 
 @dataclass
@@ -303,6 +345,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -355,6 +398,22 @@ class Config:
                 "per_objective keeps the terms apart, a gate multiplies them: choose one",
             ),
             (o.min_lr <= o.lr, "optim.min_lr", "must be in [0, optim.lr]"),
+            (
+                not r.multi_turn.enabled or bool(self.tools.names),
+                "tools.names",
+                "rollout.multi_turn needs at least one tool (python, crop, sandbox_fusion or file.py:fn)",
+            ),
+            (
+                not self.rft.require_tool or r.multi_turn.enabled,
+                "rft.require_tool",
+                "keeps responses that called a tool: it needs rollout.multi_turn.enabled",
+            ),
+            (
+                not (r.multi_turn.enabled and r.multi_turn.layout == "code")
+                or any(n in ("python", "sandbox_fusion") for n in self.tools.names),
+                "rollout.multi_turn.layout",
+                "code runs <code> blocks: tools.names needs python or sandbox_fusion",
+            ),
             (
                 not self.algorithm.mismatch_band
                 or len(self.algorithm.mismatch_band) == 2
@@ -435,6 +494,19 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("rollout.top_k", _at_least(0), "must be >= 0 (0 = off)"),
     ("rollout.max_new_tokens", _at_least(1), "must be >= 1"),
     ("rollout.chunk_size", _at_least(0), "must be >= 0 (0 = all at once)"),
+    ("rollout.multi_turn.max_turns", _in(1, 64), "must be in [1, 64]"),
+    ("rollout.multi_turn.max_total_tokens", _at_least(0), "must be >= 0 (0 = rollout.max_new_tokens)"),
+    ("rollout.multi_turn.max_observation_tokens", _at_least(1), "must be >= 1"),
+    ("rollout.multi_turn.max_hints", _in(0, 16), "must be in [0, 16]"),
+    ("tools.cpu_s", _in(0.1, 3600), "must be in [0.1, 3600] seconds"),
+    ("tools.wall_s", _in(0.1, 3600), "must be in [0.1, 3600] seconds"),
+    ("tools.memory_mb", _in(64, 1 << 20), "must be in [64, 2^20] MB"),
+    ("tools.file_mb", _in(1, 1 << 20), "must be in [1, 2^20] MB"),
+    ("tools.disk_mb", _in(1, 1 << 20), "must be in [1, 2^20] MB"),
+    ("tools.max_processes", _in(1, 4096), "must be in [1, 4096]"),
+    ("tools.max_output_bytes", _in(1, 1 << 26), "must be in [1, 2^26]"),
+    ("tools.max_output_chars", _in(1, 1 << 24), "must be in [1, 2^24]"),
+    ("tools.workers", _in(1, 256), "must be in [1, 256]"),
     ("reward.bonus_coef", _at_least(0), "must be >= 0"),
     ("reward.bonus_min_length", _at_least(0), "must be >= 0"),
     ("seed", _in(0, 2**32 - 1), "must be in [0, 2^32 - 1]"),

@@ -18,13 +18,19 @@ THINK = (
     "answer inside <answer> </answer>. For multiple-choice questions answer with the option letter."
 )
 
+THINK_CODE = (
+    "You are a careful reasoner. Reason step by step inside <think> </think>. You can run Python: write code "
+    "inside <code> </code> and what it prints appears inside <output> </output>. Finally give only the final "
+    "answer inside <answer> </answer>."
+)
+
 DIRECT = "Answer with only the final answer inside <answer> </answer>, without any reasoning."
 
-PRESETS = {"observe": OBSERVE, "think": THINK, "direct": DIRECT, "none": ""}
+PRESETS = {"observe": OBSERVE, "think": THINK, "think_code": THINK_CODE, "direct": DIRECT, "none": ""}
 
 
 def system_prompt(name_or_text: str) -> str:
-    """A preset name (observe, think, direct, none) or the literal text itself."""
+    """A preset name (observe, think, think_code, direct, none) or the literal text itself."""
     return PRESETS.get(name_or_text, name_or_text)
 
 

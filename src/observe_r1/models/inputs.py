@@ -85,6 +85,9 @@ class ChatEncoder:
         # The system prompt (preset or text) the model was trained with; saved beside the tokenizer as
         # observe_r1.json, so `observe-r1 eval` prompts a checkpoint the way it was trained.
         self.system_prompt: str | None = None
+        # Tools the prompts list (OpenAI function layout; multi-turn rollouts): through the chat template's
+        # `tools=`, or, for a template that ignores it (Qwen2.5-VL's), as text after the system prompt.
+        self.tools: list[dict] | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False, **kwargs: Any) -> ChatEncoder:
@@ -128,9 +131,19 @@ class ChatEncoder:
     # ------------------------------------------------------------ prompts
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        if self.tools and not self.template_lists_tools:
+            messages = with_tool_list(messages, self.tools)
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, tools=self.tools or None
         )
+
+    @functools.cached_property
+    def template_lists_tools(self) -> bool:
+        """Whether the chat template renders `tools=` (Qwen2.5's does; Qwen2.5-VL's ignores it)."""
+        probe = [{"role": "user", "content": "u"}]
+        tool = {"type": "function", "function": {"name": "probe_tool_x", "description": "", "parameters": {}}}
+        text = self.tokenizer.apply_chat_template(probe, tokenize=False, tools=[tool])
+        return "probe_tool_x" in text
 
     def expand_image_tokens(self, text: str, tokens_per_image: list[int], sample_id: str = "?") -> str:
         pieces = text.split(self.image_token)
@@ -267,6 +280,25 @@ class ChatEncoder:
 
     def decode(self, ids: torch.Tensor | list[list[int]], skip_special_tokens: bool = True) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+TOOL_LIST = """
+
+# Tools
+
+You may call one or more functions. Their signatures:
+{tools}
+To call one, write <tool_call>{{"name": <function-name>, "arguments": <args-json-object>}}</tool_call>; its result
+comes back in the next turn."""
+
+
+def with_tool_list(messages: list[dict], tools: list[dict]) -> list[dict]:
+    """The messages with the tools described after the system prompt (a system message added if none), for
+    chat templates that do not render `tools=` themselves; in Qwen2.5's words."""
+    listing = TOOL_LIST.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
+    if messages and messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
+        return [{**messages[0], "content": messages[0]["content"] + listing}, *messages[1:]]
+    return [{"role": "system", "content": listing.strip()}, *messages]
 
 
 def as_rgb(image: Image.Image) -> Image.Image:

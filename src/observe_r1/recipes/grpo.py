@@ -47,7 +47,7 @@ from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import completion_logprobs, reference_of
 from observe_r1.rewards import Rewarder
 from observe_r1.rewards.compose import merge_results
-from observe_r1.rollout.base import SamplingParams, select_groups
+from observe_r1.rollout.base import SamplingParams, Trace, select_groups
 from observe_r1.rollout.batch import Trajectory, micro_batches, sequence_inputs
 from observe_r1.training import loop, runtime, setup, sharding
 from observe_r1.training.checkpoint import Checkpointer, RunState
@@ -327,7 +327,7 @@ def advantages(cfg: Config, traj: Trajectory):
         objectives = torch.stack([traj.rewards.terms[k] for k in names], -1).view(-1, n, len(names))
         weights = torch.tensor([t.weight for t in rc.terms])
         bonus_objective = names.index(rc.correct_term)
-    lengths = traj.rollout.lengths.view(-1, n)
+    lengths = traj.rollout.model_lengths.view(-1, n)  # the model's own tokens (not a tool's observations)
     penalty = (
         overlong_penalty(lengths, cfg.rollout.max_new_tokens, a.overlong_buffer, a.overlong_penalty)
         if a.overlong_buffer
@@ -355,7 +355,7 @@ def add_token_advantages(cfg: Config, traj: Trajectory, device: torch.device) ->
     on-policy (no old log-probs), `Actor.update` adds that penalty from its own forward pass."""
     a = cfg.algorithm
     assert traj.advantages is not None
-    mask = traj.rollout.completion_mask.to(device, torch.float32)
+    mask = traj.rollout.model_mask.to(device, torch.float32)  # multi-turn: observations get no loss
     if a.mask_truncated:
         mask = mask * (~traj.rollout.truncated).to(device, torch.float32)[:, None]
     traj.mask = mask
@@ -535,7 +535,7 @@ def step_metrics(cfg: Config, traj: Trajectory, format_term: str | None, stats: 
                  seconds: float) -> dict[str, float]:  # fmt: skip
     assert traj.advantages is not None
     adv, rollout, n = traj.advantages, traj.rollout, cfg.rollout.n
-    lengths = rollout.lengths.float()
+    lengths = rollout.model_lengths.float()
     correct = adv.correct.flatten()
     m: dict[str, float] = dict(traj.rewards.metrics)
     if format_term is not None:
@@ -559,11 +559,33 @@ def step_metrics(cfg: Config, traj: Trajectory, format_term: str | None, stats: 
         "perf/step_s": seconds,
     }
     m |= {f"difficulty/correct_{k}": float((hits == k).float().mean()) for k in range(n + 1)}
+    m |= tool_metrics(rollout.traces)
     if cfg.algorithm.overlong_buffer:  # DAPO's shaping: what it took off the rewards
         penalty = adv.rewards.flatten() - traj.rewards.total
         m["reward/overlong_penalty/mean"] = float(penalty.mean())
         m["reward/overlong_penalty/rate"] = float((penalty < 0).float().mean())
     return m | stats | times
+
+
+def tool_metrics(traces: list[Trace] | None) -> dict[str, float]:
+    """Multi-turn rollouts: tool calls, errors (by kind), timeouts, turns, hints and observation tokens per
+    response, and the share of responses that called a tool."""
+    if traces is None:
+        return {}
+    n = len(traces)
+    calls = [c for t in traces for c in t.calls]
+    out = {
+        "tools/calls_per_response": len(calls) / n,
+        "tools/used_rate": sum(bool(t.calls) for t in traces) / n,
+        "tools/errors_per_response": sum(bool(c.error) for c in calls) / n,
+        "tools/timeouts_per_response": sum(c.kind == "timeout" for c in calls) / n,
+        "tools/turns_mean": sum(t.turns for t in traces) / n,
+        "tools/hints_per_response": sum(t.hints for t in traces) / n,
+        "tools/observation_tokens_mean": sum(t.observation_tokens for t in traces) / n,
+    }
+    for kind in ("parse", "unknown_tool", "bad_arguments", "tool_error"):
+        out[f"tools/errors/{kind}"] = sum(c.kind == kind for c in calls) / n
+    return out
 
 
 def log_rollouts(cfg: Config, step: int, traj: Trajectory, tracker: Tracker) -> None:
@@ -602,11 +624,12 @@ def rollout_rows(step: int, traj: Trajectory) -> list[dict[str, Any]]:
             "images": [im if isinstance(im, str) else "<bytes>" for im in s.images],
             "answer": s.answer,
             "response": text,
-            "length": int(r.lengths[i]),
+            "length": int(r.model_lengths[i]),
             "truncated": bool(r.truncated[i]),
             "reward": float(adv.shaped.flatten()[i]),
             "terms": {k: float(v[i]) for k, v in traj.rewards.terms.items()},
             "correct": bool(adv.correct.flatten()[i]),
             "advantage": float(adv.sequence[i]),
-        })  # fmt: skip
+        } | ({} if r.traces is None else {"model_text": r.traces[i].model_text,
+                                          "tool_calls": [c.as_row() for c in r.traces[i].calls]}))  # fmt: skip
     return rows

@@ -34,15 +34,26 @@ RFT_PANELS: tuple[Panel, ...] = (
 )
 
 
-def kept_rows(scored: list[ScoredRollout], keep: str, image_dir: Path) -> list[dict]:
-    """Native rows of the correct responses (the shortest per prompt, or all), the response in `rft_response`."""
+def kept_rows(
+    scored: list[ScoredRollout], keep: str, image_dir: Path, require_tool: bool = False
+) -> list[dict]:
+    """Native rows of the correct responses (the shortest per prompt, or all), the response in `rft_response`;
+    with `require_tool`, only those that called a tool and got a result (START's hint-RFT). A multi-turn
+    response is kept whole: its hints are fine-tuned on (the model learns to write them), its `<output>` blocks
+    are observations the SFT recipe masks."""
     rows = []
     for got in scored:
         n = len(got.rollout.texts) // len(got.samples)
+        traces = got.rollout.traces or []
+        used = [any(not c.error for c in t.calls) for t in traces] or [False] * len(got.rollout.texts)
         for g, sample in enumerate(got.samples):
-            right = [i for i in range(g * n, (g + 1) * n) if got.result.correct[i]]
+            right = [
+                i
+                for i in range(g * n, (g + 1) * n)
+                if got.result.correct[i] and (used[i] or not require_tool)
+            ]
             if keep == "shortest" and right:
-                right = [min(right, key=lambda i: int(got.rollout.lengths[i]))]
+                right = [min(right, key=lambda i: int(got.rollout.model_lengths[i]))]
             for j, i in enumerate(right):
                 rows.append(
                     to_native_row(sample, image_dir)
@@ -57,20 +68,25 @@ def rft(cfg: Config, given: setup.Inputs | None = None) -> Path:
     start = start_sampling(cfg, given, "rft")
     cfg, samples, rewarder = start.cfg, start.train, start.rewarder
     out, model, system = Path(cfg.logging.output_dir), cfg.model.path, system_prompt(cfg.data.system_prompt)
+    if cfg.rollout.multi_turn.enabled and cfg.rollout.multi_turn.layout != "code":
+        raise ValueError("rft with multi-turn rollouts fine-tunes on the trajectories' text: use "
+                         "rollout.multi_turn.layout=code (the chat layout's tool turns are not text)")  # fmt: skip
     history = []
     for k in range(cfg.rft.rounds):
         folder = out / f"round-{k}"
         record = folder / "round.json"
         if not record.is_file():
             scored = sample_responses(cfg, model, samples, rewarder, cfg.rollout.n, system)
-            rows = kept_rows(scored, cfg.rft.keep, folder / "images")
+            rows = kept_rows(scored, cfg.rft.keep, folder / "images", cfg.rft.require_tool)
             accuracy = sum(float(got.result.correct.float().sum()) for got in scored) / (
                 len(samples) * cfg.rollout.n
             )
+            tools = tool_rates([got.rollout for got in scored])
             log.info("rft round %d: sampled accuracy %.3f, %d responses kept", k, accuracy, len(rows))
             if not rows:
-                raise ValueError(f"rft round {k}: no correct response among {len(samples)} x {cfg.rollout.n}: the "
-                                 "model must answer some (start from a cold start), or raise rollout.n")  # fmt: skip
+                raise ValueError(f"rft round {k}: no correct response{' that used a tool' if cfg.rft.require_tool else ''} "
+                                 f"among {len(samples)} x {cfg.rollout.n}: the model must answer some (start from a "
+                                 "cold start), or raise rollout.n")  # fmt: skip
             round_cfg = with_overrides(cfg, [f"model.path={model}", f"logging.output_dir={folder}",
                                              "sft.response_column=rft_response"])  # fmt: skip
             inner = setup.Inputs(rows, given.test, given.rewards, given.callbacks)
@@ -79,7 +95,7 @@ def rft(cfg: Config, given: setup.Inputs | None = None) -> Path:
                 given.stopped = True
                 return Path(model)
             evaluation = _final_evaluation(folder)
-            entry = {"step": k, "rft/sampled_accuracy": accuracy, "rft/kept": len(rows), **evaluation,
+            entry = {"step": k, "rft/sampled_accuracy": accuracy, "rft/kept": len(rows), **tools, **evaluation,
                      "model": str(folder / "model")}  # fmt: skip
             tmp = record.with_suffix(".tmp")
             tmp.write_text(json.dumps(entry))
@@ -91,6 +107,15 @@ def rft(cfg: Config, given: setup.Inputs | None = None) -> Path:
     write_report(out, "Rejection-sampling fine-tuning", history, RFT_PANELS, [h["model"] for h in history])
     rewarder.close()
     return Path(model)
+
+
+def tool_rates(rollouts: list) -> dict[str, float]:
+    """Multi-turn sampling: the share of responses that called a tool, and hints per response."""
+    traces = [t for r in rollouts if r.traces is not None for t in r.traces]
+    if not traces:
+        return {}
+    return {"rft/tool_used_rate": sum(bool(t.calls) for t in traces) / len(traces),
+            "rft/hints_per_response": sum(t.hints for t in traces) / len(traces)}  # fmt: skip
 
 
 def _final_evaluation(folder: Path) -> dict[str, float]:

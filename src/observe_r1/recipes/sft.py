@@ -30,6 +30,7 @@ from observe_r1.models.policy import completion_logprobs
 from observe_r1.rewards import Rewarder
 from observe_r1.rollout.base import Rollout
 from observe_r1.rollout.batch import chunks, sequence_inputs
+from observe_r1.rollout.multiturn import reference_tokens
 from observe_r1.training import loop, runtime, setup, sharding
 from observe_r1.training.evaluation import evaluate_on_main
 from observe_r1.training.parts import trainee
@@ -75,9 +76,9 @@ def sft(cfg: Config, export: str | Path | None = None, given: setup.Inputs | Non
             started = time.perf_counter()
             start = mini * acc.process_index
             batch = [samples[i] for i in sampler.next(o.mini_batch_size)[start : start + mini]]
-            rollout = reference_rollout(batch, encoder, system, cfg.sft.response_column)
+            rollout = reference_rollout(batch, encoder, system, cfg.sft.response_column, observations(cfg))
             micros = chunks(range(mini), o.micro_batch_size)
-            mask = rollout.completion_mask.to(acc.device, torch.float32)
+            mask = rollout.model_mask.to(acc.device, torch.float32)
             denominator = runtime.global_denominator(acc, [mask[m] for m in micros], "token_mean", 0)
             total = 0.0
             for k, idx in enumerate(micros):
@@ -137,22 +138,29 @@ def with_responses(samples: list[Sample], column: str) -> list[Sample]:
     return kept
 
 
-def reference_rollout(samples: list[Sample], encoder: ChatEncoder, system: str, column: str) -> Rollout:
-    """The reference responses as a Rollout: one 'response' per prompt, ending with the end token."""
+def observations(cfg: Config) -> bool:
+    """Whether reference responses hold tool observations (`<output>` blocks of the code layout): no loss."""
+    return cfg.rollout.multi_turn.enabled and cfg.rollout.multi_turn.layout == "code"
+
+
+def reference_rollout(samples: list[Sample], encoder: ChatEncoder, system: str, column: str,
+                      observations: bool = False) -> Rollout:  # fmt: skip
+    """The reference responses as a Rollout: one 'response' per prompt, ending with the end token. With
+    `observations`, its `<output>` blocks are tool observations: in the sequence, out of the loss."""
     samples = list(samples)  # a prompt that fails to encode is replaced by the previous good one, here too
     prompts, _, _ = encode_prompts(
         samples, [with_system_prompt(s.messages, system) for s in samples], encoder
     )
     eos = encoder.tokenizer.eos_token_id
-    ids = [
-        encoder.tokenizer(s.metadata[column], add_special_tokens=False)["input_ids"] + [eos] for s in samples
-    ]
-    width = max(len(x) for x in ids)
-    completion = torch.full((len(ids), width), encoder.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        completion[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
+    pieces = [reference_tokens(s.metadata[column], encoder, observations) for s in samples]
+    width = max(len(x) for x, _ in pieces) + 1
+    completion = torch.full((len(pieces), width), encoder.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(pieces), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(pieces), width), dtype=torch.long)
+    for i, (x, m) in enumerate(pieces):
+        completion[i, : len(x) + 1] = torch.tensor(x + [eos])
+        mask[i, : len(x) + 1] = 1
+        loss_mask[i, : len(x) + 1] = torch.tensor(m + [1])
     return Rollout(
         prompts=prompts,
         prompt_index=list(range(len(samples))),
@@ -160,8 +168,9 @@ def reference_rollout(samples: list[Sample], encoder: ChatEncoder, system: str, 
         completion_ids=completion,
         completion_mask=mask,
         lengths=mask.sum(1),
-        truncated=torch.zeros(len(ids), dtype=torch.bool),
+        truncated=torch.zeros(len(pieces), dtype=torch.bool),
         texts=[s.metadata[column] for s in samples],
+        loss_mask=loss_mask if observations else None,
     )
 
 

@@ -94,6 +94,28 @@ def _format_term(layout: str, spec: str | None = None) -> RewardFn:
     return fn
 
 
+class ToolUse:
+    """`tool_use`: 1 for a response that called a tool and got a result (not an error), else 0.
+    `tool_use_correct`: the same, only when the answer is right too (START's gate: a tool call pays only in a
+    correct response, so the policy is not paid for calls that do not help). Multi-turn rollouts only: they
+    read the `tool_calls` column."""
+
+    def __init__(self, name: str, timeout_s: float = 5.0, fallback: bool = False):
+        self.__name__, self.timeout_s, self.fallback = name, timeout_s, fallback
+
+    def __call__(self, completions: list[str], answers: list[str], tool_calls: list | None = None,
+                 **_: Any) -> list[float]:  # fmt: skip
+        if tool_calls is None:
+            raise ValueError(
+                f"reward term {self.__name__} reads tool calls: it needs rollout.multi_turn.enabled"
+            )
+        used = [any(not c.get("error") for c in calls or []) for calls in tool_calls]
+        if self.__name__ == "tool_use":
+            return [float(u) for u in used]
+        return [float(u and grade(c, a, self.timeout_s, self.fallback).score >= 1)
+                for u, c, a in zip(used, completions, answers, strict=True)]  # fmt: skip
+
+
 # the earlier names of two built-in layouts' terms
 FORMAT_ALIASES = {"observe_format_nested": "observe_nested", "think_format_empty_ok": "think_empty_ok"}
 
@@ -109,25 +131,34 @@ def format_layout(name: str, layouts: dict[str, str]) -> str | None:
 def builtin_term(name: str, ctx: TermContext) -> RewardFn | None:
     if name == "accuracy":
         return Accuracy(ctx.timeout_s, ctx.fallback)
+    if name in ("tool_use", "tool_use_correct"):
+        return ToolUse(name, ctx.timeout_s, ctx.fallback)
     layout = format_layout(name, ctx.layouts)
     return None if layout is None else _format_term(layout, ctx.layouts.get(layout))
 
 
-BUILTINS = ("accuracy", *(f"{layout}_format" for layout in BUILTIN_LAYOUTS), *FORMAT_ALIASES)
+BUILTINS = (
+    "accuracy",
+    "tool_use",
+    "tool_use_correct",
+    *(f"{layout}_format" for layout in BUILTIN_LAYOUTS),
+    *FORMAT_ALIASES,
+)
 
 
-def load_function(ref: str) -> RewardFn:
-    """`path/to/file.py:fn` or `package.module:fn` -> the callable, with an error that says what is wrong."""
+def load_function(ref: str, kind: str = "reward", builtins: tuple[str, ...] = BUILTINS) -> RewardFn:
+    """`path/to/file.py:fn` or `package.module:fn` -> the callable, with an error that says what is wrong
+    (`kind`: what it is for, in the messages: a reward or a tool)."""
     if ":" not in ref:
         raise ValueError(
-            f"reward {ref!r}: not a built-in ({', '.join(BUILTINS)}) nor `file.py:fn` / `module:fn`"
+            f"{kind} {ref!r}: not a built-in ({', '.join(builtins)}) nor `file.py:fn` / `module:fn`"
         )
     target, name = ref.rsplit(":", 1)
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
-            raise FileNotFoundError(f"reward {ref!r}: file {path} not found")
-        module_name = f"observe_r1_reward_{path.stem}_{abs(hash(str(path.resolve())))}"
+            raise FileNotFoundError(f"{kind} {ref!r}: file {path} not found")
+        module_name = f"observe_r1_{kind}_{path.stem}_{abs(hash(str(path.resolve())))}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
@@ -137,7 +168,7 @@ def load_function(ref: str) -> RewardFn:
         module = importlib.import_module(target)
     fn = getattr(module, name, None)
     if not callable(fn):
-        raise ValueError(f"reward {ref!r}: {target} has no callable {name!r}")
+        raise ValueError(f"{kind} {ref!r}: {target} has no callable {name!r}")
     return fn
 
 

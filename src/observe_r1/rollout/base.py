@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from observe_r1.models.inputs import EncodedPrompt
+from observe_r1.tools.base import CallRecord
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     greedy: bool = False  # evaluation: argmax, n must be 1
     chunk_size: int = 0  # sequences per generate call; 0 = all at once
+    stop: tuple[str, ...] = ()  # texts that end a response too (kept in it): multi-turn rollouts' `</code>`
 
 
 @dataclass
@@ -27,6 +29,26 @@ class PromptBatch:
     group_ids: list[int]  # explicit, globally unique group ids (never batch positions)
     seed: int = 0  # with the group id and the response index, fixes every sampled token
     images: list[list[Any]] | None = None  # PIL images of each prompt (an engine takes images, not pixels)
+    # one int64 seed per prompt instead of (seed, group id, response index), with n = 1: a multi-turn
+    # response's later turns
+    response_seeds: torch.Tensor | None = None
+
+
+@dataclass
+class Trace:
+    """One multi-turn response's record (rollout.multiturn): its tool calls, turns, hints and observation
+    tokens, the images the tools returned (their placeholders are in the completion; their encodings are
+    kept so the trainer sees exactly what the rollout did) and the text the model itself wrote."""
+
+    calls: list[CallRecord] = field(default_factory=list)
+    turns: int = 0  # model turns
+    hints: int = 0
+    observation_tokens: int = 0  # observation and hint tokens (no loss)
+    images: list[Any] = field(default_factory=list)
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
+    image_tokens: list[int] = field(default_factory=list)
+    model_text: str = ""
 
 
 @dataclass
@@ -44,9 +66,48 @@ class Rollout:
     logprobs: torch.Tensor | None = (
         None  # [B, T] the engine's log-probs of the sampled tokens (vLLM), or None
     )
+    # multi-turn: [B, T] 1 for the model's own tokens (observations and hints are in the completion, with no
+    # loss); None = every completion token is the model's
+    loss_mask: torch.Tensor | None = None
+    traces: list[Trace] | None = None  # [B] multi-turn records
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def model_mask(self) -> torch.Tensor:
+        """[B, T] the tokens the model wrote (the loss mask before any other rule)."""
+        return self.completion_mask if self.loss_mask is None else self.loss_mask
+
+    @property
+    def model_lengths(self) -> torch.Tensor:
+        """[B] tokens the model wrote: the length the bonus, the overlong shaping and the logs use."""
+        return self.lengths if self.loss_mask is None else self.loss_mask.sum(1)
+
+    @property
+    def model_texts(self) -> list[str]:
+        """What the rewards grade: the model's own text (a tool's output cannot answer for it)."""
+        return self.texts if self.traces is None else [t.model_text for t in self.traces]
+
+    def vision_prompts(self, index: list[int]) -> tuple[list[EncodedPrompt], list[int]]:
+        """(prompts, owner of each row of `index`) for the model inputs of those rows: a row whose tools returned
+        images gets its own prompt holding the prompt's pixels and then the tools' (the order of the image
+        placeholders in its sequence), the others share their group's prompt (its images encoded once)."""
+        if self.traces is None or not any(self.traces[i].images for i in index):
+            return self.prompts, [self.prompt_index[i] for i in index]
+        prompts, owners = list(self.prompts), []
+        for i in index:
+            t = self.traces[i]
+            if not t.images:
+                owners.append(self.prompt_index[i])
+                continue
+            p = self.prompts[self.prompt_index[i]]
+            pixels = [x for x in (p.pixel_values, t.pixel_values) if x is not None]
+            grids = [x for x in (p.image_grid_thw, t.image_grid_thw) if x is not None]
+            owners.append(len(prompts))
+            prompts.append(EncodedPrompt(p.sample_id, p.input_ids, torch.cat(pixels), torch.cat(grids),
+                                         p.image_tokens + t.image_tokens))  # fmt: skip
+        return prompts, owners
 
     @classmethod
     def of(
@@ -86,7 +147,8 @@ class RolloutBackend(Protocol):
 def select_groups(parts: list[tuple[Rollout, list[int]]], n: int, pad_token_id: int) -> Rollout:
     """A Rollout made of the chosen groups of several rollouts (group-major order kept)."""
     prompts, prompt_index, group_ids, texts = [], [], [], []
-    ids, masks, lengths, truncated = [], [], [], []
+    ids, masks, lengths, truncated, model_masks = [], [], [], [], []
+    traces: list[Trace | None] = []
     for rollout, groups in parts:
         for g in groups:
             rows = list(range(g * n, (g + 1) * n))
@@ -96,6 +158,8 @@ def select_groups(parts: list[tuple[Rollout, list[int]]], n: int, pad_token_id: 
             texts += [rollout.texts[r] for r in rows]
             ids.append(rollout.completion_ids[rows])
             masks.append(rollout.completion_mask[rows])
+            model_masks.append(rollout.model_mask[rows])
+            traces += [rollout.traces[r] for r in rows] if rollout.traces is not None else [None] * n
             lengths.append(rollout.lengths[rows])
             truncated.append(rollout.truncated[rows])
     width = max(t.shape[1] for t in ids)
@@ -116,4 +180,6 @@ def select_groups(parts: list[tuple[Rollout, list[int]]], n: int, pad_token_id: 
         truncated=torch.cat(truncated),
         texts=texts,
         logprobs=pad(engine, 0.0) if len(engine) == len(ids) else None,
+        loss_mask=pad(model_masks, 0) if any(r.loss_mask is not None for r, _ in parts) else None,
+        traces=[t or Trace() for t in traces] if any(r.traces is not None for r, _ in parts) else None,
     )

@@ -55,14 +55,14 @@ def sequence_inputs(rollout: Rollout, index: list[int], encoder: ChatEncoder) ->
     longest completion among them (so micro-batches of short responses stay short). The n responses to one
     prompt share its images, encoded once (`ChatEncoder.collate_shared`)."""
     width = int(rollout.lengths[index].max())
-    batch = encoder.collate_shared(
-        rollout.prompts, [rollout.prompt_index[i] for i in index], padding_side="left"
-    )
+    prompts, owners = rollout.vision_prompts(index)  # a multi-turn row's tool images follow its prompt's
+    batch = encoder.collate_shared(prompts, owners, padding_side="left")
     completion = rollout.completion_ids[index, :width]
     completion_mask = rollout.completion_mask[index, :width]
     batch["input_ids"] = torch.cat([batch["input_ids"], completion], dim=1)
     batch["attention_mask"] = torch.cat([batch["attention_mask"], completion_mask], dim=1)
-    if "mm_token_type_ids" in batch:  # completion tokens are text
-        batch["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], torch.zeros_like(completion)], 1)
+    if "mm_token_type_ids" in batch:  # the model writes text; a tool's image in an observation is an image
+        images = ((completion == encoder.image_token_id) & completion_mask.bool()).long()
+        batch["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], images], 1)
     batch["completion_ids"], batch["completion_mask"] = completion, completion_mask
     return batch

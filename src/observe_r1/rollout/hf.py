@@ -14,7 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from observe_r1.models.inputs import ChatEncoder
@@ -73,6 +79,20 @@ class GumbelSampler(LogitsProcessor):
         return scores + gumbel_noise(self.seeds, position, scores.shape[-1], scores.device)
 
 
+class StopOnText(StoppingCriteria):
+    """Ends a row once its generated text contains one of `stops` (multi-turn rollouts' `</code>`): the tail of
+    each row is decoded at every step, a few tokens per row."""
+
+    def __init__(self, tokenizer: Any, stops: tuple[str, ...], prompt_width: int):
+        self.tokenizer, self.stops, self.prompt_width = tokenizer, stops, prompt_width
+        self.tail = max(len(x) for x in stops) + 2  # tokens: each holds at least one character
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        start = max(self.prompt_width, input_ids.shape[1] - self.tail)
+        texts = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=False)
+        return torch.tensor([any(x in t for x in self.stops) for t in texts], device=input_ids.device)
+
+
 class HFRollout:
     """The default rollout backend: the policy itself, generating with `model.generate`."""
 
@@ -96,6 +116,10 @@ class HFRollout:
         n = 1 if sampling.greedy else sampling.n
         prompt_index = [i for i in range(len(batch.prompts)) for _ in range(n)]
         seeds = sequence_seeds(batch.seed, batch.group_ids, n)
+        if batch.response_seeds is not None:
+            if n != 1:
+                raise ValueError("PromptBatch.response_seeds: one response per prompt (n = 1)")
+            seeds = batch.response_seeds
         chunk = sampling.chunk_size or len(prompt_index)
         was_training = self.model.training
         self.model.eval()
@@ -128,10 +152,17 @@ class HFRollout:
             suppress_tokens=self.suppressed,
         )
         processors = LogitsProcessorList([] if sampling.greedy else [GumbelSampler(seeds, width, sampling)])
+        stopping = StoppingCriteriaList(
+            [StopOnText(self.encoder.tokenizer, sampling.stop, width)] if sampling.stop else []
+        )
         # synced_gpus: never (transformers turns it on for a sharded model): a sharded policy generates with
         # its parameters gathered (`training.sharding.gathered`), so no process waits for another
         out = self.model.generate(
-            **inputs, generation_config=config, logits_processor=processors, synced_gpus=False
+            **inputs,
+            generation_config=config,
+            logits_processor=processors,
+            stopping_criteria=stopping,
+            synced_gpus=False,
         )
         return out[:, width:].cpu()
 

@@ -79,6 +79,7 @@ class VLLMRollout:
         vocab = encoder.tokenizer.get_vocab() if encoder.image_processor is not None else {}
         self.suppressed = {vocab[t]: -100.0 for t in VISION_TOKENS if t in vocab}
         self.sleeping = False
+        self.returns_logprobs = True  # the engine's log-probs of its tokens (multi-turn rollouts carry them)
         if settings.enable_sleep_mode:
             self._sleep()
 
@@ -119,14 +120,19 @@ class VLLMRollout:
         CPU backend refuses per-request seeds, so there the engine's own seeded RNG decides."""
         if not self.cuda:
             return [None] * len(batch.prompts)
-        seeds = sequence_seeds(batch.seed, batch.group_ids, 1)
+        seeds = (
+            batch.response_seeds
+            if batch.response_seeds is not None
+            else sequence_seeds(batch.seed, batch.group_ids, 1)
+        )
         return [int(mix64(s).abs() % 2**31) for s in seeds]
 
     def _params(self, sampling: SamplingParams, n: int, seed: int | None) -> Any:
         return self.vllm.SamplingParams(
             n=n, temperature=0.0 if sampling.greedy else sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k if sampling.top_k > 0 else -1, max_tokens=sampling.max_new_tokens, logprobs=0,
-            stop_token_ids=self.eos_token_ids, seed=seed, detokenize=False, logit_bias=self.suppressed or None,
+            stop_token_ids=self.eos_token_ids, seed=seed, logit_bias=self.suppressed or None,
+            stop=list(sampling.stop) or None, include_stop_str_in_output=True, detokenize=bool(sampling.stop),
         )  # fmt: skip
 
     def _rollout(self, batch: PromptBatch, n: int, completions: list, max_new: int) -> Rollout:

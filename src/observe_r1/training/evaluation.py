@@ -15,6 +15,7 @@ from observe_r1.models.inputs import ChatEncoder
 from observe_r1.rewards import Rewarder, grade
 from observe_r1.rollout.base import RolloutBackend, SamplingParams
 from observe_r1.rollout.hf import HFRollout
+from observe_r1.rollout.multiturn import with_tools
 from observe_r1.training import sharding
 from observe_r1.training.runtime import autocast
 from observe_r1.training.scoring import generate_and_score
@@ -120,7 +121,7 @@ def evaluate_on_main(cfg: Config, acc: Accelerator, model, encoder: ChatEncoder,
     metrics: dict[str, float] = {}
     with sharding.gathered(acc.unwrap_model(model)) as full:
         if acc.is_main_process:
-            backend = HFRollout(full, encoder)
+            backend = with_tools(cfg, HFRollout(full, encoder), encoder)
             with (
                 autocast(acc.device, cfg.model.dtype, generation=True),
                 Rewarder.from_config(cfg.reward, rewards) as rewarder,

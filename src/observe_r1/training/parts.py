@@ -16,6 +16,7 @@ from observe_r1.models.policy import load_model
 from observe_r1.rewards import Rewarder
 from observe_r1.rollout.base import SamplingParams
 from observe_r1.rollout.hf import HFRollout
+from observe_r1.rollout.multiturn import with_tools
 from observe_r1.training import runtime, setup
 from observe_r1.training.checkpoint import Checkpointer, RunState
 from observe_r1.training.scoring import ScoredRollout, generate_and_score
@@ -66,7 +67,7 @@ def sample_responses(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     encoder = setup.load_encoder(cfg, model_path)
     model = load_model(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    backend = HFRollout(model.to(device).eval(), encoder)
+    backend = with_tools(cfg, HFRollout(model.to(device).eval(), encoder), encoder)
     sampling = SamplingParams(n, r.temperature, r.top_p, r.top_k, r.max_new_tokens, chunk_size=r.chunk_size)
     out = []
     with torch.no_grad(), runtime.autocast(device, cfg.model.dtype, generation=True):

@@ -88,18 +88,28 @@ def encode_prompts(
 def reward_batch(
     rollout: Rollout, samples: list[Sample], messages: list[list[dict]], images: list[list]
 ) -> RewardBatch:
-    """The RewardBatch of a rollout: per response, its prompt's messages, images, gold and dataset columns."""
+    """The RewardBatch of a rollout: per response, its prompt's messages, images, gold and dataset columns.
+    A multi-turn response is graded on what the model wrote (`Rollout.model_texts`); its trajectory (the text
+    with the observations), tool calls, tool errors and turns are columns (`trajectory`, `tool_calls`,
+    `tool_errors`, `turns`)."""
     idx = rollout.prompt_index
     columns = sorted({k for s in samples for k in s.metadata})
-    return RewardBatch(
-        completions=rollout.texts,
-        completion_ids=[
-            row[: int(n)].tolist() for row, n in zip(rollout.completion_ids, rollout.lengths, strict=True)
-        ],
-        completion_lengths=[int(n) for n in rollout.lengths],
+    mask = rollout.model_mask
+    out = RewardBatch(
+        completions=rollout.model_texts,
+        completion_ids=[row[m.bool()].tolist() for row, m in zip(rollout.completion_ids, mask, strict=True)],
+        completion_lengths=[int(n) for n in rollout.model_lengths],
         prompts=[messages[i] for i in idx],
         images=[images[i] for i in idx],
         answers=[samples[i].answer for i in idx],
         group_ids=list(rollout.group_ids),
         columns={c: [samples[i].metadata.get(c) for i in idx] for c in columns},
     )
+    if rollout.traces is not None:
+        out.columns |= {
+            "trajectory": list(rollout.texts),
+            "tool_calls": [[c.as_row() for c in t.calls] for t in rollout.traces],
+            "tool_errors": [sum(bool(c.error) for c in t.calls) for t in rollout.traces],
+            "turns": [t.turns for t in rollout.traces],
+        }
+    return out

@@ -5,6 +5,7 @@ Imports config, data, models, toy and the other training modules."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +27,11 @@ from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import fresh_init, frozen, load_model, prepare_policy
 from observe_r1.rollout.base import RolloutBackend
 from observe_r1.rollout.hf import HFRollout
+from observe_r1.rollout.multiturn import with_tools
 from observe_r1.rollout.vllm import VLLMRollout
-from observe_r1.toy import logic, synth, tiny
+from observe_r1.tools.base import schema_of
+from observe_r1.tools.builtin import make_tools
+from observe_r1.toy import logic, synth, tiny, toolcalc, zoom
 from observe_r1.training import rundir
 from observe_r1.training.checkpoint import RunState
 from observe_r1.training.loop import Callback
@@ -38,6 +42,9 @@ TINY = "tiny"  # model.path that builds a random tiny Qwen2.5-VL into OUTPUT/bas
 COLD_START = "cold_start"  # model.path of the shipped cold-start checkpoint (the demo's; observe_r1/assets)
 SYNTH = "synth"  # data.train / data.test entry that renders the synthetic ladder into OUTPUT/data
 LOGIC = "logic"  # ... that renders Knights-and-Knaves puzzles (text only) into OUTPUT/data/logic
+TOOLCALC = "toolcalc"  # ... large multiplications, where a tool helps (text) into OUTPUT/data/toolcalc
+ZOOM = "zoom"  # ... digits legible only after a `crop` into OUTPUT/data/zoom
+BUILT = {SYNTH: "", LOGIC: "logic", TOOLCALC: "toolcalc", ZOOM: "zoom"}  # built into OUTPUT/data/<folder>
 
 
 @dataclass
@@ -77,13 +84,12 @@ def prepare_inputs(cfg: Config, acc: Accelerator, given: Inputs | None = None) -
         )
     for key, entries, replaced in (("data.train", cfg.data.train, given and given.train is not None),
                                    ("data.test", cfg.data.test, given and given.test is not None)):  # fmt: skip
-        check_data_entries(key, [] if replaced else [e for e in entries if e not in (SYNTH, LOGIC)])
+        check_data_entries(key, [] if replaced else [e for e in entries if e not in BUILT])
     model_path = str(out / "base-model") if cfg.model.path == TINY else cfg.model.path
     data = out / "data"
 
     def files(names: list[str], split: str) -> list[str]:
-        built = {SYNTH: data / f"{split}.jsonl", LOGIC: data / "logic" / f"{split}.jsonl"}
-        return [str(built[name]) if name in built else name for name in names]
+        return [str(data / BUILT[name] / f"{split}.jsonl") if name in BUILT else name for name in names]
 
     claim_output(acc, out)
     if acc.is_main_process:
@@ -95,10 +101,12 @@ def prepare_inputs(cfg: Config, acc: Accelerator, given: Inputs | None = None) -
         if SYNTH in cfg.data.train + cfg.data.test and not (data / "train.jsonl").is_file():
             build_atomically(data, lambda tmp: synth.write_dataset(tmp, cfg.data.synth_train, cfg.data.synth_test,
                                                                    seed=cfg.seed))  # fmt: skip
-        if LOGIC in cfg.data.train + cfg.data.test and not (data / "logic" / "train.jsonl").is_file():
-            data.mkdir(parents=True, exist_ok=True)
-            build_atomically(data / "logic", lambda tmp: logic.write_dataset(tmp, cfg.data.synth_train,
-                                                                             cfg.data.synth_test, seed=cfg.seed))  # fmt: skip
+        for name, write in ((LOGIC, logic.write_dataset), (TOOLCALC, toolcalc.write_dataset),
+                            (ZOOM, zoom.write_dataset)):  # fmt: skip
+            if name in cfg.data.train + cfg.data.test and not (data / name / "train.jsonl").is_file():
+                data.mkdir(parents=True, exist_ok=True)
+                build_atomically(data / name, functools.partial(write, train=cfg.data.synth_train,
+                                                                test=cfg.data.synth_test, seed=cfg.seed))  # fmt: skip
     acc.wait_for_everyone()
     cfg = dataclasses.replace(
         cfg,
@@ -171,6 +179,9 @@ def load_encoder(cfg: Config, path: str | None = None) -> ChatEncoder:
         max_pixels=cfg.data.max_pixels,
     )
     encoder.system_prompt = cfg.data.system_prompt  # recorded in every checkpoint (observe_r1.json)
+    mt = cfg.rollout.multi_turn
+    if mt.enabled and mt.layout == "chat":  # the prompts list the tools
+        encoder.tools = [schema_of(t) for t in make_tools(cfg.tools).values()]
     return encoder
 
 
@@ -226,8 +237,10 @@ def make_backend(cfg: Config, policy: torch.nn.Module, encoder: ChatEncoder) -> 
         config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         positions = config.get_text_config().max_position_embeddings
         max_len = min(cfg.data.max_prompt_length + cfg.rollout.max_new_tokens, positions)
-        return VLLMRollout(cfg.model.path, encoder, cfg.rollout.vllm, cfg.seed, max_len)
-    return HFRollout(policy, encoder)
+        return with_tools(
+            cfg, VLLMRollout(cfg.model.path, encoder, cfg.rollout.vllm, cfg.seed, max_len), encoder
+        )
+    return with_tools(cfg, HFRollout(policy, encoder), encoder)
 
 
 def make_tracker(cfg: Config, run: RunState, acc: Accelerator) -> Tracker | None:

@@ -1,0 +1,1 @@
+"""Tools a policy calls during multi-turn rollouts (docs/tools.md): the protocol, the built-ins, the sandbox."""
