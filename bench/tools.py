@@ -1,7 +1,7 @@
 """A tool that helps: the same GRPO run on `toolcalc` (multiplying 2- to 4-digit numbers) with and without
 the `python` tool, each from its own cold start, evaluated greedily on held-out items.
 
-    python bench/tools.py [--json] [--out runs/tools_bench] [--sft-steps 300] [--grpo-steps 40]
+    python bench/tools.py [--json] [--out runs/tools_bench] [--sft-steps 1000] [--grpo-steps 40]
 
   tools     a tiny `small` Qwen2.5-VL (random), SFT on tool-using trajectories (`solution`:
             <think><code>print(a * b)</code><output>...</output></think><answer>..</answer>, the outputs masked),
@@ -25,7 +25,7 @@ from observe_r1.toy import toolcalc
 from observe_r1.toy.tiny import build_tiny_vlm
 
 ROOT = Path(__file__).resolve().parent.parent
-NO_TOOLS = ["rollout.multi_turn.enabled=false", "tools.names=[]", "data.system_prompt=think",
+NO_TOOLS = ["rollout.multi_turn.enabled=false", "tools.names=[]",
             "reward.terms=[{name: accuracy, weight: 1.0}, {name: think_format, weight: 0.5}]"]  # fmt: skip
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--size", choices=["tiny", "small"], default="small")
     p.add_argument("--train", type=int, default=4000)
     p.add_argument("--test", type=int, default=150)
-    p.add_argument("--sft-steps", type=int, default=300)
+    p.add_argument("--sft-steps", type=int, default=1000)
     p.add_argument("--grpo-steps", type=int, default=40)
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--n", type=int, default=8)
@@ -69,7 +69,7 @@ def main() -> None:
     if not (base / "config.json").is_file():
         build_tiny_vlm(base, size=args.size, seed=args.seed)
     common = [f"seed={args.seed}", f"data.train=[{data['train']}]", f"data.test=[{data['test']}]",
-              "data.system_prompt=think_code", "data.sampler=shuffled", "checkpoint.every=100000",
+              "data.system_prompt=none", "data.sampler=shuffled", "checkpoint.every=100000",
               f"rollout.n={args.n}", f"rollout.prompts_per_step={args.prompts}",
               f"optim.mini_batch_size={args.prompts * args.n}", f"optim.micro_batch_size={min(16, args.prompts * args.n)}",
               "logging.dump_rollouts_every=0", "logging.tensorboard=false"]  # fmt: skip

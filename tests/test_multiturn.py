@@ -210,7 +210,7 @@ TRAJECTORY = "<think><code>print(6 * 7)</code><output>\n42\n</output>\n</think><
 QUESTION = [{"role": "user", "content": "What is 6 times 7?"}]
 
 
-def train_tool_policy(out, steps: int = 150):
+def train_tool_policy(out, steps: int = 300):
     """A tiny LM taught one tool-using trajectory by heart (its observation masked): a policy that calls `python`
     on this prompt, built in seconds, for the tests that need real generation."""
     path = build_tiny_lm(out, size="tiny", seed=0)
@@ -223,7 +223,7 @@ def train_tool_policy(out, steps: int = 150):
     labels = inputs.clone()
     labels[0, : len(prompt)] = -100
     labels[0, len(prompt) : -1][torch.tensor(mask) == 0] = -100
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(steps):
         model(input_ids=inputs, labels=labels).loss.backward()
         optimizer.step()
@@ -368,3 +368,64 @@ def test_generation_continues_from_a_cropped_image_on_the_tiny_vlm(tiny_model_di
     logp, _ = completion_logprobs(model.train(), dict(inputs))
     (logp * out.model_mask[:, : logp.shape[1]]).sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_the_tool_config_runs_as_shipped(tmp_path):
+    from observe_r1.cli import main
+
+    assert main(["train", "configs/tools_cpu.yaml", "--output-dir", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "data" / "toolcalc" / "train.jsonl").is_file()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_equal_one_with_tools(tool_policy, tmp_path, strategy):
+    """Multi-turn rollouts with the tool on 2 processes (gloo) take the same optimiser steps as on 1."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from tests.test_train import ROOT
+
+    data = tmp_path / "q.jsonl"
+    data.write_text(
+        "".join(json.dumps({"id": f"q{i}", "messages": QUESTION, "answer": "42"}) + "\n" for i in range(8))
+    )
+    common = ["configs/tools_cpu.yaml", f"model.path={tool_policy}", "data.system_prompt=none", f"data.train=[{data}]",
+              "data.test=[]", "optim.max_steps=2", "logging.dump_rollouts_every=0", f"parallel.strategy={strategy}",
+              "reward.terms=[{name: accuracy, weight: 1.0}, {name: tool_use, weight: 0.5}]"]  # fmt: skip
+    cli = [sys.executable, "-m", "observe_r1.cli", "train"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "observe_r1.cli",
+        "train",
+    ]
+    for command, out in ((cli, tmp_path / "one"), (torchrun, tmp_path / "two")):
+        proc = subprocess.run([*command, *common, f"logging.output_dir={out}"], capture_output=True, text=True,
+                              cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(tmp_path / "one/checkpoints/step-000002/model.safetensors")
+    b = load_file(tmp_path / "two/checkpoints/step-000002/model.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-4)
+    first = [json.loads(x) for x in (tmp_path / "two/metrics.jsonl").read_text().splitlines()][0]
+    assert first["tools/calls_per_response"] > 0
+
+
+def test_eval_with_tools(tool_policy, tmp_path):
+    from observe_r1.cli import main
+
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"id": "q0", "messages": QUESTION, "answer": "42"}) + "\n")
+    for tools, right in (([], 0.0), (["--tools", "python"], 1.0)):
+        out = tmp_path / f"eval{len(tools)}"
+        assert main(["eval", "--model", str(tool_policy), "--data", str(data), "--system-prompt", "none",
+                     "--out", str(out), *tools]) == 0  # fmt: skip
+        report = json.loads((out / "eval.json").read_text())
+        assert report["metrics"]["accuracy"] == right, report["records"][0]

@@ -219,7 +219,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics, records = evaluate_checkpoint(
             args.model, args.data, args.system_prompt, args.max_new_tokens, args.batch_size, args.pass_k, args.limit,
             on_batch=lambda n: bar.advance(task, n), base_model=args.base_model,
-            trust_remote_code=args.trust_remote_code,
+            trust_remote_code=args.trust_remote_code, tools=tuple(args.tools), tool_layout=args.tool_layout,
         )  # fmt: skip
     out = Path(args.out) if args.out else Path(args.model) / "eval"
     write_report(out, metrics, records, f"Evaluation of {args.model}")
@@ -525,6 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=0, help="only the first N samples")
     p.add_argument(
         "--trust-remote-code", action="store_true", help="run the Python code the model folder ships"
+    )
+    p.add_argument("--tools", nargs="*", default=[], help="multi-turn: the tools it may call (python, crop, "
+                   "sandbox_fusion, file.py:fn), with tools.*'s defaults (docs/tools.md)")  # fmt: skip
+    p.add_argument(
+        "--tool-layout", choices=["code", "chat"], default="code", help="with --tools (default code)"
     )
     p.set_defaults(fn=cmd_eval)
 

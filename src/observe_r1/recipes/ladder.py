@@ -34,8 +34,10 @@ from observe_r1.models.policy import load_model
 from observe_r1.rewards import Rewarder
 from observe_r1.rollout.base import SamplingParams
 from observe_r1.rollout.hf import HFRollout
+from observe_r1.rollout.multiturn import with_tools
 from observe_r1.training.runtime import autocast
 from observe_r1.training.scoring import generate_and_score
+from observe_r1.training.setup import load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,7 @@ def build(
     out.parent.mkdir(parents=True, exist_ok=True)
     lc = cfg.ladder
     system = system_prompt(cfg.data.system_prompt)
-    encoder = ChatEncoder.from_pretrained(model, cfg.model.trust_remote_code, max_prompt_length=cfg.data.max_prompt_length,
-                                          min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)  # fmt: skip
+    encoder = load_encoder(cfg, model)  # with the tools listed when multi-turn rollouts use the chat layout
     samples = load_samples(data, encoder, system, cfg.data.max_bad_row_fraction, Columns.of(cfg.data))
     easy = set()
     with Rewarder.from_config(cfg.reward) as rewarder:
@@ -137,14 +138,18 @@ def score(
         system=system,
         seed=cfg.seed,
         reward=dataclasses.asdict(cfg.reward),
-    )
+        **({"tools": dataclasses.asdict(cfg.tools), "multi_turn": dataclasses.asdict(r.multi_turn)}
+           if r.multi_turn.enabled else {}),
+    )  # fmt: skip
     done = _cached(cache, key)
     pending = [(i, s) for i, s in todo if s.id not in done]
     if on_batch is not None and len(done):
         on_batch(len(todo) - len(pending))
     if pending:
         policy = load_model(model_dir, trust_remote_code=cfg.model.trust_remote_code).to(_device()).eval()
-        backend = HFRollout(policy, encoder)
+        backend = with_tools(
+            cfg, HFRollout(policy, encoder), encoder
+        )  # a tool-using policy is scored with them
         sampling = SamplingParams(
             cfg.ladder.k, r.temperature, r.top_p, r.top_k, r.max_new_tokens, chunk_size=r.chunk_size
         )
@@ -156,7 +161,7 @@ def score(
                                          sampling, system, cfg.seed)  # fmt: skip
                 batch = got.samples
                 correct = got.result.correct.view(len(batch), -1)
-                lengths = got.rollout.lengths.view(len(batch), -1).float()
+                lengths = got.rollout.model_lengths.view(len(batch), -1).float()
                 for j, s in enumerate(batch):
                     row = {
                         "id": s.id,

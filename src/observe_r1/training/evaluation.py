@@ -63,11 +63,11 @@ def evaluate(
                     "correct": bool(got.result.correct[i]),
                     "format": None if fmt is None else bool(got.result.terms[fmt][i] == 1),
                     **(
-                        {"lenient": grade(got.rollout.texts[i], s.answer, fallback=True).score > 0}
+                        {"lenient": grade(got.rollout.model_texts[i], s.answer, fallback=True).score > 0}
                         if lenient
                         else {}
                     ),
-                    "length": int(got.rollout.lengths[i]),
+                    "length": int(got.rollout.model_lengths[i]),  # multi-turn: the model's own tokens
                     **(
                         {}
                         if hits is None
