@@ -98,10 +98,10 @@ class FunctionTool:
         return self.fn(**args, context=context) if wants_context else self.fn(**args)
 
 
-def load_tool(ref: str) -> Tool:
+def load_tool(ref: str, builtins: tuple[str, ...] = ()) -> Tool:
     """A plug-in tool from `path/file.py:fn` or `package.module:fn`: an object with the protocol's attributes
-    is used as it is, a plain function is wrapped (`FunctionTool`)."""
-    obj = load_function(ref, kind="tool")
+    is used as it is, a plain function is wrapped (`FunctionTool`). `builtins`: the names an error lists."""
+    obj = load_function(ref, kind="tool", builtins=builtins)
     if all(hasattr(obj, a) for a in ("name", "description", "parameters")):
         return obj  # type: ignore[return-value]
     return FunctionTool(obj)

@@ -162,7 +162,7 @@ def make_tools(cfg: ToolsConfig) -> dict[str, Tool]:
         elif name == "crop":
             tool = CropTool(max_pixels=cfg.crop_max_pixels)
         else:
-            tool = load_tool(name)
+            tool = load_tool(name, BUILTIN_TOOLS)
         if tool.name in tools:
             raise ValueError(f"tools.names: two tools are called {tool.name!r}")
         tools[tool.name] = tool
