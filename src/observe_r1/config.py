@@ -157,6 +157,16 @@ class RolloutConfig:
     max_new_tokens: int = 8192
     chunk_size: int = 0  # sequences per generate call (bounds rollout memory); 0 = all at once
     multi_turn: MultiTurnConfig = field(default_factory=MultiTurnConfig)
+    # sync: generate when the trainer asks; async: an engine process generates and scores ahead while the
+    # trainer trains, at most `max_staleness` policy versions behind (docs/rollout.md "Asynchronous rollouts")
+    mode: Literal["sync", "async"] = "sync"
+    max_staleness: int = 1  # async: versions a trained response may lag the policy; 0 = the synchronous loop
+    # async: decoupled = the PPO ratio against the trainer's recomputed log-probs (the proximal policy) with
+    # the behaviour policy's tokens weighted by min(pi_proximal / pi_behaviour, algorithm.tis_cap or 2)
+    # (AReaL); behaviour = the ratio against the engine's log-probs directly (no recomputation)
+    correction: Literal["decoupled", "behaviour"] = "decoupled"
+    engine_threads: int = 0  # async: torch threads of the engine process; 0 = torch's default
+    engine_timeout_s: float = 1800.0  # async: a step waiting this long for the engine ends the run
 
 
 @dataclass
@@ -415,6 +425,11 @@ class Config:
                 "code runs <code> blocks: tools.names needs python or sandbox_fusion",
             ),
             (
+                not (r.mode == "async" and r.max_staleness and self.algorithm.warmup_rollout_steps),
+                "algorithm.warmup_rollout_steps",
+                "the warm-up runs on the trainer's own rollouts: not with rollout.mode=async",
+            ),
+            (
                 not self.algorithm.mismatch_band
                 or len(self.algorithm.mismatch_band) == 2
                 and self.algorithm.mismatch_band[0] < 1 < self.algorithm.mismatch_band[1],
@@ -494,6 +509,9 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("rollout.top_k", _at_least(0), "must be >= 0 (0 = off)"),
     ("rollout.max_new_tokens", _at_least(1), "must be >= 1"),
     ("rollout.chunk_size", _at_least(0), "must be >= 0 (0 = all at once)"),
+    ("rollout.max_staleness", _in(0, 64), "must be in [0, 64]"),
+    ("rollout.engine_threads", _in(0, 1024), "must be in [0, 1024] (0 = torch's default)"),
+    ("rollout.engine_timeout_s", _in(1, 86400), "must be in [1, 86400] seconds"),
     ("rollout.multi_turn.max_turns", _in(1, 64), "must be in [1, 64]"),
     ("rollout.multi_turn.max_total_tokens", _at_least(0), "must be >= 0 (0 = rollout.max_new_tokens)"),
     ("rollout.multi_turn.max_observation_tokens", _at_least(1), "must be >= 1"),

@@ -47,13 +47,13 @@ from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import completion_logprobs, reference_of
 from observe_r1.rewards import Rewarder
 from observe_r1.rewards.compose import merge_results
-from observe_r1.rollout.base import SamplingParams, Trace, select_groups
+from observe_r1.rollout.base import Trace, select_groups
 from observe_r1.rollout.batch import Trajectory, micro_batches, sequence_inputs
 from observe_r1.training import loop, runtime, setup, sharding
 from observe_r1.training.checkpoint import Checkpointer, RunState
+from observe_r1.training.engine import ASYNC_TIS_CAP, Request, make_source
 from observe_r1.training.evaluation import evaluate_on_main
 from observe_r1.training.report import GRPO_PANELS
-from observe_r1.training.scoring import generate_and_score
 from observe_r1.training.tracking import StageTimer, Tracker
 
 log = logging.getLogger(__name__)
@@ -133,24 +133,32 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
     run = checkpointer.resume()
     tracker = setup.make_tracker(cfg, run, acc)
     r, system = cfg.rollout, system_prompt(cfg.data.system_prompt)
-    sampling = SamplingParams(r.n, r.temperature, r.top_p, r.top_k, r.max_new_tokens, chunk_size=r.chunk_size)
-    backend = setup.make_backend(cfg, acc.unwrap_model(policy), encoder)
+    asynchronous = r.mode == "async" and r.max_staleness > 0
+    backend = None if asynchronous else setup.make_backend(cfg, acc.unwrap_model(policy), encoder)
     timer, amp = StageTimer(), runtime.autocast(acc.device, cfg.model.dtype)
-    actor = Actor(cfg, plan, acc, encoder, policy, optimizer, scheduler)
+    actor = Actor(cfg, plan, acc, encoder, policy, optimizer, scheduler,
+                  cfg.algorithm.tis_cap or (ASYNC_TIS_CAP if asynchronous and r.correction == "decoupled" else 0.0))  # fmt: skip
 
-    def draw(step: int, attempt: int) -> Trajectory:
-        """The next prompts (this process's share), n responses each, scored; the sampler hears how it went."""
+    def share(step: int, attempt: int, drawn: list[int]) -> Request:
+        """This process's share of a step's drawn prompts, with their group ids."""
         tries, total = cfg.algorithm.dynamic_sampling_max_tries, r.prompts_per_step
-        drawn = sampler.next(total)
-        indices = [drawn[p] for p in plan.positions]
         # globally unique, layout-independent group ids: they also seed the sampling of each response
         ids = [(step * tries + attempt) * total + p for p in plan.positions]
-        got = generate_and_score(backend, encoder, rewarder, [samples[i] for i in indices], ids, sampling, system,
-                                 cfg.seed, timer)  # fmt: skip
+        return Request(step, attempt, [drawn[p] for p in plan.positions], ids, drawn)
+
+    source = make_source(cfg, acc, policy, backend, rewarder, samples, encoder, given.rewards, timer)
+    source.request = lambda step, attempt: share(step, attempt, sampler.next(r.prompts_per_step))
+    source.steps = plan.steps
+    source.resume([share(q["step"], q["attempt"], q["drawn"]) for q in run.pending])
+
+    def draw(step: int, attempt: int) -> Trajectory:
+        """The step's groups from the source, n responses each, scored; the sampler hears how it went."""
+        scored = source.take(step, attempt)
+        got, indices = scored.got, scored.request.indices
         update_sampler(acc, sampler, indices, got.result.correct)
-        return Trajectory(
-            got.samples, indices, got.images, got.rollout, got.result, bad_prompts=got.bad_prompts
-        )
+        version = step if scored.version is None else scored.version
+        return Trajectory(got.samples, indices, got.images, got.rollout, got.result, bad_prompts=got.bad_prompts,
+                          versions=[version] * len(indices), metrics=scored.metrics)  # fmt: skip
 
     def evaluate() -> dict[str, float]:
         return evaluate_on_main(cfg, acc, policy, encoder, test, system, given.rewards)
@@ -159,16 +167,17 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
              "%g prompts; EasyR1/verl count these in prompts, docs/config.md), %d process(es)", plan.steps,
              r.prompts_per_step, r.n, plan.updates_per_step, cfg.optim.mini_batch_size, cfg.optim.mini_batch_size / r.n,
              plan.world)  # fmt: skip
-    warmup = warm_up(cfg, acc, backend, policy, draw, plan) if run.step == 0 else {}
-    with runtime.progress(acc, plan.steps, run.step, "GRPO") as bar, loop.interruptible():
+    warmup = warm_up(cfg, source, draw, plan) if run.step == 0 else {}
+    with (
+        runtime.progress(acc, plan.steps, run.step, "GRPO") as bar,
+        loop.interruptible(),
+        contextlib.closing(source),
+    ):
         while run.step < plan.steps:
             step, started = run.step, time.perf_counter()
-            with timer("sync"):  # HF: the policy itself generates; vLLM: the engine gets a copy
-                backend.update_weights(acc.unwrap_model(policy))
-            generating = (
-                sharding.gathered(policy) if cfg.rollout.backend == "hf" else contextlib.nullcontext()
-            )
-            with runtime.autocast(acc.device, cfg.model.dtype, generation=True), generating:
+            with timer("sync"):  # the policy's weights to whatever generates: version `step`
+                source.publish(step)
+            with source.generating():
                 traj = rollout_and_reward(
                     cfg, acc, draw, step, plan.prompts, encoder.pad_token_id
                 )  # timed inside
@@ -176,8 +185,11 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
                 traj.advantages = advantages(cfg, traj)
             with timer("old_logprob"), amp:
                 # on-policy from the policy itself, the update's own forward pass gives them; an engine's
-                # tokens are scored by the trainer too (rollout/logprob_diff, truncated IS)
-                if plan.updates_per_step > 1 or traj.rollout.logprobs is not None:
+                # tokens are scored by the trainer too (rollout/logprob_diff, truncated IS), except with
+                # rollout.correction=behaviour in async mode: the ratio is taken against the engine's
+                if asynchronous and r.correction == "behaviour":
+                    traj.old_logp = traj.rollout.logprobs
+                elif plan.updates_per_step > 1 or traj.rollout.logprobs is not None:
                     traj.old_logp = actor.logprobs(acc.unwrap_model(policy), traj)
             with timer("ref"), amp:
                 if cfg.algorithm.kl_mode != "off":
@@ -195,6 +207,9 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
             metrics = runtime.mean_across_processes(metrics, acc)
             if tracker is not None:
                 log_rollouts(cfg, step, traj, tracker)
+            run.pending = (
+                source.pending()
+            )  # async: the requests queued for later steps, saved with a checkpoint
             metrics = loop.end_of_step(
                 cfg, run, metrics, tracker, checkpointer, evaluate if test else None, plan.steps
             )
@@ -211,28 +226,25 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
 # ------------------------------------------------------------------ rollout + rewards
 
 
-def warm_up(
-    cfg: Config, acc: Any, backend: Any, policy: torch.nn.Module, draw, plan: Plan
-) -> dict[str, float]:
+def warm_up(cfg: Config, source: Any, draw, plan: Plan) -> dict[str, float]:
     """WSRL's warm-up: `algorithm.warmup_rollout_steps` rollout steps of the initial policy, scored, before the
     first update. Nothing is trained on them; the prompt sampler hears their accuracy, so the online
     sampler's pass rates (its revisits, the carried items of a later stage) start measured, not guessed.
     Returns `warmup/accuracy` and `warmup/reward`, logged with step 0. A run killed during the warm-up
-    starts it again (the first checkpoint comes after step 0)."""
+    starts it again (the first checkpoint comes after step 0). Synchronous rollouts only (config check)."""
     steps = cfg.algorithm.warmup_rollout_steps
     if not steps:
         return {}
-    backend.update_weights(acc.unwrap_model(policy))
+    source.publish(0)
     accuracy, reward = [], []
-    generating = sharding.gathered(policy) if cfg.rollout.backend == "hf" else contextlib.nullcontext()
-    with runtime.autocast(acc.device, cfg.model.dtype, generation=True), generating:
+    with source.generating():
         for w in range(steps):
             traj = draw(plan.steps + w, 0)  # group ids past the run's own: the same prompts sample afresh
             accuracy.append(float(traj.rewards.correct.float().mean()))
             reward.append(float(traj.rewards.total.mean()))
     log.info("warm-up: %d rollout steps of the initial policy, accuracy %.3f", steps, sum(accuracy) / steps)
     return runtime.mean_across_processes(
-        {"warmup/accuracy": sum(accuracy) / steps, "warmup/reward": sum(reward) / steps}, acc
+        {"warmup/accuracy": sum(accuracy) / steps, "warmup/reward": sum(reward) / steps}, source.acc
     )
 
 
@@ -276,6 +288,8 @@ def refill(draws: list[Trajectory], kept: list[tuple[Trajectory, list[int]]], ne
         rewards=merge_results([(d.rewards, rs) for d, rs in rows]),
         tries=len(draws),
         bad_prompts=sum(d.bad_prompts for d in draws),
+        versions=[d.versions[g] for d, gs in kept for g in gs],
+        metrics=draws[0].metrics,
     )
 
 
@@ -376,8 +390,13 @@ def engine_mismatch(traj: Trajectory) -> dict[str, float]:
         return {}
     mask = traj.mask.cpu()
     diff = (traj.old_logp.cpu() - traj.rollout.logprobs).abs() * mask
-    return {"rollout/logprob_diff/mean": float(diff.sum() / mask.sum().clamp(min=1)),
-            "rollout/logprob_diff/max": float(diff.max())}  # fmt: skip
+    out = {"rollout/logprob_diff/mean": float(diff.sum() / mask.sum().clamp(min=1)),
+           "rollout/logprob_diff/max": float(diff.max())}  # fmt: skip
+    if "async/staleness" in traj.metrics:  # async: the gap by how many versions the engine was behind
+        out[f"rollout/logprob_diff/staleness_{int(traj.metrics['async/staleness'])}"] = out[
+            "rollout/logprob_diff/mean"
+        ]
+    return out
 
 
 def watch_zero_weights(cfg: Config, acc: Any, run: RunState, traj: Trajectory) -> float:
@@ -417,6 +436,7 @@ class Actor:
     policy: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
+    tis_cap: float = 0.0  # algorithm.tis_cap, or the async decoupled correction's default
 
     def micro_batches(self, traj: Trajectory) -> list[list[list[int]]]:
         return micro_batches(traj.rollout, self.plan.mini, self.plan.micro)
@@ -463,7 +483,7 @@ class Actor:
                             kl = kl_divergence(old, traj.ref_logp[idx, :width], a.kl_estimator)
                             adv = token_advantages(seq_adv[idx], m, kl, a.kl_coef)
                             stats["actor/kl_ref"].append(float((kl * m).sum() / m.sum().clamp(min=1)))
-                        weights = engine_weights(a, traj, idx, old, m, stats)
+                        weights = engine_weights(a, traj, idx, old, m, stats, self.tis_cap)
                         loss, s = policy_loss(
                             logp,
                             old,
@@ -509,17 +529,18 @@ def engine_weights(
     old: torch.Tensor,
     mask: torch.Tensor,
     stats: dict[str, list[float]],
+    tis_cap: float,
 ) -> torch.Tensor | None:
-    """[b, T] per-token loss weights for tokens an engine sampled (its log-probs differ from the trainer's):
-    truncated IS (`algorithm.tis_cap`) times the mismatch mask (`algorithm.mismatch_band`); None without an
-    engine or either setting. Their means go to `stats`."""
-    if traj.rollout.logprobs is None or not (a.tis_cap or a.mismatch_band):
+    """[b, T] per-token loss weights for tokens an engine sampled (its log-probs differ from the trainer's, by
+    numerics or, in async mode, by policy versions): truncated IS (`tis_cap`) times the mismatch mask
+    (`algorithm.mismatch_band`); None without an engine or either setting. Their means go to `stats`."""
+    if traj.rollout.logprobs is None or not (tis_cap or a.mismatch_band):
         return None
     engine = traj.rollout.logprobs[idx, : old.shape[1]].to(old.device)
     weights = torch.ones_like(old)
     tokens = mask.sum().clamp(min=1)
-    if a.tis_cap:
-        weights = tis_weights(old, engine, a.tis_cap)
+    if tis_cap:
+        weights = tis_weights(old, engine, tis_cap)
         stats["actor/tis_weight_mean"].append(float((weights * mask).sum() / tokens))
     if a.mismatch_band:
         kept = mismatch_mask(old, engine, *a.mismatch_band)
@@ -560,6 +581,7 @@ def step_metrics(cfg: Config, traj: Trajectory, format_term: str | None, stats: 
     }
     m |= {f"difficulty/correct_{k}": float((hits == k).float().mean()) for k in range(n + 1)}
     m |= tool_metrics(rollout.traces)
+    m |= traj.metrics  # async: staleness, waits, the engine's busy and idle time, the queue
     if cfg.algorithm.overlong_buffer:  # DAPO's shaping: what it took off the rewards
         penalty = adv.rewards.flatten() - traj.rewards.total
         m["reward/overlong_penalty/mean"] = float(penalty.mean())
@@ -630,6 +652,7 @@ def rollout_rows(step: int, traj: Trajectory) -> list[dict[str, Any]]:
             "terms": {k: float(v[i]) for k, v in traj.rewards.terms.items()},
             "correct": bool(adv.correct.flatten()[i]),
             "advantage": float(adv.sequence[i]),
+            "policy_version": traj.versions[r.prompt_index[i]] if traj.versions else step,
         } | ({} if r.traces is None else {"model_text": r.traces[i].model_text,
                                           "tool_calls": [c.as_row() for c in r.traces[i].calls]}))  # fmt: skip
     return rows

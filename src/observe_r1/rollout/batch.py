@@ -3,7 +3,7 @@ model inputs of any of its sequences. Imports data, models, rewards, algos and r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +31,8 @@ class Trajectory:
     token_advantages: torch.Tensor | None = None  # [B, T]
     old_logp: torch.Tensor | None = None  # [B, T] the rollout policy's, when the update is off-policy
     ref_logp: torch.Tensor | None = None  # [B, T] the reference's, with the KL on
+    versions: list[int] = field(default_factory=list)  # per group: the policy version that generated it
+    metrics: dict[str, float] = field(default_factory=dict)  # the rollout source's (async: staleness, waits)
 
     def __len__(self) -> int:
         return len(self.rollout)

@@ -306,6 +306,8 @@ class RunState:
     nonfinite_streak: int = 0
     best: float | None = None  # the best value of checkpoint.best_metric so far (its step: best.json)
     zero_weight_streak: int = 0  # rollout steps in a row where f(d) was 0 for every group
+    # async rollouts: the requests queued for later steps (prompts drawn, not trained): a resume regenerates them
+    pending: list[dict] = dataclasses.field(default_factory=list)
 
 
 # Config keys that may differ between a checkpoint and the run resuming it: they change what is logged or
@@ -429,7 +431,7 @@ class Checkpointer:
             set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", path, state["step"])
         run = RunState(state["step"], state["history"], state.get("nonfinite_streak", 0),
-                       zero_weight_streak=state.get("zero_weight_streak", 0))  # fmt: skip
+                       zero_weight_streak=state.get("zero_weight_streak", 0), pending=state.get("pending", []))  # fmt: skip
         c = self.cfg.checkpoint
         best = best_record(self.cfg.logging.output_dir, c.best_metric, c.best_mode, run.history)
         if best is not None and best["metric"] == c.best_metric:
@@ -476,6 +478,7 @@ class Checkpointer:
             "history": run.history,
             "nonfinite_streak": run.nonfinite_streak,
             "zero_weight_streak": run.zero_weight_streak,
+            "pending": run.pending,
             "optimizer": sharding.optimizer_state(self.acc.unwrap_model(self.model), self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
