@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from observe_r1.config import ConfigError, load_config
 from observe_r1.training import runtime, setup
 from observe_r1.training.engine import AsyncSource, Request, behaviour_logprobs
-from tests.test_train import ROOT, TINY, cli, metrics, run, weights
+from tests.test_train import ROOT, TINY, cli, metrics, overrides, run, weights
 
 ASYNC = ["rollout.mode=async", "data.test=[]", "optim.max_steps=5"]
 
@@ -60,7 +61,7 @@ def test_no_trained_response_is_older_than_k_versions(k, shaping, synchronous, t
     out = run(shaping, tmp_path / f"k{k}", *ASYNC, f"rollout.max_staleness={k}")
     dumped = rows(out)
     staleness = [r["step"] - r["policy_version"] for r in dumped]
-    assert min(staleness) >= 0 and max(staleness) == k  # the engine ran ahead, never further than k
+    assert min(staleness) >= 0 and 1 <= max(staleness) <= k  # the engine ran ahead, never further than k
     # the same prompts and group ids as the synchronous run: groups complete, each from one draw
     assert groups_by_step(out) == groups_by_step(synchronous)
     steps = [r for r in metrics(out) if "actor/loss" in r]
@@ -118,6 +119,24 @@ def test_the_engine_has_the_trainers_weights_after_an_update(tiny_model_dir, syn
 def test_a_warm_up_is_refused_in_async_mode():
     with pytest.raises(ConfigError, match="warmup_rollout_steps"):
         load_config(TINY, ["rollout.mode=async", "algorithm.warmup_rollout_steps=1"])
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_training_processes_with_an_engine_each(strategy, shaping, tmp_path):
+    """torchrun with 2 processes (DDP or FSDP, gloo): each starts its engine; the weights each engine gets are
+    the full (gathered) state dict; the staleness bound holds."""
+    out = tmp_path / strategy
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "observe_r1.cli",
+               "train", str(TINY), *overrides(shaping, out, *ASYNC, "optim.max_steps=3", f"parallel.strategy={strategy}",
+                                               "rollout.engine_threads=1")]  # fmt: skip
+    proc = subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    steps = [r for r in metrics(out) if "actor/loss" in r]
+    assert [r["step"] for r in steps] == [0, 1, 2]
+    assert all(0 <= r["step"] - r["policy_version"] <= 1 for r in rows(out))
+    assert steps[0]["rollout/logprob_diff/staleness_0"] < 1e-3  # the engines start from the trainers' weights
 
 
 # ------------------------------------------------------------------ kill -9
@@ -185,3 +204,29 @@ def test_a_kill_ends_the_run_clearly_and_resume_loses_and_repeats_no_group(
     assert groups_by_step(out) == groups_by_step(straight)  # every step's groups: none lost, none twice
     trained = [g for gs in groups_by_step(out).values() for g, _ in gs]
     assert len(trained) == len(set(trained))
+
+
+def test_the_python_api_in_async_mode_scores_a_closure_in_the_trainer(tmp_path):
+    """A reward closure cannot be sent to the engine process: the trainer scores each request as it arrives
+    (in a forked reward worker, never in its own process); evaluation, the best checkpoint and callbacks run."""
+    from examples.python_api import counting_rows
+
+    from observe_r1 import GRPOConfig, GRPOTrainer
+
+    config = GRPOConfig.load(TINY, [f"logging.output_dir={tmp_path}", "rollout.mode=async", "optim.max_steps=3",
+                                    "logging.eval_every=2", "checkpoint.best_metric=eval/accuracy"])  # fmt: skip
+    log = tmp_path / "calls.txt"
+
+    def says_four(completions, **kwargs):
+        with log.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        return [float("4" in c) for c in completions]
+
+    seen: list[int] = []
+    GRPOTrainer(config, train_dataset=counting_rows(16), eval_dataset=counting_rows(4, seed=1),
+                reward_funcs=["accuracy", (says_four, 0.1)], callbacks=[lambda step, m: seen.append(step)]).train()  # fmt: skip
+    assert seen == [0, 1, 2]
+    rows = metrics(tmp_path)
+    assert any("eval/accuracy" in r for r in rows) and (tmp_path / "checkpoints" / "best").is_dir()
+    assert all(r["async/staleness"] <= 1 for r in rows if "actor/loss" in r)
+    assert log.read_text() and str(os.getpid()) not in log.read_text().split()

@@ -140,3 +140,11 @@ def test_tools_bench_smoke_run(tmp_path):
                  "--grpo-steps", "1", "--prompts", "2", "--n", "2", "--out", str(tmp_path))  # fmt: skip
     assert {"tools", "direct"} <= r.keys() and "gain_of_the_tool_points" in r
     assert 0 <= r["tools"]["accuracy_after_grpo"] <= 1 and r["direct"]["sft_seconds"] > 0
+
+
+def test_async_bench_smoke_run(tmp_path):
+    r = run_json(str(BENCH / "async.py"), "--size", "tiny", "--steps", "3", "--seeds", "0", "--modes", "sync-1t",
+                 "async-k1", "--tokens", "16", "--median-length", "8", "--prompts", "2", "--n", "4", "--micro", "4",
+                 "--out", str(tmp_path))  # fmt: skip
+    assert r["sync-1t"]["tokens_per_s"] > 0 and "speedup_vs_sync-1t" in r["async-k1"]
+    assert r["async-k1"]["per_seed"]["0"]["async/staleness"] <= 1

@@ -163,3 +163,25 @@ def test_the_logits_term_of_the_8k_configs_is_under_4_gib():
         config, _ = model_config_of(cfg)
         plan = estimate(cfg, shape_of(config, cfg), Hardware())
         assert plan.terms["logits (fp32)"] < 4 * GIB and plan.fits
+
+
+def test_async_rollouts_on_engine_gpus_overlap_and_split_the_memory():
+    """`--engine-gpus E` with rollout.mode=async: the step is the slower side (training on 8 - E GPUs,
+    generation on E), the training GPU holds no engine and the engine GPU none of the trainer's states."""
+    config = load_model_config(MODEL_7B)
+    cfg = load_config(
+        CONFIG_7B, ["rollout.mode=async", "rollout.max_staleness=1", "rollout.correction=behaviour"]
+    )
+    shape = shape_of(config, cfg)
+    split = estimate(cfg, shape, Hardware(gpus=8, memory_gib=80.0, engine_gpus=4))
+    together = estimate(cfg, shape, Hardware(gpus=8, memory_gib=80.0))
+    assert split.step_s == max(split.train_s, split.rollout_s) and any("async step" in n for n in split.notes)
+    assert together.step_s == together.train_s + together.rollout_s  # engines beside the trainers: no overlap
+    assert (
+        abs(split.train_s - 2 * together.train_s) < 1e-9
+        and abs(split.rollout_s - 2 * together.rollout_s) < 1e-9
+    )
+    assert "weights + grads + AdamW" not in split.rollout and "vLLM engine" not in split.training
+    assert "async engine process (same GPU)" in together.training
+    if cfg.parallel.strategy == "fsdp":  # states over 4 training GPUs: twice those over 8
+        assert split.terms["weights + grads + AdamW"] == 2 * together.terms["weights + grads + AdamW"]

@@ -140,3 +140,26 @@ def test_each_distinct_image_is_encoded_once_per_rollout(backend, prompts, monke
     finally:
         handle.remove()
     assert torch.equal(shared.completion_ids, copied.completion_ids) and shared.texts == copied.texts
+
+
+def test_recorded_logprobs_are_the_trainers(tiny_model_dir, encoder):
+    """An async engine's HF backend records the log-probs of what it samples (no second forward pass): they
+    equal the trainer's log-probs of the same tokens, and the tokens are the same as without recording."""
+    from observe_r1.models.policy import completion_logprobs, load_model
+    from observe_r1.rollout.batch import sequence_inputs
+
+    model = load_model(tiny_model_dir).eval()
+    prompts = [encoder.encode([{"role": "user", "content": f"count to {k}"}], [], f"p{k}") for k in range(2)]
+    batch = PromptBatch(prompts, [3, 4], seed=1)
+    sampling = SamplingParams(n=3, temperature=0.7, max_new_tokens=12)
+    plain = HFRollout(model, encoder).generate(batch, sampling)
+    backend = HFRollout(model, encoder)
+    backend.record_logprobs = True
+    got = backend.generate(batch, sampling)
+    assert torch.equal(got.completion_ids, plain.completion_ids) and plain.logprobs is None
+    with torch.no_grad():
+        trainer, _ = completion_logprobs(model, sequence_inputs(got, list(range(len(got))), encoder), 0.7)
+    mask = got.completion_mask.bool()
+    assert (
+        got.logprobs is not None and (got.logprobs[:, : trainer.shape[1]] - trainer)[mask].abs().max() < 1e-4
+    )

@@ -233,6 +233,29 @@ def test_grpo_with_vllm_under_fsdp_two_processes(text_model, shaping, tmp_path):
     assert all(r["rollout/logprob_diff/mean"] < 1e-3 for r in rows)  # steps 1, 2: after an update and a sync
 
 
+def test_async_rollouts_with_a_vllm_engine_process(text_model, shaping, tmp_path):
+    """rollout.mode=async with the vLLM backend: the engine process runs vLLM, takes the trainer's weights by
+    broadcast, returns its log-probs (the behaviour policy's); the staleness bound holds; fresh weights agree."""
+    data = text_data(tmp_path / "text.jsonl")
+    out = tmp_path / "async"
+    args = grpo_args(out, text_model, data, shaping, "optim.max_steps=4", "rollout.backend=vllm",
+                     "rollout.mode=async", "rollout.max_staleness=1", "logging.dump_rollouts_every=1")  # fmt: skip
+    cmd = [sys.executable, "-m", "observe_r1.cli", "train", str(TINY), *args]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    rows = [r for r in metrics(out) if "actor/loss" in r]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert rows[0]["rollout/logprob_diff/staleness_0"] < 1e-3  # the engine starts from the trainer's weights
+    assert all(r["async/staleness"] <= 1 for r in rows) and max(r["async/staleness"] for r in rows) == 1
+    dumped = [
+        json.loads(line)
+        for f in sorted((out / "rollouts").glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    assert all(0 <= r["step"] - r["policy_version"] <= 1 for r in dumped)
+
+
 def test_the_vision_language_path_needs_torchvision():
     try:
         import torchvision  # noqa: F401

@@ -171,7 +171,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     config, source = model_config_of(cfg, args.model_config)
     print(f"architecture: {source}")
     hw = Hardware(gpus=args.gpus, nodes=args.nodes, memory_gib=args.gpu_memory, tflops=args.gpu_tflops,
-                  mfu_train=args.mfu, price_per_gpu_hour=args.price)  # fmt: skip
+                  mfu_train=args.mfu, price_per_gpu_hour=args.price, engine_gpus=args.engine_gpus)  # fmt: skip
     shape = shape_of(config, cfg)
     plan = estimate(cfg, shape, hw)
     print(render(cfg, shape, hw, plan))
@@ -484,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-tflops", type=float, default=312.0, help="dense bf16 TFLOP/s per GPU (A100 312)")
     p.add_argument("--mfu", type=float, default=0.35, help="model FLOPs utilisation of the training passes")
     p.add_argument("--price", type=float, default=0.0, help="price per GPU-hour, for the cost line")
+    p.add_argument("--engine-gpus", type=int, default=0,
+                   help="rollout.mode=async: GPUs per node that run engines, the others train (default 0: beside them)")  # fmt: skip
     p.add_argument(
         "--trust-remote-code", action="store_true", help="run the Python code the model folder ships"
     )

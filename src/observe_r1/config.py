@@ -166,6 +166,9 @@ class RolloutConfig:
     # (AReaL); behaviour = the ratio against the engine's log-probs directly (no recomputation)
     correction: Literal["decoupled", "behaviour"] = "decoupled"
     engine_threads: int = 0  # async: torch threads of the engine process; 0 = torch's default
+    # async on GPUs: the engine of the trainer process on GPU g runs on GPU g + this (0 = the same GPU; 4 with
+    # 4 trainer processes on an 8-GPU node: 4 training + 4 engine GPUs)
+    engine_gpu_offset: int = 0
     engine_timeout_s: float = 1800.0  # async: a step waiting this long for the engine ends the run
 
 
@@ -511,6 +514,7 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("rollout.chunk_size", _at_least(0), "must be >= 0 (0 = all at once)"),
     ("rollout.max_staleness", _in(0, 64), "must be in [0, 64]"),
     ("rollout.engine_threads", _in(0, 1024), "must be in [0, 1024] (0 = torch's default)"),
+    ("rollout.engine_gpu_offset", _in(0, 1024), "must be in [0, 1024]"),
     ("rollout.engine_timeout_s", _in(1, 86400), "must be in [1, 86400] seconds"),
     ("rollout.multi_turn.max_turns", _in(1, 64), "must be in [1, 64]"),
     ("rollout.multi_turn.max_total_tokens", _at_least(0), "must be >= 0 (0 = rollout.max_new_tokens)"),

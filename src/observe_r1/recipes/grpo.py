@@ -1,7 +1,8 @@
 """GRPO with the Observe-R1 recipe: `observe-r1 train CONFIG`.
 
 One rollout step, top to bottom (each stage is one timed call, all on one `Trajectory`):
-  draw prompts + rollout (n responses each) + rewards -> bonus, advantages x f(d)
+  publish the weights -> the step's scored groups from the source (training.engine: generated on demand, or
+  ahead by an async engine process within rollout.max_staleness versions) -> bonus, advantages x f(d)
   -> old log-probs (only when the update is off-policy) -> reference log-probs -> token advantages
   -> per PPO epoch and mini-batch: gradient accumulation over micro-batches, one optimiser step
   -> log / evaluate / keep the best / checkpoint (training.loop, shared with SFT).
@@ -288,7 +289,7 @@ def refill(draws: list[Trajectory], kept: list[tuple[Trajectory, list[int]]], ne
         rewards=merge_results([(d.rewards, rs) for d, rs in rows]),
         tries=len(draws),
         bad_prompts=sum(d.bad_prompts for d in draws),
-        versions=[d.versions[g] for d, gs in kept for g in gs],
+        versions=[d.versions[g] for d, gs in kept for g in gs] if all(d.versions for d, _ in kept) else [],
         metrics=draws[0].metrics,
     )
 

@@ -66,6 +66,8 @@ class Hardware:
     mfu_rollout: float = 0.10
     price_per_gpu_hour: float = 0.0
     device: str = "cuda"  # cpu: fp32 compute, no reserve (validation runs on this machine)
+    # async rollouts: GPUs per node that run engines (the others train); 0 = engines beside the trainers
+    engine_gpus: int = 0
 
     @property
     def world(self) -> int:
@@ -210,6 +212,8 @@ class Plan:
     cpu_per_node: float = 0.0
     usable: float = 0.0
     step_s: float = 0.0
+    train_s: float = 0.0  # the step's training passes
+    rollout_s: float = 0.0  # its generation
     tokens_per_step: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -238,7 +242,8 @@ def estimate(cfg: Config, shape: Shape, hw: Hardware, prompt_tokens: int | None 
         "+offload" if cfg.parallel.strategy == "fsdp" and cfg.parallel.offload else ""
     )
     plan = Plan(strategy=strategy)
-    w, t = hw.world, plan.terms
+    split = disaggregated(cfg, hw)
+    w, t = hw.world - hw.engine_gpus * hw.nodes if split else hw.world, plan.terms
     gpu = hw.device == "cuda"
     compute = 2 if gpu else 4  # bytes per value: bf16 on GPU, fp32 on CPU
     patches, img_tokens = image_tokens(cfg, shape) if shape.vision else (0, 0)
@@ -279,7 +284,8 @@ def estimate(cfg: Config, shape: Shape, hw: Hardware, prompt_tokens: int | None 
     # the output head scores a chunk of positions at a time (models.policy.TokenScores): its fp32 logits, their
     # softmax and gradient
     t["logits (fp32)"] = 12.0 * min(micro * response, head_chunk_rows(shape.vocab)) * shape.vocab
-    rows = math.ceil(cfg.rollout.prompts_per_step / w) * cfg.rollout.n
+    engines = hw.engine_gpus * hw.nodes if split else w
+    rows = math.ceil(cfg.rollout.prompts_per_step / engines) * cfg.rollout.n
     if cfg.rollout.chunk_size:
         rows = min(rows, cfg.rollout.chunk_size)
     v = cfg.rollout.vllm
@@ -293,7 +299,7 @@ def estimate(cfg: Config, shape: Shape, hw: Hardware, prompt_tokens: int | None 
                               "waves (slower, still correct)")  # fmt: skip
         rollout_terms = ["vLLM engine"]
     else:
-        t["generate: gathered weights"] = compute * shape.total if fsdp else 0.0
+        t["generate: gathered weights"] = compute * shape.total if fsdp or split else 0.0
         t["generate: KV cache"] = compute * rows * (prompt + response) * shape.layers * 2 * shape.kv
         rollout_terms = ["generate: gathered weights", "generate: KV cache"]
     base = ["weights + grads + AdamW", "KL reference"]
@@ -307,24 +313,68 @@ def estimate(cfg: Config, shape: Shape, hw: Hardware, prompt_tokens: int | None 
         plan.training.append("vLLM engine")
         plan.rollout.append("FSDP working set")
     plan.usable = (hw.memory_gib - (RESERVED_GIB if gpu else 0.0)) * GIB
-    plan.step_s, plan.tokens_per_step = step_time(
-        cfg, shape, hw, prompt, response / 2 if not response_tokens else response
-    )
+    if split:  # the rollout column is an engine GPU: the engine only, not the trainer's states
+        plan.notes.append(f"async rollouts on {engines} engine GPU(s) + {w} training GPU(s): the training column "
+                          "is a training GPU, the rollout column an engine GPU (weights in the compute dtype + its "
+                          "KV cache, or vLLM's reservation)")  # fmt: skip
+        plan.training = [x for x in plan.training if x != "vLLM engine"]
+        plan.rollout = rollout_terms
+    elif (
+        cfg.rollout.mode == "async" and cfg.rollout.max_staleness > 0
+    ):  # an engine process beside each trainer
+        t["async engine process (same GPU)"] = sum(t[x] for x in rollout_terms) + (
+            0.0 if cfg.rollout.backend == "vllm" or fsdp else compute * shape.total
+        )
+        plan.training = [x for x in plan.training if x != "vLLM engine"] + ["async engine process (same GPU)"]
+        plan.rollout = plan.training
+        plan.notes.append("async rollouts with the engines on the training GPUs (--engine-gpus 0): both hold memory "
+                          "at once and share the compute; give engines GPUs of their own to overlap them")  # fmt: skip
+    return with_times(plan, cfg, shape, hw, prompt, response, response_tokens, w, engines)
+
+
+def disaggregated(cfg: Config, hw: Hardware) -> bool:
+    """Async rollouts with engine GPUs of their own (`--engine-gpus`)."""
+    if not (cfg.rollout.mode == "async" and cfg.rollout.max_staleness > 0 and hw.engine_gpus):
+        return False
+    if hw.engine_gpus >= hw.gpus:
+        raise ConfigError(f"--engine-gpus {hw.engine_gpus} leaves no training GPU of the {hw.gpus} per node")
+    return True
+
+
+def with_times(plan: Plan, cfg: Config, shape: Shape, hw: Hardware, prompt: int, response: int,
+               response_tokens: int | None, trainers: int, engines: int) -> Plan:  # fmt: skip
+    """The step time: training and generation one after the other, or, with async rollouts on engine GPUs of
+    their own, overlapped (the slower side sets the pace; the other waits, as `async/trainer_wait_s` and
+    `async/engine_idle_s` show in a run)."""
+    mean = response / 2 if not response_tokens else response
+    train, rollout, plan.tokens_per_step = stage_times(cfg, shape, hw, prompt, mean, trainers, engines)
+    plan.train_s, plan.rollout_s, plan.step_s = train, rollout, train + rollout
+    if disaggregated(cfg, hw):
+        plan.step_s = max(train, rollout)
+        slower = "generation" if rollout > train else "training"
+        plan.notes.append(f"async step ~{plan.step_s:.0f} s = the slower side ({slower}): training {train:.0f} s on "
+                          f"{trainers} GPU(s), generation {rollout:.0f} s on {engines} GPU(s); the same split run "
+                          f"synchronously: {train + rollout:.0f} s ({(train + rollout) / plan.step_s:.2f}x); colocated "
+                          f"on all {hw.world} GPUs: {sum(stage_times(cfg, shape, hw, prompt, mean, hw.world, hw.world)[:2]):.0f} s")  # fmt: skip
     return plan
 
 
-def step_time(cfg: Config, shape: Shape, hw: Hardware, prompt: int, response: float) -> tuple[float, float]:
-    """Seconds per rollout step, and the tokens it trains on (responses assumed `response` long on average)."""
+def stage_times(cfg: Config, shape: Shape, hw: Hardware, prompt: int, response: float, trainers: int,
+                engines: int) -> tuple[float, float, float]:  # fmt: skip
+    """Seconds of training and of generation per rollout step on `trainers` and `engines` GPUs, and the tokens
+    the step trains on (responses assumed `response` long on average)."""
     sequences = cfg.rollout.prompts_per_step * cfg.rollout.n
     tokens = sequences * (prompt + response)
     passes = 6 * (8 / 6 if cfg.model.gradient_checkpointing else 1) * cfg.optim.ppo_epochs
-    passes += 2 * (cfg.algorithm.kl_mode != "off") + 2 * (
-        cfg.optim.ppo_epochs > 1 or cfg.rollout.backend == "vllm"
-    )
-    peak = hw.world * hw.tflops * 1e12
-    train = passes * shape.total * tokens / (peak * hw.mfu_train)
-    rollout = 2 * shape.total * tokens / (peak * hw.mfu_rollout)
-    return train + rollout, tokens
+    asynchronous = cfg.rollout.mode == "async" and cfg.rollout.max_staleness > 0
+    recompute = cfg.optim.ppo_epochs > 1 or cfg.rollout.backend == "vllm" or asynchronous
+    if asynchronous and cfg.rollout.correction == "behaviour":
+        recompute = False  # the ratio is taken against the engine's log-probs
+    passes += 2 * (cfg.algorithm.kl_mode != "off") + 2 * recompute
+    per_gpu = hw.tflops * 1e12
+    train = passes * shape.total * tokens / (trainers * per_gpu * hw.mfu_train)
+    rollout = 2 * shape.total * tokens / (engines * per_gpu * hw.mfu_rollout)
+    return train, rollout, tokens
 
 
 SUGGESTIONS = [
@@ -376,7 +426,7 @@ def render(cfg: Config, shape: Shape, hw: Hardware, plan: Plan) -> str:
     verdict = "FITS" if plan.fits else "DOES NOT FIT"
     lines += ["", f"peak {gib(plan.peak).strip()} of {gib(plan.usable).strip()} usable per GPU: {verdict}"]
     lines += [f"note: {n}" for n in plan.notes]
-    hours = plan.step_s * 1000 * hw.world / 3600
+    hours = plan.step_s * 1000 * hw.world / 3600  # engine GPUs included
     cost = f", ${hours * hw.price_per_gpu_hour:,.0f}" if hw.price_per_gpu_hour else ""
     lines.append(f"step time ~{plan.step_s:.0f} s at MFU {hw.mfu_train:.0%} (training) / {hw.mfu_rollout:.0%} "
                  f"(generation): {plan.tokens_per_step / plan.step_s:,.0f} tokens/s; 1,000 steps ~"

@@ -21,7 +21,12 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
 )
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.generation.logits_process import (
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import encode_images
@@ -93,6 +98,33 @@ class StopOnText(StoppingCriteria):
         return torch.tensor([any(x in t for x in self.stops) for t in texts], device=input_ids.device)
 
 
+class LogprobRecorder(LogitsProcessor):
+    """The sampling policy's log-probs of the tokens `generate` picks, without a second forward pass: at each
+    step it keeps log_softmax(logits / temperature) of the raw logits (the trainer's formula, before any
+    suppression or warping) and reads off the token picked from the previous step's (`finish` the last)."""
+
+    def __init__(self, prompt_width: int, temperature: float):
+        self.prompt_width, self.temperature = prompt_width, temperature
+        self.previous: torch.Tensor | None = None
+        self.columns: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] > self.prompt_width:
+            self._read(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def _read(self, tokens: torch.Tensor) -> None:
+        assert self.previous is not None
+        self.columns.append(self.previous.gather(1, tokens[:, None].to(self.previous.device))[:, 0].cpu())
+
+    def finish(self, generated: torch.Tensor) -> torch.Tensor:
+        """[B, T] log-probs of `generated` (the new tokens; after a row's end token they are padding)."""
+        if generated.shape[1] > len(self.columns):
+            self._read(generated[:, len(self.columns)])
+        return torch.stack(self.columns, 1) if self.columns else torch.zeros(generated.shape)
+
+
 class HFRollout:
     """The default rollout backend: the policy itself, generating with `model.generate`."""
 
@@ -107,6 +139,12 @@ class HFRollout:
         # and image tokens do not match"; the policy may never emit one.
         vocab = encoder.tokenizer.get_vocab()
         self.suppressed = sorted(vocab[t] for t in VISION_TOKENS if t in vocab)
+        # an engine process (async rollouts) records the log-probs of what it samples: the behaviour policy's
+        self.record_logprobs = False
+
+    @property
+    def returns_logprobs(self) -> bool:
+        return self.record_logprobs
 
     def update_weights(self, model: Any) -> None:
         self.model = model  # same process, same weights: nothing to copy
@@ -130,10 +168,14 @@ class HFRollout:
             ]
         finally:
             self.model.train(was_training)
-        width = max(p.shape[1] for p in pieces)
+        width = max(p.shape[1] for p, _ in pieces)
         pad = self.encoder.pad_token_id
-        ids = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad) for p in pieces])
-        return self._finish(batch, ids, n, sampling.max_new_tokens)
+        ids = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=pad) for p, _ in pieces])
+        rollout = self._finish(batch, ids, n, sampling.max_new_tokens)
+        if all(lp is not None for _, lp in pieces):
+            logprobs = torch.cat([torch.nn.functional.pad(lp, (0, width - lp.shape[1])) for _, lp in pieces])
+            rollout.logprobs = logprobs * rollout.completion_mask
+        return rollout
 
     def _generate(self, batch: PromptBatch, index: list[int], seeds: torch.Tensor, sampling: SamplingParams):
         # the n responses to a prompt share its images: each distinct image is encoded once
@@ -143,15 +185,23 @@ class HFRollout:
         if "image_source" in inputs:
             inputs |= encode_images(self.model, inputs)
         width = inputs["input_ids"].shape[1]
+        recorder = (
+            LogprobRecorder(width, sampling.temperature)
+            if self.record_logprobs and not sampling.greedy
+            else None
+        )
         config = GenerationConfig(
             do_sample=False,
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=self.eos_token_ids,
             pad_token_id=self.encoder.pad_token_id,
             use_cache=True,
-            suppress_tokens=self.suppressed,
+            suppress_tokens=None if recorder else self.suppressed,  # the recorder sees the raw logits first
         )
-        processors = LogitsProcessorList([] if sampling.greedy else [GumbelSampler(seeds, width, sampling)])
+        order = [recorder, SuppressTokensLogitsProcessor(self.suppressed, device)] if recorder else []
+        processors = LogitsProcessorList(
+            [*order] + ([] if sampling.greedy else [GumbelSampler(seeds, width, sampling)])
+        )
         stopping = StoppingCriteriaList(
             [StopOnText(self.encoder.tokenizer, sampling.stop, width)] if sampling.stop else []
         )
@@ -164,7 +214,8 @@ class HFRollout:
             stopping_criteria=stopping,
             synced_gpus=False,
         )
-        return out[:, width:].cpu()
+        generated = out[:, width:].cpu()
+        return generated, recorder.finish(generated) if recorder else None
 
     def _finish(self, batch: PromptBatch, ids: torch.Tensor, n: int, max_new: int) -> Rollout:
         is_end = torch.isin(ids, torch.tensor(self.eos_token_ids))

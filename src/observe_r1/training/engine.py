@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import logging
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -37,8 +38,9 @@ from observe_r1.models.policy import completion_logprobs
 from observe_r1.rewards import Rewarder
 from observe_r1.rollout.base import Rollout, RolloutBackend, SamplingParams
 from observe_r1.rollout.batch import chunks, sequence_inputs
+from observe_r1.rollout.hf import HFRollout
 from observe_r1.training import runtime, setup, sharding
-from observe_r1.training.scoring import ScoredRollout, generate_and_score
+from observe_r1.training.scoring import Generated, ScoredRollout, generate, generate_and_score, score
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ class Scored:
     the trainer's current policy) and, from the engine, how it spent its time."""
 
     request: Request
-    got: ScoredRollout
+    got: ScoredRollout | Generated  # Generated: the trainer scores it (reward callables that cannot travel)
     version: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -125,6 +127,15 @@ class SyncSource:
 # ------------------------------------------------------------------ weights over a process group
 
 
+def portable(obj: Any) -> bool:
+    """Whether `obj` can be sent to a spawned process (pickled by reference: module-level functions)."""
+    try:
+        pickle.dumps(obj)
+    except Exception:  # noqa: BLE001 - pickling raises PicklingError, AttributeError, TypeError...
+        return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -160,8 +171,8 @@ class AsyncSource:
     """The trainer's end of an engine process: requests ahead, results in, weights out."""
 
     def __init__(self, cfg: Config, acc: Any, policy: torch.nn.Module, samples: list[Sample], rewards: Any,
-                 timer: Any) -> None:  # fmt: skip
-        self.cfg, self.acc, self.policy, self.timer = cfg, acc, policy, timer
+                 timer: Any, rewarder: Rewarder | None = None) -> None:  # fmt: skip
+        self.cfg, self.acc, self.policy, self.timer, self.rewarder = cfg, acc, policy, timer, rewarder
         self.k = cfg.rollout.max_staleness
         self.request: Callable[[int, int], Request] | None = None
         self.queued: dict[tuple[int, int], Request] = {}  # sent, not yet taken
@@ -181,12 +192,19 @@ class AsyncSource:
         self.results, writer = ctx.Pipe(duplex=False)
         port = free_port()
         timeout = datetime.timedelta(seconds=cfg.rollout.engine_timeout_s)
+        # the engine scores what it generates, unless a reward callable given from Python cannot be sent to it
+        # (a lambda, a closure, a function of __main__): then the trainer scores each request as it arrives
+        travels = rewarder is None or portable(rewards)
+        if not travels:
+            log.info("async rollouts: the reward callables cannot be sent to the engine process: scored here")
         self.process = ctx.Process(
             target=engine_main,
-            args=(cfg, rewards, samples, self.spec, port, self.requests, writer, self.published, os.getpid()),
+            args=(cfg, rewards if travels else None, travels, samples, self.spec, port, self.requests, writer,
+                  self.published, os.getpid()),
             name="observe-r1-engine",
         )  # fmt: skip
-        self.process.start()  # not a daemon: it has reward workers of its own; it ends with the trainer
+        with engine_gpu(cfg):
+            self.process.start()  # not a daemon: it has reward workers of its own; it ends with the trainer
         writer.close()
         atexit.register(self.close)
         store = dist.TCPStore("127.0.0.1", port, 2, True, timeout=timeout)
@@ -284,6 +302,9 @@ class AsyncSource:
         self.last_wait = time.perf_counter() - started
         scored = self.arrived.pop((step, attempt))
         self.queued.pop((step, attempt))
+        if isinstance(scored.got, Generated):
+            assert self.rewarder is not None
+            scored.got = score(self.rewarder, scored.got, self.timer)
         staleness = step - (scored.version or 0)
         if staleness > self.k:  # cannot happen by construction: the engine waits for min_version
             raise EngineError(
@@ -324,11 +345,33 @@ class AsyncSource:
             self.process.join()
 
 
+@contextlib.contextmanager
+def engine_gpu(cfg: Config):
+    """On GPUs, the engine process about to start sees one GPU: this process's + `rollout.engine_gpu_offset`."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    index = torch.cuda.current_device() + cfg.rollout.engine_gpu_offset
+    if index >= len(devices):
+        raise EngineError(f"rollout.engine_gpu_offset={cfg.rollout.engine_gpu_offset}: GPU {index} does not exist "
+                          f"({len(devices)} visible)")  # fmt: skip
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices[index]
+    try:
+        yield
+    finally:
+        if visible is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
+
+
 def make_source(cfg: Config, acc: Any, policy: torch.nn.Module, backend: RolloutBackend | None,
                 rewarder: Rewarder, samples: list[Sample], encoder: Any, rewards: Any, timer: Any):  # fmt: skip
     """`rollout.mode`: async with max_staleness >= 1 starts an engine process; otherwise the synchronous loop."""
     if cfg.rollout.mode == "async" and cfg.rollout.max_staleness > 0:
-        return AsyncSource(cfg, acc, policy, samples, rewards, timer)
+        return AsyncSource(cfg, acc, policy, samples, rewards, timer, rewarder)
     assert backend is not None
     return SyncSource(cfg, acc, policy, backend, rewarder, samples, encoder, timer)
 
@@ -346,8 +389,8 @@ def behaviour_logprobs(cfg: Config, model: torch.nn.Module, rollout: Rollout, en
     return out
 
 
-def engine_main(cfg: Config, rewards: Any, samples: list[Sample], spec: list, port: int, requests: Any,
-                results: Any, published: Any, parent: int) -> None:  # fmt: skip
+def engine_main(cfg: Config, rewards: Any, scores: bool, samples: list[Sample], spec: list, port: int,
+                requests: Any, results: Any, published: Any, parent: int) -> None:  # fmt: skip
     """The engine process: build the policy, take the trainer's weights when published, generate and score
     each request with weights at least its `min_version`, send the result. Ends on None, or when the
     trainer is gone."""
@@ -370,10 +413,13 @@ def engine_main(cfg: Config, rewards: Any, samples: list[Sample], spec: list, po
         group = dist.ProcessGroupGloo(store, 1, 2, timeout)
         runtime.seed_everything(cfg.seed)
         encoder = setup.load_encoder(cfg)
-        model = setup.build_policy(cfg).eval()
-        rewarder = Rewarder.from_config(cfg.reward, rewards)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the one GPU it was given
+        model = setup.build_policy(cfg).eval().to(device)
+        rewarder = Rewarder.from_config(cfg.reward, rewards) if scores else None
         backend = setup.make_backend(cfg, model, encoder)
-        device = torch.device("cpu")
+        generator = getattr(backend, "backend", backend)  # inside a multi-turn rollout
+        if isinstance(generator, HFRollout):
+            generator.record_logprobs = True  # the behaviour policy's log-probs, as it samples
         sampling, system = sampling_of(cfg), system_prompt(cfg.data.system_prompt)
         buckets = [(names, dtype) for dtype, names in flat_buckets(spec).items()]
         shapes = {name: shape for name, shape, _ in spec}
@@ -389,7 +435,7 @@ def engine_main(cfg: Config, rewards: Any, samples: list[Sample], spec: list, po
                 broadcast(group, buffer).wait()
                 loaded |= dict(zip(names, torch.split(buffer, [torch.Size(shapes[n]).numel() for n in names]),
                                    strict=True))  # fmt: skip
-            state = {n: t.view(shapes[n]) for n, t in loaded.items()}
+            state = {n: t.view(shapes[n]).to(device) for n, t in loaded.items()}
             missing, unexpected = model.load_state_dict(state, strict=False)
             if unexpected:
                 raise RuntimeError(f"the trainer's weights do not fit the engine's model: {unexpected[:5]}")
@@ -414,15 +460,16 @@ def engine_main(cfg: Config, rewards: Any, samples: list[Sample], spec: list, po
             idle += time.perf_counter() - idle_since
             started = time.perf_counter()
             with runtime.autocast(device, cfg.model.dtype, generation=True):
-                got = generate_and_score(backend, encoder, rewarder, [samples[i] for i in req.indices], req.ids,
-                                         sampling, system, cfg.seed)  # fmt: skip
+                got = generate(backend, encoder, [samples[i] for i in req.indices], req.ids, sampling, system,
+                               cfg.seed)  # fmt: skip
             generated = time.perf_counter() - started
             if got.rollout.logprobs is None:
                 with torch.no_grad(), runtime.autocast(device, cfg.model.dtype):
                     got.rollout.logprobs = behaviour_logprobs(cfg, model, got.rollout, encoder)
+            result = got if rewarder is None else score(rewarder, got)
             metrics = {"async/engine_busy_s": time.perf_counter() - started, "async/engine_generate_s": generated,
                        "async/engine_idle_s": idle}  # fmt: skip
-            outbox.put(Scored(req, got, version, metrics))
+            outbox.put(Scored(req, result, version, metrics))
             idle, idle_since = 0.0, time.perf_counter()
     except Exception:  # noqa: BLE001 - any failure goes to the trainer, which names it and stops
         outbox.put(traceback.format_exc())

@@ -29,6 +29,20 @@ class ScoredRollout:
     bad_prompts: int = 0
 
 
+@dataclass
+class Generated:
+    """Responses not scored yet (an async engine's, when the reward callables cannot leave the trainer)."""
+
+    samples: list[Sample]
+    messages: list[list[dict]]
+    images: list[list]
+    rollout: Rollout
+    bad_prompts: int = 0
+
+
+Timer = Callable[[str], contextlib.AbstractContextManager] | None
+
+
 def generate_and_score(
     backend: RolloutBackend,
     encoder: ChatEncoder,
@@ -38,20 +52,32 @@ def generate_and_score(
     sampling: SamplingParams,
     system: str,
     seed: int = 0,
-    timer: Callable[[str], contextlib.AbstractContextManager] | None = None,
+    timer: Timer = None,
 ) -> ScoredRollout:
     """`sampling.n` responses to each sample's prompt (with `system` as its system prompt unless it has its
     own), scored. `group_ids` are explicit and globally unique: with `seed` they fix every sampled token.
     `timer("rollout")` / `timer("reward")` time the two stages when given."""
+    return score(
+        rewarder, generate(backend, encoder, samples, group_ids, sampling, system, seed, timer), timer
+    )
+
+
+def generate(backend: RolloutBackend, encoder: ChatEncoder, samples: list[Sample], group_ids: list[int],
+             sampling: SamplingParams, system: str, seed: int = 0, timer: Timer = None) -> Generated:  # fmt: skip
+    """The responses of `generate_and_score`, not scored."""
     stage = timer or (lambda name: contextlib.nullcontext())
     samples = list(samples)
     messages = [with_system_prompt(s.messages, system) for s in samples]
     prompts, images, bad = encode_prompts(samples, messages, encoder)
     with stage("rollout"):
         rollout = backend.generate(PromptBatch(prompts, group_ids, seed, images), sampling)
-    with stage("reward"):
-        result = rewarder(reward_batch(rollout, samples, messages, images))
-    return ScoredRollout(samples, images, rollout, result, bad)
+    return Generated(samples, messages, images, rollout, bad)
+
+
+def score(rewarder: Rewarder, got: Generated, timer: Timer = None) -> ScoredRollout:
+    with (timer or (lambda name: contextlib.nullcontext()))("reward"):
+        result = rewarder(reward_batch(got.rollout, got.samples, got.messages, got.images))
+    return ScoredRollout(got.samples, got.images, got.rollout, result, got.bad_prompts)
 
 
 def encode_prompts(
