@@ -165,6 +165,23 @@ def engine_pid(lines: list[str], proc: subprocess.Popen, out: Path) -> int:
     raise AssertionError("the run did not reach step 2")
 
 
+def test_sigterm_to_the_process_group_finishes_the_step_and_saves(shaping, tmp_path):
+    """A preemption signals every process of the job: the engine leaves it to the trainer, which finishes the
+    step it is in (it may need the engine's groups), writes a checkpoint and exits 143."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli(out, shaping, *ASYNC, "optim.max_steps=40", "checkpoint.every=50"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 2):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    printed, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, printed
+    done = len([r for r in metrics(out) if "actor/loss" in r])
+    assert (out / "checkpoints" / f"step-{done:06d}").is_dir() and "stopped by SIGTERM" in printed
+
+
 def gone(pid: int, timeout: float = 30) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:

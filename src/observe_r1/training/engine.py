@@ -394,7 +394,10 @@ def engine_main(cfg: Config, rewards: Any, scores: bool, samples: list[Sample], 
     """The engine process: build the policy, take the trainer's weights when published, generate and score
     each request with weights at least its `min_version`, send the result. Ends on None, or when the
     trainer is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's: it stops at a step boundary
+    # Ctrl-C and SIGTERM (sent to the whole process group) are the trainer's: it finishes its step, which may
+    # need this engine, saves and closes it; a trainer that dies instead is noticed below (its parent is gone)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     rewarder = None
     outbox: queue.Queue = queue.Queue()  # sent by a thread: the engine generates on while the trainer trains
 
