@@ -45,6 +45,7 @@ from observe_r1.training.scoring import Generated, ScoredRollout, generate, gene
 log = logging.getLogger(__name__)
 
 POLL_S = 0.02  # how often a waiting side looks at the other one
+CLOSE_GRACE_S = 5.0  # an engine still generating when the run ends is killed after this
 ASYNC_TIS_CAP = 2.0  # decoupled correction without algorithm.tis_cap: the cap verl and TRL use
 
 
@@ -335,11 +336,13 @@ class AsyncSource:
             self.ahead = max(self.ahead, req.step)
 
     def close(self) -> None:
+        """End the engine: at once when idle; a run that stops early (a callback, a signal, an error) does not
+        wait for the requests still queued (nothing will train on them): after a short grace it is killed."""
         if self.process.exitcode is not None:
             return
         with contextlib.suppress(Exception):
             self.requests.put(None)
-        self.process.join(timeout=30)
+        self.process.join(timeout=CLOSE_GRACE_S)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
