@@ -79,16 +79,37 @@ def prepare(args: argparse.Namespace, root: Path) -> tuple[Path, Path, Path]:
 def overrides(args: argparse.Namespace, model: Path, data: Path, out: Path, seed: int) -> list[str]:
     batch = args.prompts * args.n
     return [
-        f"seed={seed}", f"model.path={model}", f"data.train=[{data}]", "data.test=[]", "data.system_prompt=none",
-        "data.sampler=shuffled", f"rollout.n={args.n}", f"rollout.prompts_per_step={args.prompts}",
-        f"rollout.max_new_tokens={args.tokens}", f"reward.terms=[{{name: '{HERE / 'vs_trl.py'}:digit_share'}}]",
-        "reward.correct_term=digit_share", "reward.bonus_coef=0", "reward.workers=0",
-        "algorithm.difficulty_weighting=false", "algorithm.kl_mode=off", "algorithm.loss_agg=token_mean",
-        f"optim.lr={args.lr}", "optim.schedule=constant", "optim.warmup_ratio=0.0", f"optim.mini_batch_size={batch}",
-        f"optim.micro_batch_size={args.micro}", f"optim.max_steps={args.steps}", f"logging.output_dir={out}",
-        "logging.tensorboard=false", "logging.dump_rollouts_every=0", f"checkpoint.every={10**6}",
-        "checkpoint.keep_last=1", "logging.eval_every=0", f"rollout.backend={args.backend}", "rollout.vllm.kv_cache_gb=1",
-    ]  # fmt: skip
+        f"seed={seed}",
+        f"model.path={model}",
+        f"data.train=[{data}]",
+        "data.test=[]",
+        "data.system_prompt=none",
+        "data.sampler=shuffled",
+        f"rollout.n={args.n}",
+        f"rollout.prompts_per_step={args.prompts}",
+        f"rollout.max_new_tokens={args.tokens}",
+        f"reward.terms=[{{name: '{HERE / 'vs_trl.py'}:digit_share'}}]",
+        "reward.correct_term=digit_share",
+        "reward.bonus_coef=0",
+        "reward.workers=0",
+        "algorithm.difficulty_weighting=false",
+        "algorithm.kl_mode=off",
+        "algorithm.loss_agg=token_mean",
+        f"optim.lr={args.lr}",
+        "optim.schedule=constant",
+        "optim.warmup_ratio=0.0",
+        f"optim.mini_batch_size={batch}",
+        f"optim.micro_batch_size={args.micro}",
+        f"optim.max_steps={args.steps}",
+        f"logging.output_dir={out}",
+        "logging.tensorboard=false",
+        "logging.dump_rollouts_every=0",
+        f"checkpoint.every={10**6}",
+        "checkpoint.keep_last=1",
+        "logging.eval_every=0",
+        f"rollout.backend={args.backend}",
+        "rollout.vllm.kv_cache_gb=1",
+    ]
 
 
 def steps_of(out: Path) -> list[dict]:
@@ -106,8 +127,11 @@ def run(
         return steps_of(out)
     shutil.rmtree(out, ignore_errors=True)  # an unfinished run starts again
     extra, threads = MODES[mode]
-    env = os.environ | {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": f"{site}{os.pathsep}{ROOT / 'src'}",
-                        "OBSERVE_R1_FORCE_LENGTHS": f"{args.tokens},{args.median_length}"}  # fmt: skip
+    env = os.environ | {
+        "OMP_NUM_THREADS": str(threads),
+        "PYTHONPATH": f"{site}{os.pathsep}{ROOT / 'src'}",
+        "OBSERVE_R1_FORCE_LENGTHS": f"{args.tokens},{args.median_length}",
+    }
     base = root / "base.yaml"
     base.write_text("{}\n")
     command = [
@@ -138,8 +162,18 @@ def summary(steps: list[dict]) -> dict:
         "reward_curve": [round(r["reward/total/mean"], 4) for r in steps],
         "late_reward": statistics.mean(r["reward/total/mean"] for r in half),
     }
-    for key in ("async/trainer_wait_s", "async/engine_busy_s", "async/engine_generate_s", "async/engine_idle_s", "async/weight_sync_s",
-                "async/staleness", "time/update", "time/old_logprob", "time/rollout", "time/sync"):  # fmt: skip
+    for key in (
+        "async/trainer_wait_s",
+        "async/engine_busy_s",
+        "async/engine_generate_s",
+        "async/engine_idle_s",
+        "async/weight_sync_s",
+        "async/staleness",
+        "time/update",
+        "time/old_logprob",
+        "time/rollout",
+        "time/sync",
+    ):
         if key in counted[0]:
             out[key] = statistics.mean(r[key] for r in counted)
     return out
@@ -191,8 +225,11 @@ def main() -> None:
         result[m]["speedup_vs_" + base] = round(result[m]["tokens_per_s"] / result[base]["tokens_per_s"], 3)
         diffs = [runs[m][s]["late_reward"] - runs[base][s]["late_reward"] for s in args.seeds]
         mean, low, high = paired_interval(diffs)
-        result[m]["late_reward_minus_" + base] = {"mean": round(mean, 4), "ci95": [round(low, 4), round(high, 4)],
-                                                 "within_noise": low <= 0 <= high}  # fmt: skip
+        result[m]["late_reward_minus_" + base] = {
+            "mean": round(mean, 4),
+            "ci95": [round(low, 4), round(high, 4)],
+            "within_noise": low <= 0 <= high,
+        }
     if args.json:
         print(json.dumps(result))
     else:

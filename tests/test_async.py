@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from observe_r1.config import ConfigError, load_config
 from observe_r1.training import runtime, setup
 from observe_r1.training.engine import AsyncSource, Request, behaviour_logprobs
-from tests.test_train import ROOT, TINY, cli, metrics, overrides, run, weights
+from tests.test_train import ROOT, TINY, TORCHRUN, cli, metrics, overrides, run, weights
 
 ASYNC = ["rollout.mode=async", "data.test=[]", "optim.max_steps=5"]
 
@@ -46,14 +45,22 @@ def synchronous(shaping, tmp_path_factory):
 
 
 def test_staleness_zero_is_the_synchronous_run(shaping, synchronous, tmp_path):
-    out = run(shaping, tmp_path / "k0", "rollout.mode=async", "rollout.max_staleness=0", "data.test=[]",
-              "optim.max_steps=5")  # fmt: skip
+    out = run(
+        shaping,
+        tmp_path / "k0",
+        "rollout.mode=async",
+        "rollout.max_staleness=0",
+        "data.test=[]",
+        "optim.max_steps=5",
+    )
     timing = ("time/", "perf/")
     strip = [{k: v for k, v in r.items() if not k.startswith(timing)} for r in metrics(out)]
     assert strip == [{k: v for k, v in r.items() if not k.startswith(timing)} for r in metrics(synchronous)]
     last = "checkpoints/step-000005"
-    assert all(torch.equal(a, b) for a, b in zip(weights(out / last).values(), weights(synchronous / last).values(),
-                                                  strict=True))  # fmt: skip
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(weights(out / last).values(), weights(synchronous / last).values(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("k", [1, 2])
@@ -75,16 +82,31 @@ def test_no_trained_response_is_older_than_k_versions(k, shaping, synchronous, t
 
 
 def test_behaviour_correction_and_dynamic_sampling_with_the_online_sampler(shaping, tmp_path):
-    out = run(shaping, tmp_path / "run", *ASYNC, "optim.max_steps=3", "rollout.correction=behaviour",
-              "algorithm.dynamic_sampling=true", "data.sampler=online")  # fmt: skip
+    out = run(
+        shaping,
+        tmp_path / "run",
+        *ASYNC,
+        "optim.max_steps=3",
+        "rollout.correction=behaviour",
+        "algorithm.dynamic_sampling=true",
+        "data.sampler=online",
+    )
     steps = [r for r in metrics(out) if "actor/loss" in r]
     assert len(steps) == 3 and all("dynamic_sampling/tries" in r for r in steps)
     assert all("time/old_logprob" in r and r["time/old_logprob"] < 0.05 for r in steps)  # no recomputation
 
 
 def test_the_engine_has_the_trainers_weights_after_an_update(tiny_model_dir, synth_dir):
-    cfg = load_config(TINY, [f"model.path={tiny_model_dir}", f"data.train=[{synth_dir / 'train.jsonl'}]",
-                             "data.test=[]", "rollout.mode=async", "reward.workers=0"])  # fmt: skip
+    cfg = load_config(
+        TINY,
+        [
+            f"model.path={tiny_model_dir}",
+            f"data.train=[{synth_dir / 'train.jsonl'}]",
+            "data.test=[]",
+            "rollout.mode=async",
+            "reward.workers=0",
+        ],
+    )
     acc = runtime.make_accelerator()
     encoder = setup.load_encoder(cfg)
     samples, _ = setup.load_data(cfg, encoder)
@@ -126,9 +148,19 @@ def test_two_training_processes_with_an_engine_each(strategy, shaping, tmp_path)
     """torchrun with 2 processes (DDP or FSDP, gloo): each starts its engine; the weights each engine gets are
     the full (gathered) state dict; the staleness bound holds."""
     out = tmp_path / strategy
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "observe_r1.cli",
-               "train", str(TINY), *overrides(shaping, out, *ASYNC, "optim.max_steps=3", f"parallel.strategy={strategy}",
-                                               "rollout.engine_threads=1")]  # fmt: skip
+    command = [
+        *TORCHRUN,
+        "train",
+        str(TINY),
+        *overrides(
+            shaping,
+            out,
+            *ASYNC,
+            "optim.max_steps=3",
+            f"parallel.strategy={strategy}",
+            "rollout.engine_threads=1",
+        ),
+    ]
     proc = subprocess.run(
         command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
@@ -143,8 +175,13 @@ def test_two_training_processes_with_an_engine_each(strategy, shaping, tmp_path)
 
 
 def start(out: Path, shaping, lines: list[str]) -> subprocess.Popen:
-    proc = subprocess.Popen(cli(out, shaping, *ASYNC, "optim.max_steps=6", "rollout.max_staleness=2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)  # fmt: skip
+    proc = subprocess.Popen(
+        cli(out, shaping, *ASYNC, "optim.max_steps=6", "rollout.max_staleness=2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
 
     def read() -> None:
         assert proc.stdout is not None
@@ -169,8 +206,14 @@ def test_sigterm_to_the_process_group_finishes_the_step_and_saves(shaping, tmp_p
     """A preemption signals every process of the job: the engine leaves it to the trainer, which finishes the
     step it is in (it may need the engine's groups), writes a checkpoint and exits 143."""
     out = tmp_path / "run"
-    proc = subprocess.Popen(cli(out, shaping, *ASYNC, "optim.max_steps=40", "checkpoint.every=50"), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cli(out, shaping, *ASYNC, "optim.max_steps=40", "checkpoint.every=50"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 2):
         assert proc.poll() is None and time.time() < deadline
@@ -194,8 +237,12 @@ def gone(pid: int, timeout: float = 30) -> bool:
 @pytest.fixture(scope="module")
 def straight(shaping, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
-    subprocess.run(cli(out, shaping, *ASYNC, "optim.max_steps=6", "rollout.max_staleness=2"), check=True,
-                   capture_output=True, cwd=ROOT)  # fmt: skip
+    subprocess.run(
+        cli(out, shaping, *ASYNC, "optim.max_steps=6", "rollout.max_staleness=2"),
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
     return out
 
 
@@ -214,8 +261,12 @@ def test_a_kill_ends_the_run_clearly_and_resume_loses_and_repeats_no_group(
         printed = " ".join("".join(lines).split())
         assert "engine process" in printed and "killed by signal 9" in printed and "resume" in printed
     assert gone(engine)  # the trainer's death ends the engine too: nothing generates for nobody
-    resumed = subprocess.run(cli(out, shaping, *ASYNC, "optim.max_steps=6", "rollout.max_staleness=2"),
-                             capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    resumed = subprocess.run(
+        cli(out, shaping, *ASYNC, "optim.max_steps=6", "rollout.max_staleness=2"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert [r["step"] for r in metrics(out) if "actor/loss" in r] == list(range(6))
     assert groups_by_step(out) == groups_by_step(straight)  # every step's groups: none lost, none twice
@@ -230,8 +281,16 @@ def test_the_python_api_in_async_mode_scores_a_closure_in_the_trainer(tmp_path):
 
     from observe_r1 import GRPOConfig, GRPOTrainer
 
-    config = GRPOConfig.load(TINY, [f"logging.output_dir={tmp_path}", "rollout.mode=async", "optim.max_steps=3",
-                                    "logging.eval_every=2", "checkpoint.best_metric=eval/accuracy"])  # fmt: skip
+    config = GRPOConfig.load(
+        TINY,
+        [
+            f"logging.output_dir={tmp_path}",
+            "rollout.mode=async",
+            "optim.max_steps=3",
+            "logging.eval_every=2",
+            "checkpoint.best_metric=eval/accuracy",
+        ],
+    )
     log = tmp_path / "calls.txt"
 
     def says_four(completions, **kwargs):
@@ -240,8 +299,13 @@ def test_the_python_api_in_async_mode_scores_a_closure_in_the_trainer(tmp_path):
         return [float("4" in c) for c in completions]
 
     seen: list[int] = []
-    GRPOTrainer(config, train_dataset=counting_rows(16), eval_dataset=counting_rows(4, seed=1),
-                reward_funcs=["accuracy", (says_four, 0.1)], callbacks=[lambda step, m: seen.append(step)]).train()  # fmt: skip
+    GRPOTrainer(
+        config,
+        train_dataset=counting_rows(16),
+        eval_dataset=counting_rows(4, seed=1),
+        reward_funcs=["accuracy", (says_four, 0.1)],
+        callbacks=[lambda step, m: seen.append(step)],
+    ).train()
     assert seen == [0, 1, 2]
     rows = metrics(tmp_path)
     assert any("eval/accuracy" in r for r in rows) and (tmp_path / "checkpoints" / "best").is_dir()

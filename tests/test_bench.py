@@ -143,8 +143,29 @@ def test_tools_bench_smoke_run(tmp_path):
 
 
 def test_async_bench_smoke_run(tmp_path):
-    r = run_json(str(BENCH / "async.py"), "--size", "tiny", "--steps", "3", "--seeds", "0", "--modes", "sync-1t",
-                 "async-k1", "--tokens", "16", "--median-length", "8", "--prompts", "2", "--n", "4", "--micro", "4",
-                 "--out", str(tmp_path))  # fmt: skip
+    r = run_json(
+        str(BENCH / "async.py"),
+        "--size",
+        "tiny",
+        "--steps",
+        "3",
+        "--seeds",
+        "0",
+        "--modes",
+        "sync-1t",
+        "async-k1",
+        "--tokens",
+        "16",
+        "--median-length",
+        "8",
+        "--prompts",
+        "2",
+        "--n",
+        "4",
+        "--micro",
+        "4",
+        "--out",
+        str(tmp_path),
+    )
     assert r["sync-1t"]["tokens_per_s"] > 0 and "speedup_vs_sync-1t" in r["async-k1"]
     assert r["async-k1"]["per_seed"]["0"]["async/staleness"] <= 1

@@ -386,29 +386,33 @@ def test_two_processes_equal_one_with_tools(tool_policy, tmp_path, strategy):
 
     from safetensors.torch import load_file
 
-    from tests.test_train import ROOT
+    from tests.test_train import ROOT, TORCHRUN
 
     data = tmp_path / "q.jsonl"
     data.write_text(
         "".join(json.dumps({"id": f"q{i}", "messages": QUESTION, "answer": "42"}) + "\n" for i in range(8))
     )
-    common = ["configs/tools_cpu.yaml", f"model.path={tool_policy}", "data.system_prompt=none", f"data.train=[{data}]",
-              "data.test=[]", "optim.max_steps=2", "logging.dump_rollouts_every=0", f"parallel.strategy={strategy}",
-              "reward.terms=[{name: accuracy, weight: 1.0}, {name: tool_use, weight: 0.5}]"]  # fmt: skip
-    cli = [sys.executable, "-m", "observe_r1.cli", "train"]
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "observe_r1.cli",
-        "train",
+    common = [
+        "configs/tools_cpu.yaml",
+        f"model.path={tool_policy}",
+        "data.system_prompt=none",
+        f"data.train=[{data}]",
+        "data.test=[]",
+        "optim.max_steps=2",
+        "logging.dump_rollouts_every=0",
+        f"parallel.strategy={strategy}",
+        "reward.terms=[{name: accuracy, weight: 1.0}, {name: tool_use, weight: 0.5}]",
     ]
+    cli = [sys.executable, "-m", "observe_r1.cli", "train"]
+    torchrun = [*TORCHRUN, "train"]
     for command, out in ((cli, tmp_path / "one"), (torchrun, tmp_path / "two")):
-        proc = subprocess.run([*command, *common, f"logging.output_dir={out}"], capture_output=True, text=True,
-                              cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        proc = subprocess.run(
+            [*command, *common, f"logging.output_dir={out}"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     a = load_file(tmp_path / "one/checkpoints/step-000002/model.safetensors")
     b = load_file(tmp_path / "two/checkpoints/step-000002/model.safetensors")
@@ -425,7 +429,22 @@ def test_eval_with_tools(tool_policy, tmp_path):
     data.write_text(json.dumps({"id": "q0", "messages": QUESTION, "answer": "42"}) + "\n")
     for tools, right in (([], 0.0), (["--tools", "python"], 1.0)):
         out = tmp_path / f"eval{len(tools)}"
-        assert main(["eval", "--model", str(tool_policy), "--data", str(data), "--system-prompt", "none",
-                     "--out", str(out), *tools]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "eval",
+                    "--model",
+                    str(tool_policy),
+                    "--data",
+                    str(data),
+                    "--system-prompt",
+                    "none",
+                    "--out",
+                    str(out),
+                    *tools,
+                ]
+            )
+            == 0
+        )
         report = json.loads((out / "eval.json").read_text())
         assert report["metrics"]["accuracy"] == right, report["records"][0]

@@ -60,13 +60,26 @@ class FakeFusion(BaseHTTPRequestHandler):
         if code == "garbage":
             body = b"not json"
         elif code == "slow":
-            body = json.dumps({"status": "Failed", "run_result": {"status": "TimeLimitExceeded", "stdout": "",
-                                                                   "stderr": "", "return_code": None}}).encode()  # fmt: skip
+            body = json.dumps(
+                {
+                    "status": "Failed",
+                    "run_result": {
+                        "status": "TimeLimitExceeded",
+                        "stdout": "",
+                        "stderr": "",
+                        "return_code": None,
+                    },
+                }
+            ).encode()
         elif code == "refused":
             body = json.dumps({"status": "SandboxError", "message": "no sandbox left"}).encode()
         else:
-            body = json.dumps({"status": "Success", "run_result": {"status": "Finished", "stdout": "42\n", "stderr": "",
-                                                                    "return_code": 0}}).encode()  # fmt: skip
+            body = json.dumps(
+                {
+                    "status": "Success",
+                    "run_result": {"status": "Finished", "stdout": "42\n", "stderr": "", "return_code": 0},
+                }
+            ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -89,8 +102,12 @@ def test_sandbox_fusion_answers_and_failures(fusion_url):
         "python"
     ]
     assert tool({"code": "print(6 * 7)"}, ToolContext()).text == "42\n"
-    for code, words in (("crash", "HTTP 500"), ("garbage", "unreachable"), ("refused", "no sandbox left"),
-                        ("slow", "timed out")):  # fmt: skip
+    for code, words in (
+        ("crash", "HTTP 500"),
+        ("garbage", "unreachable"),
+        ("refused", "no sandbox left"),
+        ("slow", "timed out"),
+    ):
         out = tool({"code": code}, ToolContext())
         assert out.error and (words in out.error or words in out.text), (code, out)
     assert tool({"code": "slow"}, ToolContext()).timeout

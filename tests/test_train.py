@@ -22,6 +22,8 @@ from observe_r1.training.state import load_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
+# the CLI under torchrun with 2 processes (append the command and its arguments)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "observe_r1.cli"]
 
 STEP_METRICS = [
     "reward/accuracy/mean", "reward/accuracy/rate_1", "reward/observe_format/mean", "reward/digits/mean",
@@ -239,16 +241,7 @@ def test_two_processes_equal_one(shaping, tmp_path):
               "logging.eval_every=1", "checkpoint.best_metric=eval/accuracy"]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run(cli(one, shaping, *common), check=True, capture_output=True, cwd=ROOT)
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "observe_r1.cli",
-    ]
-    proc = subprocess.run(torchrun + cli(two, shaping, *common)[3:], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(TORCHRUN + cli(two, shaping, *common)[3:], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout + proc.stderr
     a, b = weights(one / "checkpoints/step-000002"), weights(two / "checkpoints/step-000002")

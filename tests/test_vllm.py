@@ -238,8 +238,17 @@ def test_async_rollouts_with_a_vllm_engine_process(text_model, shaping, tmp_path
     broadcast, returns its log-probs (the behaviour policy's); the staleness bound holds; fresh weights agree."""
     data = text_data(tmp_path / "text.jsonl")
     out = tmp_path / "async"
-    args = grpo_args(out, text_model, data, shaping, "optim.max_steps=4", "rollout.backend=vllm",
-                     "rollout.mode=async", "rollout.max_staleness=1", "logging.dump_rollouts_every=1")  # fmt: skip
+    args = grpo_args(
+        out,
+        text_model,
+        data,
+        shaping,
+        "optim.max_steps=4",
+        "rollout.backend=vllm",
+        "rollout.mode=async",
+        "rollout.max_staleness=1",
+        "logging.dump_rollouts_every=1",
+    )
     cmd = [sys.executable, "-m", "observe_r1.cli", "train", str(TINY), *args]
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)

@@ -170,8 +170,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     config, source = model_config_of(cfg, args.model_config)
     print(f"architecture: {source}")
-    hw = Hardware(gpus=args.gpus, nodes=args.nodes, memory_gib=args.gpu_memory, tflops=args.gpu_tflops,
-                  mfu_train=args.mfu, price_per_gpu_hour=args.price, engine_gpus=args.engine_gpus)  # fmt: skip
+    hw = Hardware(
+        gpus=args.gpus,
+        nodes=args.nodes,
+        memory_gib=args.gpu_memory,
+        tflops=args.gpu_tflops,
+        mfu_train=args.mfu,
+        price_per_gpu_hour=args.price,
+        engine_gpus=args.engine_gpus,
+    )
     shape = shape_of(config, cfg)
     plan = estimate(cfg, shape, hw)
     print(render(cfg, shape, hw, plan))
@@ -484,8 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-tflops", type=float, default=312.0, help="dense bf16 TFLOP/s per GPU (A100 312)")
     p.add_argument("--mfu", type=float, default=0.35, help="model FLOPs utilisation of the training passes")
     p.add_argument("--price", type=float, default=0.0, help="price per GPU-hour, for the cost line")
-    p.add_argument("--engine-gpus", type=int, default=0,
-                   help="rollout.mode=async: GPUs per node that run engines, the others train (default 0: beside them)")  # fmt: skip
+    p.add_argument(
+        "--engine-gpus",
+        type=int,
+        default=0,
+        help="rollout.mode=async: GPUs per node that run engines, the others train (default 0: beside them)",
+    )
     p.add_argument(
         "--trust-remote-code", action="store_true", help="run the Python code the model folder ships"
     )
@@ -528,8 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trust-remote-code", action="store_true", help="run the Python code the model folder ships"
     )
-    p.add_argument("--tools", nargs="*", default=[], help="multi-turn: the tools it may call (python, crop, "
-                   "sandbox_fusion, file.py:fn), with tools.*'s defaults (docs/tools.md)")  # fmt: skip
+    p.add_argument(
+        "--tools",
+        nargs="*",
+        default=[],
+        help="multi-turn: the tools it may call (python, crop, "
+        "sandbox_fusion, file.py:fn), with tools.*'s defaults (docs/tools.md)",
+    )
     p.add_argument(
         "--tool-layout", choices=["code", "chat"], default="code", help="with --tools (default code)"
     )

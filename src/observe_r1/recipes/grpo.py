@@ -137,8 +137,16 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
     asynchronous = r.mode == "async" and r.max_staleness > 0
     backend = None if asynchronous else setup.make_backend(cfg, acc.unwrap_model(policy), encoder)
     timer, amp = StageTimer(), runtime.autocast(acc.device, cfg.model.dtype)
-    actor = Actor(cfg, plan, acc, encoder, policy, optimizer, scheduler,
-                  cfg.algorithm.tis_cap or (ASYNC_TIS_CAP if asynchronous and r.correction == "decoupled" else 0.0))  # fmt: skip
+    actor = Actor(
+        cfg,
+        plan,
+        acc,
+        encoder,
+        policy,
+        optimizer,
+        scheduler,
+        cfg.algorithm.tis_cap or (ASYNC_TIS_CAP if asynchronous and r.correction == "decoupled" else 0.0),
+    )
 
     def share(step: int, attempt: int, drawn: list[int]) -> Request:
         """This process's share of a step's drawn prompts, with their group ids."""
@@ -158,8 +166,16 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
         got, indices = scored.got, scored.request.indices
         update_sampler(acc, sampler, indices, got.result.correct)
         version = step if scored.version is None else scored.version
-        return Trajectory(got.samples, indices, got.images, got.rollout, got.result, bad_prompts=got.bad_prompts,
-                          versions=[version] * len(indices), metrics=scored.metrics)  # fmt: skip
+        return Trajectory(
+            got.samples,
+            indices,
+            got.images,
+            got.rollout,
+            got.result,
+            bad_prompts=got.bad_prompts,
+            versions=[version] * len(indices),
+            metrics=scored.metrics,
+        )
 
     def evaluate() -> dict[str, float]:
         return evaluate_on_main(cfg, acc, policy, encoder, test, system, given.rewards)
@@ -391,8 +407,10 @@ def engine_mismatch(traj: Trajectory) -> dict[str, float]:
         return {}
     mask = traj.mask.cpu()
     diff = (traj.old_logp.cpu() - traj.rollout.logprobs).abs() * mask
-    out = {"rollout/logprob_diff/mean": float(diff.sum() / mask.sum().clamp(min=1)),
-           "rollout/logprob_diff/max": float(diff.max())}  # fmt: skip
+    out = {
+        "rollout/logprob_diff/mean": float(diff.sum() / mask.sum().clamp(min=1)),
+        "rollout/logprob_diff/max": float(diff.max()),
+    }
     if "async/staleness" in traj.metrics:  # async: the gap by how many versions the engine was behind
         out[f"rollout/logprob_diff/staleness_{int(traj.metrics['async/staleness'])}"] = out[
             "rollout/logprob_diff/mean"

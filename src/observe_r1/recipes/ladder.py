@@ -138,9 +138,12 @@ def score(
         system=system,
         seed=cfg.seed,
         reward=dataclasses.asdict(cfg.reward),
-        **({"tools": dataclasses.asdict(cfg.tools), "multi_turn": dataclasses.asdict(r.multi_turn)}
-           if r.multi_turn.enabled else {}),
-    )  # fmt: skip
+        **(
+            {"tools": dataclasses.asdict(cfg.tools), "multi_turn": dataclasses.asdict(r.multi_turn)}
+            if r.multi_turn.enabled
+            else {}
+        ),
+    )
     done = _cached(cache, key)
     pending = [(i, s) for i, s in todo if s.id not in done]
     if on_batch is not None and len(done):

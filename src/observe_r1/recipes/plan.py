@@ -314,9 +314,11 @@ def estimate(cfg: Config, shape: Shape, hw: Hardware, prompt_tokens: int | None 
         plan.rollout.append("FSDP working set")
     plan.usable = (hw.memory_gib - (RESERVED_GIB if gpu else 0.0)) * GIB
     if split:  # the rollout column is an engine GPU: the engine only, not the trainer's states
-        plan.notes.append(f"async rollouts on {engines} engine GPU(s) + {w} training GPU(s): the training column "
-                          "is a training GPU, the rollout column an engine GPU (weights in the compute dtype + its "
-                          "KV cache, or vLLM's reservation)")  # fmt: skip
+        plan.notes.append(
+            f"async rollouts on {engines} engine GPU(s) + {w} training GPU(s): the training column "
+            "is a training GPU, the rollout column an engine GPU (weights in the compute dtype + its "
+            "KV cache, or vLLM's reservation)"
+        )
         plan.training = [x for x in plan.training if x != "vLLM engine"]
         plan.rollout = rollout_terms
     elif (
@@ -327,8 +329,10 @@ def estimate(cfg: Config, shape: Shape, hw: Hardware, prompt_tokens: int | None 
         )
         plan.training = [x for x in plan.training if x != "vLLM engine"] + ["async engine process (same GPU)"]
         plan.rollout = plan.training
-        plan.notes.append("async rollouts with the engines on the training GPUs (--engine-gpus 0): both hold memory "
-                          "at once and share the compute; give engines GPUs of their own to overlap them")  # fmt: skip
+        plan.notes.append(
+            "async rollouts with the engines on the training GPUs (--engine-gpus 0): both hold memory "
+            "at once and share the compute; give engines GPUs of their own to overlap them"
+        )
     return with_times(plan, cfg, shape, hw, prompt, response, response_tokens, w, engines)
 
 
@@ -341,8 +345,17 @@ def disaggregated(cfg: Config, hw: Hardware) -> bool:
     return True
 
 
-def with_times(plan: Plan, cfg: Config, shape: Shape, hw: Hardware, prompt: int, response: int,
-               response_tokens: int | None, trainers: int, engines: int) -> Plan:  # fmt: skip
+def with_times(
+    plan: Plan,
+    cfg: Config,
+    shape: Shape,
+    hw: Hardware,
+    prompt: int,
+    response: int,
+    response_tokens: int | None,
+    trainers: int,
+    engines: int,
+) -> Plan:
     """The step time: training and generation one after the other, or, with async rollouts on engine GPUs of
     their own, overlapped (the slower side sets the pace; the other waits, as `async/trainer_wait_s` and
     `async/engine_idle_s` show in a run)."""
@@ -352,15 +365,18 @@ def with_times(plan: Plan, cfg: Config, shape: Shape, hw: Hardware, prompt: int,
     if disaggregated(cfg, hw):
         plan.step_s = max(train, rollout)
         slower = "generation" if rollout > train else "training"
-        plan.notes.append(f"async step ~{plan.step_s:.0f} s = the slower side ({slower}): training {train:.0f} s on "
-                          f"{trainers} GPU(s), generation {rollout:.0f} s on {engines} GPU(s); the same split run "
-                          f"synchronously: {train + rollout:.0f} s ({(train + rollout) / plan.step_s:.2f}x); colocated "
-                          f"on all {hw.world} GPUs: {sum(stage_times(cfg, shape, hw, prompt, mean, hw.world, hw.world)[:2]):.0f} s")  # fmt: skip
+        plan.notes.append(
+            f"async step ~{plan.step_s:.0f} s = the slower side ({slower}): training {train:.0f} s on "
+            f"{trainers} GPU(s), generation {rollout:.0f} s on {engines} GPU(s); the same split run "
+            f"synchronously: {train + rollout:.0f} s ({(train + rollout) / plan.step_s:.2f}x); colocated "
+            f"on all {hw.world} GPUs: {sum(stage_times(cfg, shape, hw, prompt, mean, hw.world, hw.world)[:2]):.0f} s"
+        )
     return plan
 
 
-def stage_times(cfg: Config, shape: Shape, hw: Hardware, prompt: int, response: float, trainers: int,
-                engines: int) -> tuple[float, float, float]:  # fmt: skip
+def stage_times(
+    cfg: Config, shape: Shape, hw: Hardware, prompt: int, response: float, trainers: int, engines: int
+) -> tuple[float, float, float]:
     """Seconds of training and of generation per rollout step on `trainers` and `engines` GPUs, and the tokens
     the step trains on (responses assumed `response` long on average)."""
     sequences = cfg.rollout.prompts_per_step * cfg.rollout.n

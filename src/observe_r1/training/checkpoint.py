@@ -430,8 +430,13 @@ class Checkpointer:
         if "rng" in state:
             set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", path, state["step"])
-        run = RunState(state["step"], state["history"], state.get("nonfinite_streak", 0),
-                       zero_weight_streak=state.get("zero_weight_streak", 0), pending=state.get("pending", []))  # fmt: skip
+        run = RunState(
+            state["step"],
+            state["history"],
+            state.get("nonfinite_streak", 0),
+            zero_weight_streak=state.get("zero_weight_streak", 0),
+            pending=state.get("pending", []),
+        )
         c = self.cfg.checkpoint
         best = best_record(self.cfg.logging.output_dir, c.best_metric, c.best_mode, run.history)
         if best is not None and best["metric"] == c.best_metric:

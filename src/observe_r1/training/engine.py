@@ -85,8 +85,17 @@ def sampling_of(cfg: Config) -> SamplingParams:
 class SyncSource:
     """Generate and score on demand, with the trainer's policy (or its colocated engine)."""
 
-    def __init__(self, cfg: Config, acc: Any, policy: torch.nn.Module, backend: RolloutBackend,
-                 rewarder: Rewarder, samples: list[Sample], encoder: Any, timer: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Config,
+        acc: Any,
+        policy: torch.nn.Module,
+        backend: RolloutBackend,
+        rewarder: Rewarder,
+        samples: list[Sample],
+        encoder: Any,
+        timer: Any,
+    ) -> None:
         self.cfg, self.acc, self.policy, self.backend = cfg, acc, policy, backend
         self.rewarder, self.samples, self.encoder, self.timer = rewarder, samples, encoder, timer
         self.request: Callable[[int, int], Request] | None = None
@@ -108,9 +117,17 @@ class SyncSource:
     def take(self, step: int, attempt: int) -> Scored:
         assert self.request is not None
         req = self.request(step, attempt)
-        got = generate_and_score(self.backend, self.encoder, self.rewarder, [self.samples[i] for i in req.indices],
-                                 req.ids, sampling_of(self.cfg), system_prompt(self.cfg.data.system_prompt),
-                                 self.cfg.seed, self.timer)  # fmt: skip
+        got = generate_and_score(
+            self.backend,
+            self.encoder,
+            self.rewarder,
+            [self.samples[i] for i in req.indices],
+            req.ids,
+            sampling_of(self.cfg),
+            system_prompt(self.cfg.data.system_prompt),
+            self.cfg.seed,
+            self.timer,
+        )
         return Scored(req, got)
 
     def pending(self) -> list[dict]:
@@ -118,8 +135,10 @@ class SyncSource:
 
     def resume(self, pending: list[Request]) -> None:
         if pending:
-            raise ValueError("this checkpoint was saved by an async run with queued groups: resume it with "
-                             "rollout.mode=async (or from a checkpoint without them)")  # fmt: skip
+            raise ValueError(
+                "this checkpoint was saved by an async run with queued groups: resume it with "
+                "rollout.mode=async (or from a checkpoint without them)"
+            )
 
     def close(self) -> None:
         pass
@@ -171,8 +190,16 @@ class EngineError(RuntimeError):
 class AsyncSource:
     """The trainer's end of an engine process: requests ahead, results in, weights out."""
 
-    def __init__(self, cfg: Config, acc: Any, policy: torch.nn.Module, samples: list[Sample], rewards: Any,
-                 timer: Any, rewarder: Rewarder | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Config,
+        acc: Any,
+        policy: torch.nn.Module,
+        samples: list[Sample],
+        rewards: Any,
+        timer: Any,
+        rewarder: Rewarder | None = None,
+    ) -> None:
         self.cfg, self.acc, self.policy, self.timer, self.rewarder = cfg, acc, policy, timer, rewarder
         self.k = cfg.rollout.max_staleness
         self.request: Callable[[int, int], Request] | None = None
@@ -200,18 +227,32 @@ class AsyncSource:
             log.info("async rollouts: the reward callables cannot be sent to the engine process: scored here")
         self.process = ctx.Process(
             target=engine_main,
-            args=(cfg, rewards if travels else None, travels, samples, self.spec, port, self.requests, writer,
-                  self.published, os.getpid()),
+            args=(
+                cfg,
+                rewards if travels else None,
+                travels,
+                samples,
+                self.spec,
+                port,
+                self.requests,
+                writer,
+                self.published,
+                os.getpid(),
+            ),
             name="observe-r1-engine",
-        )  # fmt: skip
+        )
         with engine_gpu(cfg):
             self.process.start()  # not a daemon: it has reward workers of its own; it ends with the trainer
         writer.close()
         atexit.register(self.close)
         store = dist.TCPStore("127.0.0.1", port, 2, True, timeout=timeout)
         self.group = dist.ProcessGroupGloo(store, 0, 2, timeout)
-        log.info("async rollouts: engine process %d (%s backend), at most %d version(s) behind the policy",
-                 self.process.pid, cfg.rollout.backend, self.k)  # fmt: skip
+        log.info(
+            "async rollouts: engine process %d (%s backend), at most %d version(s) behind the policy",
+            self.process.pid,
+            cfg.rollout.backend,
+            self.k,
+        )
 
     # weights
     def publish(self, version: int) -> None:
@@ -249,8 +290,10 @@ class AsyncSource:
         while not done():
             self._check_engine()
             if time.perf_counter() - started > self.cfg.rollout.engine_timeout_s:
-                raise EngineError(f"waited {self.cfg.rollout.engine_timeout_s:g} s (rollout.engine_timeout_s) for "
-                                  f"{what}: the engine process {self.process.pid} is stuck")  # fmt: skip
+                raise EngineError(
+                    f"waited {self.cfg.rollout.engine_timeout_s:g} s (rollout.engine_timeout_s) for "
+                    f"{what}: the engine process {self.process.pid} is stuck"
+                )
             time.sleep(POLL_S)
 
     def _check_engine(self) -> None:
@@ -262,8 +305,10 @@ class AsyncSource:
                 if code is not None and code < 0
                 else f"exited with code {code}"
             )
-            raise EngineError(f"the rollout engine process {self.process.pid} {how}; the run stops here. Run the "
-                              "same command to resume from the last checkpoint (queued groups are regenerated)")  # fmt: skip
+            raise EngineError(
+                f"the rollout engine process {self.process.pid} {how}; the run stops here. Run the "
+                "same command to resume from the last checkpoint (queued groups are regenerated)"
+            )
 
     def _collect(self) -> None:
         while self.process.exitcode is None or self.results.poll():
@@ -325,8 +370,10 @@ class AsyncSource:
 
     def pending(self) -> list[dict]:
         """The draws queued for later steps (saved with a checkpoint; a resume generates them again)."""
-        return [{"step": r.step, "attempt": r.attempt, "drawn": r.drawn}
-                for r in sorted(self.queued.values(), key=lambda r: r.key)]  # fmt: skip
+        return [
+            {"step": r.step, "attempt": r.attempt, "drawn": r.drawn}
+            for r in sorted(self.queued.values(), key=lambda r: r.key)
+        ]
 
     def resume(self, pending: list[Request]) -> None:
         """Queue the requests a checkpoint had queued (their prompts were drawn already) before any new one."""
@@ -358,8 +405,10 @@ def engine_gpu(cfg: Config):
     devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
     index = torch.cuda.current_device() + cfg.rollout.engine_gpu_offset
     if index >= len(devices):
-        raise EngineError(f"rollout.engine_gpu_offset={cfg.rollout.engine_gpu_offset}: GPU {index} does not exist "
-                          f"({len(devices)} visible)")  # fmt: skip
+        raise EngineError(
+            f"rollout.engine_gpu_offset={cfg.rollout.engine_gpu_offset}: GPU {index} does not exist "
+            f"({len(devices)} visible)"
+        )
     os.environ["CUDA_VISIBLE_DEVICES"] = devices[index]
     try:
         yield
@@ -370,8 +419,17 @@ def engine_gpu(cfg: Config):
             os.environ["CUDA_VISIBLE_DEVICES"] = visible
 
 
-def make_source(cfg: Config, acc: Any, policy: torch.nn.Module, backend: RolloutBackend | None,
-                rewarder: Rewarder, samples: list[Sample], encoder: Any, rewards: Any, timer: Any):  # fmt: skip
+def make_source(
+    cfg: Config,
+    acc: Any,
+    policy: torch.nn.Module,
+    backend: RolloutBackend | None,
+    rewarder: Rewarder,
+    samples: list[Sample],
+    encoder: Any,
+    rewards: Any,
+    timer: Any,
+):
     """`rollout.mode`: async with max_staleness >= 1 starts an engine process; otherwise the synchronous loop."""
     if cfg.rollout.mode == "async" and cfg.rollout.max_staleness > 0:
         return AsyncSource(cfg, acc, policy, samples, rewards, timer, rewarder)
@@ -386,14 +444,25 @@ def behaviour_logprobs(cfg: Config, model: torch.nn.Module, rollout: Rollout, en
     """[B, T] the generating policy's log-probs of its tokens (the HF engine scores them after generating)."""
     out = torch.zeros(rollout.completion_ids.shape)
     for idx in chunks(range(len(rollout)), cfg.optim.micro_batch_size):
-        logp, _ = completion_logprobs(model, sequence_inputs(rollout, idx, encoder), cfg.rollout.temperature,
-                                      packed=cfg.model.packing)  # fmt: skip
+        logp, _ = completion_logprobs(
+            model, sequence_inputs(rollout, idx, encoder), cfg.rollout.temperature, packed=cfg.model.packing
+        )
         out[idx, : logp.shape[1]] = logp.float().cpu()
     return out
 
 
-def engine_main(cfg: Config, rewards: Any, scores: bool, samples: list[Sample], spec: list, port: int,
-                requests: Any, results: Any, published: Any, parent: int) -> None:  # fmt: skip
+def engine_main(
+    cfg: Config,
+    rewards: Any,
+    scores: bool,
+    samples: list[Sample],
+    spec: list,
+    port: int,
+    requests: Any,
+    results: Any,
+    published: Any,
+    parent: int,
+) -> None:
     """The engine process: build the policy, take the trainer's weights when published, generate and score
     each request with weights at least its `min_version`, send the result. Ends on None, or when the
     trainer is gone."""
@@ -439,8 +508,13 @@ def engine_main(cfg: Config, rewards: Any, scores: bool, samples: list[Sample], 
             for names, dtype in buckets:
                 buffer = torch.empty(sum(torch.Size(shapes[n]).numel() for n in names), dtype=dtype)
                 broadcast(group, buffer).wait()
-                loaded |= dict(zip(names, torch.split(buffer, [torch.Size(shapes[n]).numel() for n in names]),
-                                   strict=True))  # fmt: skip
+                loaded |= dict(
+                    zip(
+                        names,
+                        torch.split(buffer, [torch.Size(shapes[n]).numel() for n in names]),
+                        strict=True,
+                    )
+                )
             state = {n: t.view(shapes[n]).to(device) for n, t in loaded.items()}
             missing, unexpected = model.load_state_dict(state, strict=False)
             if unexpected:
@@ -466,15 +540,19 @@ def engine_main(cfg: Config, rewards: Any, scores: bool, samples: list[Sample], 
             idle += time.perf_counter() - idle_since
             started = time.perf_counter()
             with runtime.autocast(device, cfg.model.dtype, generation=True):
-                got = generate(backend, encoder, [samples[i] for i in req.indices], req.ids, sampling, system,
-                               cfg.seed)  # fmt: skip
+                got = generate(
+                    backend, encoder, [samples[i] for i in req.indices], req.ids, sampling, system, cfg.seed
+                )
             generated = time.perf_counter() - started
             if got.rollout.logprobs is None:
                 with torch.no_grad(), runtime.autocast(device, cfg.model.dtype):
                     got.rollout.logprobs = behaviour_logprobs(cfg, model, got.rollout, encoder)
             result = got if rewarder is None else score(rewarder, got)
-            metrics = {"async/engine_busy_s": time.perf_counter() - started, "async/engine_generate_s": generated,
-                       "async/engine_idle_s": idle}  # fmt: skip
+            metrics = {
+                "async/engine_busy_s": time.perf_counter() - started,
+                "async/engine_generate_s": generated,
+                "async/engine_idle_s": idle,
+            }
             outbox.put(Scored(req, result, version, metrics))
             idle, idle_since = 0.0, time.perf_counter()
     except Exception:  # noqa: BLE001 - any failure goes to the trainer, which names it and stops

@@ -62,8 +62,16 @@ def generate_and_score(
     )
 
 
-def generate(backend: RolloutBackend, encoder: ChatEncoder, samples: list[Sample], group_ids: list[int],
-             sampling: SamplingParams, system: str, seed: int = 0, timer: Timer = None) -> Generated:  # fmt: skip
+def generate(
+    backend: RolloutBackend,
+    encoder: ChatEncoder,
+    samples: list[Sample],
+    group_ids: list[int],
+    sampling: SamplingParams,
+    system: str,
+    seed: int = 0,
+    timer: Timer = None,
+) -> Generated:
     """The responses of `generate_and_score`, not scored."""
     stage = timer or (lambda name: contextlib.nullcontext())
     samples = list(samples)
