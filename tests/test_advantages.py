@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from observe_r1.algos import difficulty_weights, group_advantages, kl_reward_advantages, zero_variance_groups
+from observe_r1.algos.advantages import pareto_advantages, pareto_ranks
 
 
 def naive(rows, estimator):
@@ -124,3 +125,72 @@ def test_observe_advantages_of_an_all_equal_group_are_zero_without_difficulty_we
     rewards, correct = torch.full((1, 8), 0.7), torch.zeros(1, 8, dtype=torch.bool)
     out = observe_advantages(rewards, correct, torch.full((1, 8), 10), difficulty_weighting=False)
     assert out.sequence.tolist() == [0.0] * 8  # was +0.056 each
+
+
+def naive_ranks(points: list[tuple[float, ...]]) -> list[int]:
+    """Non-domination ranks by peeling fronts in plain Python."""
+    ranks, remaining, rank = [None] * len(points), set(range(len(points))), 0
+
+    def dominates(a, b):
+        return all(x >= y for x, y in zip(a, b, strict=True)) and any(
+            x > y for x, y in zip(a, b, strict=True)
+        )
+
+    while remaining:
+        front = {i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining)}
+        for i in front:
+            ranks[i] = rank
+        remaining -= front
+        rank += 1
+    return ranks
+
+
+def test_pareto_ranks_against_a_python_loop():
+    g = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 4, (50, 8, 3), generator=g).float()  # ties are common
+    ranks = pareto_ranks(values)
+    for group, row in zip(values.tolist(), ranks.tolist(), strict=True):
+        assert row == naive_ranks([tuple(p) for p in group])
+
+
+def test_pareto_advantages_never_favour_a_dominated_response():
+    g = torch.Generator().manual_seed(1)
+    for estimator in ("grpo", "dr_grpo", "rloo"):
+        values = torch.randn(40, 6, 3, generator=g) * torch.tensor([1.0, 100.0, 0.01])
+        values[:, 0] = values[:, 1] + torch.tensor([0.0, 1.0, 0.0])  # response 0 dominates response 1
+        adv = pareto_advantages(values, torch.tensor([1.0, 0.5, 2.0]), estimator)
+        v = values
+        dominates = (v[:, :, None] >= v[:, None]).all(-1) & (v[:, :, None] > v[:, None]).any(-1)  # [g, i, j]
+        higher = adv[:, :, None] > adv[:, None, :]
+        assert bool(higher[dominates].all()), estimator
+        assert bool((adv[:, 0] > adv[:, 1]).all())
+
+
+def test_pareto_opposed_objectives_one_100x_wider_neither_swamps():
+    """(1, -100), (0, 0), (0.5, -50): no response dominates another, and per unit of spread they trade off
+    evenly: zero advantage each (the weighted sum would follow the wide objective alone). A response better
+    in both gets the most."""
+    values = torch.tensor([[[1.0, -100.0], [0.0, 0.0], [0.5, -50.0]]])
+    weights = torch.tensor([1.0, 1.0])
+    torch.testing.assert_close(pareto_advantages(values, weights), torch.zeros(1, 3))
+    summed = group_advantages((values * weights).sum(-1))
+    assert summed[0, 1] > summed[0, 2] > summed[0, 0]  # the wide objective decides alone
+    better = torch.tensor([[[1.0, -100.0], [0.0, 0.0], [0.5, -50.0], [1.0, 0.0]]])
+    adv = pareto_advantages(better, weights)
+    assert adv[0, 3] == adv.max() and adv[0, 3] > 0 and bool((adv[0, :3] < 0).all())
+    # an objective's scale changes nothing
+    scaled = better * torch.tensor([1.0, 1e-3])
+    torch.testing.assert_close(pareto_advantages(scaled, weights), adv)
+
+
+def test_pareto_advantages_edge_cases():
+    same = torch.ones(2, 4, 2)
+    torch.testing.assert_close(pareto_advantages(same, torch.tensor([1.0, 1.0])), torch.zeros(2, 4))
+    nan = torch.tensor([[[1.0, float("nan")], [0.0, 1.0], [0.0, 0.0]]])  # NaN: the group's mean, 0.5
+    adv = pareto_advantages(nan, torch.tensor([1.0, 1.0]))
+    assert adv[0, 2] < adv[0, 1] and adv[0, 2] < adv[0, 0]  # (0, 0) is dominated by both
+    # an objective of weight 0 takes no part
+    torch.testing.assert_close(
+        pareto_advantages(torch.tensor([[[1.0, 0.0], [0.0, 9.0]]]), torch.tensor([1.0, 0.0])),
+        pareto_advantages(torch.tensor([[[1.0], [0.0]]]), torch.tensor([1.0])),
+    )

@@ -321,7 +321,7 @@ def test_an_image_rewritten_into_a_decompression_bomb_is_counted_and_skipped(tin
     bomb = Image.new("1", (20000, 20000))  # 400M pixels, over PIL's 179M limit
     bomb.save(tmp_path / "im1.png")
     encoder = ChatEncoder.from_pretrained(tiny_model_dir, max_prompt_length=1024)
-    prompts, images, bad = encode_prompts(samples, [s.messages for s in samples], encoder)
+    prompts, images, bad, _ = encode_prompts(samples, [s.messages for s in samples], encoder)
     assert bad == 1 and len(prompts) == 2 and samples[1].id == "s0"  # replaced by the good one, counted
 
 

@@ -130,3 +130,31 @@ def test_release_processor_form_is_unknown_to_transformers_alone(real, tmp_path)
     shutil.copy(real / "preprocessor_config.release.json", tmp_path / "preprocessor_config.json")
     with pytest.raises(ValueError, match="Unrecognized image processor"):
         AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+
+
+@pytest.mark.parametrize("frames,size", [(4, (112, 84)), (7, (140, 112))])
+def test_video_tokens_equal_the_features_and_positions_of_the_real_architecture(
+    encoder, model, frames, size, tmp_path
+):
+    """A video through the real chat template and the real vision tower (2 blocks): `<|video_pad|>` tokens =
+    the video features, and the logits are finite with Qwen2.5-VL's time positions (`second_per_grid_ts`)."""
+    import numpy as np
+
+    from observe_r1.data.video import VideoSampling, decode
+    from observe_r1.toy.video import write_video
+
+    clip = [np.full((size[1], size[0], 3), 20 * i, np.uint8) for i in range(frames)]
+    write_video(tmp_path / "v.mp4", clip, fps=2)
+    video = decode(str(tmp_path / "v.mp4"), VideoSampling(fps=2.0, min_frames=2))
+    user = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}
+    prompt = encoder.encode([user], [], sample_id="clip", videos=[video])
+    batch = encoder.collate([prompt])
+    n_tokens = int((batch["input_ids"] == REAL_IDS["<|video_pad|>"]).sum())
+    assert n_tokens == encoder.tokens_per_video(len(video.frames), *size) == prompt.video_tokens[0]
+    assert "second_per_grid_ts" in batch and int((batch["mm_token_type_ids"] == 2).sum()) == n_tokens
+    with torch.no_grad():
+        features = model.get_video_features(
+            batch["pixel_values_videos"], batch["video_grid_thw"]
+        ).pooler_output
+        logits = model(**batch).logits
+    assert sum(f.shape[0] for f in features) == n_tokens and torch.isfinite(logits).all()

@@ -101,6 +101,20 @@ def check_continual_rewarm(out):
     assert max(r["optim/lr"] for r in second) > first[-1]["optim/lr"]  # warmed up again
 
 
+def check_video(out):
+    rl = stage(out, 1)
+    assert config(rl)["model"]["path"] == str(stage(out, 0) / "model")
+    assert config(rl)["data"]["video_fps"] == 4.0 and list(rl.glob("data/video/videos/*.mp4"))
+    assert steps(rl) and "reward/accuracy/mean" in steps(rl)[0]
+
+
+def check_factum(out):
+    columns = [config(stage(out, k))["sft"]["response_column"] for k in range(3)]
+    assert columns == ["facts", "factum_format", "factum"]
+    rl = stage(out, 3)
+    assert config(rl)["reward"]["combine"] == "pareto" and "reward/factum_format/mean" in steps(rl)[0]
+
+
 def check_multi_objective(out):
     assert (
         config(out)["reward"]["combine"] == "per_objective"

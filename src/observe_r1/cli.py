@@ -41,24 +41,43 @@ def progress_bar() -> Progress:
 
 
 def synth_levels(text: str) -> tuple[int, ...]:
-    """`--levels 1,2,3` -> (1, 2, 3); empty = all levels."""
-    from observe_r1.toy.synth import LEVELS
-
-    levels = tuple(int(x) for x in text.split(",")) if text else tuple(LEVELS)
-    unknown = [lv for lv in levels if lv not in LEVELS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown level(s) {unknown}; levels are {sorted(LEVELS)}")
-    return levels
+    """`--levels 1,2,3` -> (1, 2, 3); empty = all levels (checked against the task in `cmd_synth`)."""
+    return tuple(int(x) for x in text.split(",")) if text else ()
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from observe_r1.toy.synth import write_dataset
+    from observe_r1.toy import synth, video
 
-    levels = args.levels
+    task_levels = video.LEVELS if args.video else synth.LEVELS
+    levels = args.levels or tuple(task_levels)
+    unknown = [lv for lv in levels if lv not in task_levels]
+    if unknown:
+        raise SystemExit(f"unknown level(s) {unknown}; levels are {sorted(task_levels)}")
     with progress_bar() as bar:
         task = bar.add_task("rendering", total=args.train + args.test + args.val)
-        paths = write_dataset(args.out, args.train, args.test, seed=args.seed, image_size=args.image_size,
-                              levels=levels, progress=lambda: bar.advance(task), val=args.val)  # fmt: skip
+        progress = lambda: bar.advance(task)  # noqa: E731
+        if args.video:
+            paths = video.write_dataset(
+                args.out,
+                args.train,
+                args.test,
+                seed=args.seed,
+                levels=levels,
+                val=args.val,
+                progress=progress,
+            )
+        else:
+            size = args.image_size
+            paths = synth.write_dataset(
+                args.out,
+                args.train,
+                args.test,
+                seed=args.seed,
+                image_size=size,
+                levels=levels,
+                progress=progress,
+                val=args.val,
+            )
     sizes = {"train": args.train, "val": args.val, "test": args.test}
     console.print("wrote " + ", ".join(f"{paths[k]} ({sizes[k]} rows)" for k in sizes if k in paths))
     return 0
@@ -121,6 +140,7 @@ def _print_report(result, checked_length: bool) -> None:
     for fmt, n in sorted(result.formats.items()):
         table.add_row("format", fmt, str(n))
     table.add_row("images", "in good rows", str(result.images))
+    table.add_row("videos", "in good rows", str(result.videos))
     for key in ("level", "skill"):
         counts = Counter(s.metadata.get(key) for s in result.samples if key in s.metadata)
         for value, n in sorted(counts.items(), key=lambda kv: str(kv[0])):
@@ -442,8 +462,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the demo config, for every run")
     p.set_defaults(fn=cmd_ablate)
 
-    p = sub.add_parser("synth", help="generate the synthetic visual-reasoning ladder dataset")
-    p.add_argument("--out", required=True, help="output directory (train.jsonl, test.jsonl, images/)")
+    p = sub.add_parser(
+        "synth", help="generate the synthetic visual-reasoning ladder dataset (or --video clips)"
+    )
+    p.add_argument(
+        "--out", required=True, help="output directory (train.jsonl, test.jsonl, images/ or videos/)"
+    )
+    p.add_argument(
+        "--video",
+        action="store_true",
+        help="the video task instead: clips of moving, blinking, appearing shapes (levels 1-3; toy/video.py)",
+    )
     p.add_argument("--train", type=int, default=2000, help="training rows (default 2000)")
     p.add_argument("--test", type=int, default=300, help="held-out rows (default 300)")
     p.add_argument("--val", type=int, default=0, help="validation rows, val.jsonl (default 0: none)")
@@ -453,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--levels",
         type=synth_levels,
         default="",
-        help="comma-separated levels to draw from (default all: 1-6)",
+        help="comma-separated levels to draw from (default all: 1-6; --video: 1-3)",
     )
     p.set_defaults(fn=cmd_synth)
 

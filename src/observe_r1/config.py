@@ -81,6 +81,16 @@ class DataConfig:
     max_prompt_length: int = 9216  # tokens, image tokens included; longer prompts are rejected, never cut
     min_pixels: int = 3136
     max_pixels: int = 2_560_000
+    # videos (docs/data.md "Video"): frames sampled per second, within [min_frames, max_frames] (an even count);
+    # each frame at most video_max_pixels, lowered so that all frames fit video_total_pixels (about 4,096 video
+    # tokens); longer videos than video_max_seconds are refused; a decode past video_timeout_s skips the prompt
+    video_fps: float = 2.0
+    video_min_frames: int = 4
+    video_max_frames: int = 16
+    video_max_pixels: int = 602_112
+    video_total_pixels: int = 3_211_264
+    video_max_seconds: float = 600.0
+    video_timeout_s: float = 60.0
     sampler: Literal["sequential", "shuffled", "online"] = "sequential"  # sequential = NeuraLadder order
     online_new_share: float = 0.5  # online sampler: share of each step's prompts that are new ladder items
     online_ema: float = 0.5  # online sampler: weight of the newest accuracy in an item's pass rate
@@ -206,8 +216,9 @@ class RewardConfig:
     # else 0 (Plantain's format gate; Vision-R1's "1 only if format and answer are right"); its weight is unused
     gate: str = ""
     # sum: advantages of the weighted sum of the terms; per_objective: each term normalised in its group on its
-    # own, then weighted (multi-objective rewards, docs/rewards.md)
-    combine: Literal["sum", "per_objective"] = "sum"
+    # own, then weighted; pareto: responses ranked by Pareto non-domination over the terms, ties broken by
+    # their weighted z-scores (multi-objective rewards, Factum; docs/rewards.md)
+    combine: Literal["sum", "per_objective", "pareto"] = "sum"
     timeout_s: float = 5.0  # seconds each response may take in each term (math-verify's grading included)
     workers: int = 2  # processes that score rewards (in parallel, with the time bound); 0 = in this process
 
@@ -389,6 +400,16 @@ class Config:
                 "data.min_pixels",
                 "must be in (0, max_pixels]",
             ),
+            (
+                self.data.video_fps > 0 and 2 <= self.data.video_min_frames <= self.data.video_max_frames,
+                "data.video_fps",
+                "needs video_fps > 0 and 2 <= video_min_frames <= video_max_frames",
+            ),
+            (
+                self.data.min_pixels <= self.data.video_max_pixels <= self.data.video_total_pixels,
+                "data.video_max_pixels",
+                "must be in [min_pixels, video_total_pixels]",
+            ),
             (len(self.reward.terms) >= 1, "reward.terms", "needs at least one term"),
             (
                 all(abs(t.weight) <= MAX_TERM_WEIGHT for t in self.reward.terms),
@@ -406,9 +427,9 @@ class Config:
                 f"{self.reward.gate!r} must name one of reward.terms",
             ),
             (
-                not (self.reward.gate and self.reward.combine == "per_objective"),
+                not (self.reward.gate and self.reward.combine != "sum"),
                 "reward.combine",
-                "per_objective keeps the terms apart, a gate multiplies them: choose one",
+                f"{self.reward.combine} keeps the terms apart, a gate multiplies them: choose one",
             ),
             (o.min_lr <= o.lr, "optim.min_lr", "must be in [0, optim.lr]"),
             (

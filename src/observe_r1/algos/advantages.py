@@ -60,6 +60,50 @@ def objective_advantages(
     return (torch.stack(per_objective, -1) * weights.to(torch.float32)).sum(-1)
 
 
+def pareto_ranks(values: torch.Tensor) -> torch.Tensor:
+    """[groups, n, K] -> [groups, n] non-domination rank within each group (NSGA-II's fronts, Deb et al. 2002):
+    0 for responses no other response dominates, 1 for those only rank-0 ones dominate, and so on. i dominates
+    j when it is at least as good in every objective and better in one (higher is better)."""
+    ge = (values[:, :, None, :] >= values[:, None, :, :]).all(-1)  # [g, i, j]: i >= j everywhere
+    gt = (values[:, :, None, :] > values[:, None, :, :]).any(-1)
+    dominates = ge & gt
+    ranks = torch.full(values.shape[:2], -1, dtype=torch.long)
+    remaining = torch.ones(values.shape[:2], dtype=torch.bool)
+    rank = 0
+    while remaining.any():
+        dominated = (dominates & remaining[:, :, None]).any(1)  # [g, j]: a remaining response dominates j
+        front = remaining & ~dominated
+        ranks[front] = rank
+        remaining &= ~front
+        rank += 1
+    return ranks
+
+
+def pareto_advantages(
+    values: torch.Tensor,  # [groups, n, K] one value per objective; NaN = not applicable
+    weights: torch.Tensor,  # [K]; objectives of weight 0 take no part
+    estimator: str | Estimator = Estimator.GRPO,
+) -> torch.Tensor:
+    """Pareto-aware multi-objective advantages [groups, n] (Factum's multi-objective RL toward a Pareto front):
+    a response's score is minus its non-domination rank in the group (`pareto_ranks`), plus a tie-break inside
+    its front of 0.49 x tanh(the weighted mean of its objectives' in-group z-scores); the scores are then
+    normalised like rewards (`group_advantages`). A dominated response therefore never gets more advantage
+    than one that dominates it (their ranks differ by at least 1, the tie-breaks by less), and no objective
+    swamps the others: ranks depend on the order of values, not their scale, and the tie-break on z-scores.
+    A NaN counts as its group's mean of that objective."""
+    used = weights > 0
+    values, weights = values[..., used].to(torch.float32), weights[used].to(torch.float32)
+    present = ~values.isnan()
+    mean = torch.nan_to_num(values).sum(1, keepdim=True) / present.sum(1, keepdim=True).clamp(min=1)
+    filled = torch.where(present, values, mean)
+    z = torch.stack([group_advantages(filled[..., k]) for k in range(filled.shape[-1])], -1)
+    tie = 0.49 * torch.tanh((z * weights).sum(-1) / weights.sum())
+    tie = torch.round(
+        tie, decimals=4
+    )  # float noise of the z-scores (1e-6) must not become a std-normalised gap
+    return group_advantages(tie - pareto_ranks(filled).to(torch.float32), estimator)
+
+
 def difficulty_weights(correct: torch.Tensor, sigma: float = 1.8) -> torch.Tensor:
     """Observe-R1 dynamic weighting: [groups, n] bool -> [groups] f(d) = 4 * sigma * d * (1 - d),
     d the fraction of correct responses. All-correct and all-wrong groups get weight 0; d = 0.5 gets sigma."""

@@ -13,6 +13,7 @@ from observe_r1.algos.advantages import (
     group_advantages,
     kl_reward_advantages,
     objective_advantages,
+    pareto_advantages,
 )
 from observe_r1.algos.bonus import apply_length_bonus
 
@@ -40,12 +41,13 @@ def observe_advantages(
     bonus_objective: int = 0,  # the objective the bonus is added to (the correctness term)
     length_penalty: torch.Tensor
     | None = None,  # [groups, n] added to the rewards first (DAPO's overlong shaping)
+    pareto: bool = False,  # objectives ranked by non-domination (`pareto_advantages`) instead
 ) -> Advantages:
     """A_i = f(d) * normalise(r_i + bonus_i) within the group: the bonus goes to the shortest correct response
     longer than `bonus_min_length` (spec 4); the advantages are computed on the rewards after the bonus and
     scaled by f(d) = 4 sigma d (1 - d) of the group's accuracy d (spec 5). With `objectives`, each objective
     is normalised on its own and the results weighted (`objective_advantages`), the bonus (and the length
-    penalty) added to objective `bonus_objective` first."""
+    penalty) added to objective `bonus_objective` first; with `pareto`, ranked by Pareto non-domination."""
     if length_penalty is not None:
         rewards = rewards + length_penalty
     shaped = (
@@ -58,7 +60,8 @@ def observe_advantages(
         assert objective_weights is not None
         values = objectives.clone().to(torch.float32)
         values[..., bonus_objective] += shaped - rewards + (0 if length_penalty is None else length_penalty)
-        base = objective_advantages(values, objective_weights, estimator)
+        combine = pareto_advantages if pareto else objective_advantages
+        base = combine(values, objective_weights, estimator)
     sequence = weights[:, None] * base  # [groups, n]
     return Advantages(rewards, shaped, correct, weights, sequence.flatten())
 

@@ -37,7 +37,18 @@ from typing import Any
 from PIL import Image
 
 from observe_r1.data.prompts import with_system_prompt
-from observe_r1.data.sources import MALFORMED, ParquetImage, RowError, resolve
+from observe_r1.data.sources import MALFORMED, ParquetImage, RowError, open_image, resolve
+from observe_r1.data.video import (
+    Video,
+    VideoError,
+    VideoRef,
+    VideoSampling,
+    check_length,
+    frame_indices,
+    load_videos,
+    probe,
+    sampled_count,
+)
 from observe_r1.models.inputs import PromptError, PromptTooLong, as_rgb, oriented_size
 
 log = logging.getLogger(__name__)
@@ -58,8 +69,11 @@ IMAGE_COUNT = "image_count_mismatch"
 BAD_SCORE = "bad_ladder_score"
 TOO_LONG = "prompt_too_long"
 DUPLICATE_ID = "duplicate_id"
+UNREADABLE_VIDEO = "unreadable_video"  # missing, corrupt, no frames, an unknown codec
+VIDEO_TOO_LONG = "video_too_long"
 
-CONSUMED = {"id", "messages", "message", "prompt", "problem", "images", "image", "answer"}
+CONSUMED = {"id", "messages", "message", "prompt", "problem", "images", "image", "videos", "video", "answer"}
+PLACEHOLDER_RE = re.compile(r"(<image>|<video>)")  # EasyR1's and verl's placeholders in prompt text
 GOLD_COLUMNS = ("answer", "solution", "ground_truth")  # the first one present is the gold
 ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 
@@ -80,17 +94,25 @@ class Problem:
 @dataclass
 class Sample:
     id: str
-    messages: list[dict]  # chat; image parts are {"type": "image"}, in the order of `images`
+    messages: list[dict]  # chat; image parts are {"type": "image"}, in the order of `images` (videos: same)
     images: list[ImageRef]
     answer: str
     metadata: dict[str, Any] = field(default_factory=dict)
     format: str = "native"
     source: str = ""  # file:line
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height), filled by validation
+    videos: list[VideoRef] = field(default_factory=list)
+    video_shapes: list[tuple[int, int, int]] = field(
+        default_factory=list
+    )  # (frames, width, height): validation
 
     def load_images(self) -> list[Image.Image]:
         """The images as the model sees them (`models.inputs.as_rgb`: upright, 8-bit RGB)."""
         return [as_rgb(open_image(ref)) for ref in self.images]
+
+    def load_videos(self, sampling: VideoSampling) -> list[Video]:
+        """The videos' sampled frames (`data.video`), decoded in the bounded pool."""
+        return load_videos(self.videos, sampling) if self.videos else []
 
     @property
     def question(self) -> str:
@@ -108,6 +130,10 @@ class LoadResult:
     def images(self) -> int:
         return sum(len(s.images) for s in self.samples)
 
+    @property
+    def videos(self) -> int:
+        return sum(len(s.videos) for s in self.samples)
+
 
 # ------------------------------------------------------------------ parsing rows
 
@@ -117,7 +143,9 @@ def parse_row(row: dict, base_dir: Path, default_id: str) -> Sample:
     sid = row.get("id", default_id)
     if not isinstance(sid, str | int) or isinstance(sid, bool):
         raise RowError(WRONG_TYPE, f"`id` must be a string or integer, got {type(sid).__name__}")
-    messages, images = _split_images(_check_messages(messages), _listed_images(row), base_dir)
+    messages, images, videos = _split_visuals(
+        _check_messages(messages), _listed(row, "images", "image"), _listed(row, "videos", "video"), base_dir
+    )
     if not question_text(messages).strip():
         raise RowError(EMPTY_QUESTION, "the user messages have no text")
     _check_ladder_scores(row)
@@ -125,6 +153,7 @@ def parse_row(row: dict, base_dir: Path, default_id: str) -> Sample:
         id=str(sid),
         messages=messages,
         images=images,
+        videos=videos,
         answer=_answer(row, fmt),
         metadata={k: v for k, v in row.items() if k not in CONSUMED},
         format=fmt,
@@ -168,19 +197,18 @@ def _messages(row: dict) -> tuple[str, Any]:
 
 
 def _placeholders_to_parts(messages: list[dict]) -> list[dict]:
-    """Text with `<image>` placeholders (EasyR1, verl) -> content parts; other messages unchanged."""
+    """Text with `<image>` / `<video>` placeholders (EasyR1, verl) -> content parts; other messages unchanged."""
     out = []
     for m in messages:
         content = m["content"]
-        if not isinstance(content, str) or "<image>" not in content:
+        if not isinstance(content, str) or not PLACEHOLDER_RE.search(content):
             out.append(m)
             continue
-        parts: list[dict] = []
-        for i, text in enumerate(content.split("<image>")):
-            if i > 0:
-                parts.append({"type": "image"})
-            if text:
-                parts.append({"type": "text", "text": text})
+        parts = [
+            {"type": piece[1:-1]} if PLACEHOLDER_RE.fullmatch(piece) else {"type": "text", "text": piece}
+            for piece in PLACEHOLDER_RE.split(content)
+            if piece
+        ]
         out.append({**m, "content": parts})
     return out
 
@@ -208,35 +236,33 @@ def _check_messages(messages: Any) -> list[dict]:
     return messages
 
 
-def _listed_images(row: dict) -> list | None:
-    """The row's `images` list, or its single `image` column as a list of one."""
-    if row.get("images") is not None:
-        if not isinstance(row["images"], list):
-            raise RowError(WRONG_TYPE, f"`images` must be a list, got {type(row['images']).__name__}")
-        return row["images"]
-    image = row.get("image")
-    if image is None:
+def _listed(row: dict, many: str, one: str) -> list | None:
+    """The row's `images` (`videos`) list, or its single `image` (`video`) column as a list of one."""
+    if row.get(many) is not None:
+        if not isinstance(row[many], list):
+            raise RowError(WRONG_TYPE, f"`{many}` must be a list, got {type(row[many]).__name__}")
+        return row[many]
+    value = row.get(one)
+    if value is None:
         return None
-    return image if isinstance(image, list) else [image]
+    return value if isinstance(value, list) and one == "image" else [value]
 
 
-def _split_images(
-    messages: list[dict], listed: list | None, base_dir: Path
-) -> tuple[list[dict], list[ImageRef]]:
-    """Move image references out of the message parts into one ordered list; parts become {"type": "image"}.
-
-    A chat without any image part gets the listed images at the start of its first user message."""
-    queue = list(listed or [])
-    if queue and not any(
-        isinstance(m["content"], list) and any(p["type"] in ("image", "image_url") for p in m["content"])
-        for m in messages
-    ):
-        first = next(i for i, m in enumerate(messages) if m["role"] == "user")
-        content = messages[first]["content"]
-        text = [{"type": "text", "text": content}] if isinstance(content, str) else content
-        messages = [*messages]
-        messages[first] = {**messages[first], "content": [{"type": "image"} for _ in queue] + text}
-    images: list[ImageRef] = []
+def _split_visuals(
+    messages: list[dict], listed_images: list | None, listed_videos: list | None, base_dir: Path
+) -> tuple[list[dict], list[ImageRef], list[VideoRef]]:
+    """Move image and video references out of the message parts into one ordered list each; parts become
+    {"type": "image"} / {"type": "video"}. A chat without any part of a kind gets that kind's listed
+    references at the start of its first user message (videos before images)."""
+    queues = {"image": list(listed_images or []), "video": list(listed_videos or [])}
+    for kind in ("image", "video"):
+        if queues[kind] and not _has_part(messages, kind):
+            first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+            content = messages[first]["content"]
+            text = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            messages = [*messages]
+            messages[first] = {**messages[first], "content": [{"type": kind} for _ in queues[kind]] + text}
+    found: dict[str, list] = {"image": [], "video": []}
     out = []
     for m in messages:
         if isinstance(m["content"], str):
@@ -244,29 +270,45 @@ def _split_images(
             continue
         parts = []
         for p in m["content"]:
-            if p["type"] in ("image", "image_url"):
-                ref = _part_image(p)
-                if ref is None:
-                    if not queue:
-                        raise RowError(
-                            IMAGE_COUNT, f"more image placeholders than images ({len(listed or [])} listed)"
-                        )
-                    ref = queue.pop(0)
-                images.append(_image_ref(ref, base_dir))
-                parts.append({"type": "image"})
-            else:
+            found_kind = _kind(p)
+            if found_kind is None:
                 parts.append(p)
+                continue
+            kind = found_kind
+            ref = _part_ref(p, kind)
+            if ref is None:
+                if not queues[kind]:
+                    listed = listed_images if kind == "image" else listed_videos
+                    raise RowError(
+                        IMAGE_COUNT, f"more {kind} placeholders than {kind}s ({len(listed or [])} listed)"
+                    )
+                ref = queues[kind].pop(0)
+            found[kind].append(_image_ref(ref, base_dir) if kind == "image" else _video_ref(ref, base_dir))
+            parts.append({"type": kind})
         out.append({**m, "content": parts})
-    if queue:
-        raise RowError(IMAGE_COUNT, f"{len(images) + len(queue)} images but {len(images)} image placeholders")
-    return out, images
+    for kind, queue in queues.items():
+        if queue:
+            n = len(found[kind])
+            raise RowError(IMAGE_COUNT, f"{n + len(queue)} {kind}s but {n} {kind} placeholders")
+    return out, found["image"], found["video"]
 
 
-def _part_image(part: dict) -> Any:
-    """The image a content part names itself, if any: `image`, or `image_url` as a string or {"url": ...}."""
-    if part["type"] == "image":
-        return part.get("image")
-    url = part.get("image_url")
+def _has_part(messages: list[dict], kind: str) -> bool:
+    return any(_kind(p) == kind for m in messages if isinstance(m["content"], list) for p in m["content"])
+
+
+def _kind(part: dict) -> str | None:
+    """ "image" or "video" for a visual content part (`image`, `image_url`, `video`, `video_url`), else None."""
+    kind = part["type"].removesuffix("_url")
+    return kind if kind in ("image", "video") else None
+
+
+def _part_ref(part: dict, kind: str) -> Any:
+    """The image (video) a content part names itself, if any: `image`, or `image_url` as a string or
+    {"url": ...} (`video`, `video_url`)."""
+    if part["type"] == kind:
+        return part.get(kind)
+    url = part.get(f"{kind}_url")
     return url.get("url") if isinstance(url, dict) else url
 
 
@@ -297,6 +339,19 @@ def _image_ref(ref: Any, base_dir: Path) -> ImageRef:
         raise RowError(REMOTE_IMAGE, f"remote image {ref} is not fetched; download it and use a local path")
     path = Path(ref.removeprefix("file://"))
     return str(path if path.is_absolute() else base_dir / path)
+
+
+def _video_ref(ref: Any, base_dir: Path) -> VideoRef:
+    """A video file's reference (as an image's: a path, bytes, a data: URI, a parquet struct), or a list of
+    frame image references."""
+    if isinstance(ref, list | tuple):
+        if not ref:
+            raise RowError(UNREADABLE_VIDEO, "a video's frame list is empty")
+        return [_image_ref(frame, base_dir) for frame in ref]
+    try:
+        return _image_ref(ref, base_dir)
+    except RowError as e:
+        raise RowError(e.kind, str(e).replace("an image", "a video").replace("image", "video")) from None
 
 
 def _answer(row: dict, fmt: str) -> str:
@@ -352,34 +407,51 @@ def question_text(messages: list[dict]) -> str:
 # ------------------------------------------------------------------ validation
 
 
-def open_image(ref: ImageRef) -> Image.Image:
-    if isinstance(ref, ParquetImage):
-        ref = ref.read()
-    return Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref)
-
-
 def check_images(sample: Sample) -> None:
     """Decode every image fully (a truncated file fails here, not at step 5,000); record the sizes (upright,
     by the EXIF orientation: what the prompt's image tokens are counted from)."""
-    sizes = []
-    for i, ref in enumerate(sample.images):
-        if isinstance(ref, str) and not Path(ref).is_file():
-            raise RowError(MISSING_IMAGE, f"image {i} not found: {ref}")
+    sample.image_sizes = [decoded_size(ref, f"image {i}") for i, ref in enumerate(sample.images)]
+
+
+def decoded_size(ref: ImageRef, what: str) -> tuple[int, int]:
+    """(width, height) of an image once turned upright, after decoding it fully."""
+    if isinstance(ref, str) and not Path(ref).is_file():
+        raise RowError(MISSING_IMAGE, f"{what} not found: {ref}")
+    try:
+        with open_image(ref) as im:
+            im.load()
+            return oriented_size(im)
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+        where = ref if isinstance(ref, str) else f"({ref.path} row {ref.row + 1})" if isinstance(
+            ref, ParquetImage) else f"({len(ref)} bytes)"  # fmt: skip
+        raise RowError(UNREADABLE_IMAGE, f"{what} {where} cannot be decoded: {e}") from None
+
+
+def check_videos(sample: Sample, sampling: VideoSampling) -> None:
+    """Open every video and decode its first frame (a frame list: every frame); refuse one too long; record
+    (frames sampled, width, height), what the prompt's video tokens are counted from."""
+    shapes = []
+    for i, ref in enumerate(sample.videos):
+        if isinstance(ref, list):
+            sizes = [decoded_size(frame, f"video {i} frame {k}") for k, frame in enumerate(ref)]
+            shapes.append((len(frame_indices(len(ref), sampling)), *sizes[0]))
+            continue
         try:
-            with open_image(ref) as im:
-                im.load()
-                sizes.append(oriented_size(im))
-        except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-            where = ref if isinstance(ref, str) else f"({ref.path} row {ref.row + 1})" if isinstance(
-                ref, ParquetImage) else f"({len(ref)} bytes)"  # fmt: skip
-            raise RowError(UNREADABLE_IMAGE, f"image {i} {where} cannot be decoded: {e}") from None
-    sample.image_sizes = sizes
+            if isinstance(ref, str) and not Path(ref).is_file():
+                raise VideoError(f"not found: {ref}")
+            info = probe(ref.read() if isinstance(ref, ParquetImage) else ref)
+            check_length(info, sampling)
+        except VideoError as e:
+            kind = VIDEO_TOO_LONG if "video_max_seconds" in str(e) else UNREADABLE_VIDEO
+            raise RowError(kind, f"video {i}: {e}") from None
+        shapes.append((sampled_count(info.frames, info.fps, sampling), info.width, info.height))
+    sample.video_shapes = shapes
 
 
 def check_prompt_length(sample: Sample, encoder: Any, system_prompt: str = "") -> None:
     messages = with_system_prompt(sample.messages, system_prompt)
     try:
-        n = encoder.prompt_length(messages, sample.image_sizes, sample.id)
+        n = encoder.prompt_length(messages, sample.image_sizes, sample.id, sample.video_shapes)
     except PromptTooLong as e:
         raise RowError(TOO_LONG, str(e)) from None
     except PromptError as e:
@@ -442,9 +514,12 @@ def load_dataset(
     check_image_files: bool = True,
     on_row: Callable[[], None] | None = None,
     columns: Columns = Columns(),
+    video: VideoSampling | None = None,
 ) -> LoadResult:
     """Parse and validate every row of every source (observe_r1.data.sources: files, globs, folders, DIR@split,
-    a list of dicts, a datasets.Dataset). Nothing raises for a bad row: it becomes a Problem."""
+    a list of dicts, a datasets.Dataset). Nothing raises for a bad row: it becomes a Problem. Videos are
+    sampled as `video` says (default: the encoder's `data.video_*`)."""
+    video = video or (encoder.video if encoder is not None else VideoSampling())
     samples: list[Sample] = []
     problems: list[Problem] = []
     formats: Counter[str] = Counter()
@@ -469,6 +544,7 @@ def load_dataset(
                     raise RowError(DUPLICATE_ID, f"id {sid!r} appeared earlier")
                 if check_image_files:
                     check_images(sample)
+                    check_videos(sample, video)
                 if encoder is not None:
                     check_prompt_length(sample, encoder, system_prompt)
                 sample.source = f"{source.name}:{line}"
@@ -517,20 +593,33 @@ def load_samples(
 
 
 def to_native_row(sample: Sample, image_dir: Path) -> dict[str, Any]:
-    """The sample as a native row (image paths absolute; image bytes written to `image_dir`), with its
-    metadata columns; loading the row back gives the same sample."""
-    paths = []
-    for i, ref in enumerate(sample.images):
-        if not isinstance(ref, str):  # bytes, or a parquet file's image
-            image_dir.mkdir(parents=True, exist_ok=True)
-            path = image_dir / f"{sample.id.replace('/', '_')}-{i}.png"
-            open_image(ref).save(path)
-            ref = str(path)
-        paths.append(str(Path(ref).resolve()))
-    queue = iter(paths)
+    """The sample as a native row (image and video paths absolute; image and video bytes written to
+    `image_dir`), with its metadata columns; loading the row back gives the same sample."""
+    stem = image_dir / sample.id.replace("/", "_")
+    images = [_file_of(ref, f"{stem}-{i}.png") for i, ref in enumerate(sample.images)]
+    videos = [
+        [_file_of(f, f"{stem}-v{i}-{k}.png") for k, f in enumerate(ref)]
+        if isinstance(ref, list)
+        else _file_of(ref, f"{stem}-v{i}.video")
+        for i, ref in enumerate(sample.videos)
+    ]
+    queues = {"image": iter(images), "video": iter(videos)}
     messages = [
         m if isinstance(m["content"], str)
-        else {**m, "content": [{**p, "image": next(queue)} if p["type"] == "image" else p for p in m["content"]]}
+        else {**m, "content": [{**p, p["type"]: next(queues[p["type"]])} if p["type"] in queues else p
+                               for p in m["content"]]}
         for m in sample.messages
     ]  # fmt: skip
     return {"id": sample.id, "messages": messages, "answer": sample.answer, **sample.metadata}
+
+
+def _file_of(ref: ImageRef, path: str) -> str:
+    """The absolute path of an image or video file; bytes (or a parquet file's) written to `path` first."""
+    if not isinstance(ref, str):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path.endswith(".png"):
+            open_image(ref).save(path)
+        else:
+            Path(path).write_bytes(ref.read() if isinstance(ref, ParquetImage) else ref)
+        ref = path
+    return str(Path(ref).resolve())

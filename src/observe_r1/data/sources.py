@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import functools
 import glob
+import io
 import itertools
 import json
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from PIL import Image
 
 MALFORMED = "malformed_row"
 TOO_LARGE = "row_too_large"
@@ -264,6 +266,13 @@ class ParquetImage:
         except (IndexError, KeyError, TypeError, ValueError) as e:  # ValueError: pyarrow's ArrowInvalid too
             raise OSError(f"{self.path} row {self.row + 1}, column {self.column!r}: the image is no longer "
                           f"there ({type(e).__name__}: {e})") from None  # fmt: skip
+
+
+def open_image(ref: str | bytes | ParquetImage) -> Any:
+    """A PIL image from a path, encoded bytes or a parquet file's image (not yet decoded: `Image.open`)."""
+    if isinstance(ref, ParquetImage):
+        ref = ref.read()
+    return Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref)
 
 
 def _is_image_struct(value: Any) -> bool:

@@ -1,9 +1,10 @@
-"""Chat messages + PIL images -> batched model inputs for Qwen2-VL / Qwen2.5-VL / Qwen3-VL.
+"""Chat messages + PIL images and videos -> batched model inputs for Qwen2-VL / Qwen2.5-VL / Qwen3-VL.
 
 Why not `AutoProcessor`: in transformers 5 the Qwen-VL processors construct a video processor that
 needs torchvision, which has no CPU build on PyPI. The pieces we need are the tokenizer (with its chat
 template) and the image processor's PIL backend, which exist everywhere; the processor's only other job
-is expanding each `<|image_pad|>` placeholder to the image's number of tokens, done here. The same code
+is expanding each `<|image_pad|>` (`<|video_pad|>`) placeholder to the image's (video's) number of tokens,
+done here (videos: `models.video`). The same code
 runs on GPU machines that do have torchvision, so CPU tests cover the production path.
 
 The pre-flight length check is the point of owning this step: a prompt longer than
@@ -14,11 +15,12 @@ through its image tokens into "Image features and image tokens do not match" hou
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,18 @@ import torch
 from PIL import Image, ImageOps
 from transformers import AutoImageProcessor, AutoTokenizer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
+
+from observe_r1.data.video import Video, VideoSampling
+from observe_r1.models.video import (
+    VideoTiming,
+    even_times,
+    frame_pixels,
+    pair_times,
+    process_video,
+    seconds_per_grid,
+    timestamp_placeholders,
+    video_grid,
+)
 
 PREFIX_CHARS_PER_TOKEN = 8  # a text this many characters per token of the limit is first tokenised in part
 log = logging.getLogger(__name__)
@@ -40,7 +54,8 @@ RENAMED_IMAGE_PROCESSORS = {"Qwen2_5_VLImageProcessor": Qwen2VLImageProcessorPil
 
 
 class PromptError(ValueError):
-    """A prompt cannot be encoded (too long, placeholders and images disagree, bad image); names the sample."""
+    """A prompt cannot be encoded (too long, placeholders and images disagree, bad image or video); names the
+    sample."""
 
 
 class PromptTooLong(PromptError):
@@ -54,6 +69,10 @@ class EncodedPrompt:
     pixel_values: torch.Tensor | None  # [patches, channels * temporal_patch * patch * patch]
     image_grid_thw: torch.Tensor | None  # [images, 3]
     image_tokens: list[int]  # image tokens per image, in prompt order
+    pixel_values_videos: torch.Tensor | None = None  # [patches, channels * 2 * patch * patch]
+    video_grid_thw: torch.Tensor | None = None  # [videos, 3]
+    video_tokens: list[int] = field(default_factory=list)  # video tokens per video
+    second_per_grid: list[float] = field(default_factory=list)  # per video (Qwen2.5-VL's second_per_grid_ts)
 
 
 class ChatEncoder:
@@ -67,6 +86,8 @@ class ChatEncoder:
         max_prompt_length: int | None = None,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
+        video: VideoSampling | None = None,
+        video_timing: VideoTiming = VideoTiming.GRID,
     ):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -79,6 +100,10 @@ class ChatEncoder:
         self.merge_size = int(getattr(image_processor, "merge_size", 2))
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video = video or VideoSampling()  # frame sampling and the pixel budget of videos
+        self.video_timing = video_timing  # how the model family places frames in time (models.video)
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
         self.pad_token_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
@@ -92,22 +117,27 @@ class ChatEncoder:
     @classmethod
     def from_pretrained(cls, path: str | Path, trust_remote_code: bool = False, **kwargs: Any) -> ChatEncoder:
         """The tokenizer and image processor of a checkpoint folder; its own Python code (`auto_map`) runs only
-        with `trust_remote_code` (`remote_code`)."""
+        with `trust_remote_code` (`remote_code`). Videos are sampled as `video=` says, else as the checkpoint
+        was trained (its observe_r1.json), else by the defaults."""
         with remote_code(path, trust_remote_code):
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             processor = load_image_processor(Path(path), trust_remote_code)
         if tokenizer.chat_template is None:  # some checkpoints keep it beside the processor config
             tokenizer.chat_template = _read_chat_template(Path(path))
-        encoder = cls(tokenizer, processor, **kwargs)
-        encoder.system_prompt = recorded_system_prompt(path)
+        config = Path(path) / "config.json"
+        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+        meta = recorded(path)
+        kwargs.setdefault("video", VideoSampling(**meta["video"]) if "video" in meta else None)
+        encoder = cls(tokenizer, processor, video_timing=VideoTiming.of(model_type), **kwargs)
+        encoder.system_prompt = meta.get("system_prompt")
         return encoder
 
     def save_pretrained(self, out: str | Path) -> None:
         self.tokenizer.save_pretrained(out)
         if self.image_processor is not None:
             self.image_processor.save_pretrained(out)
-        if self.system_prompt is not None:
-            (Path(out) / META).write_text(json.dumps({"system_prompt": self.system_prompt}) + "\n")
+        meta = {"system_prompt": self.system_prompt, "video": dataclasses.asdict(self.video)}
+        (Path(out) / META).write_text(json.dumps(meta) + "\n")
 
     def _require_images(self, sample_id: str) -> None:
         if self.image_processor is None:
@@ -128,6 +158,44 @@ class ChatEncoder:
         out = self.image_processor(images=[as_rgb(im) for im in images], size=size, return_tensors="pt")
         return out["pixel_values"], out["image_grid_thw"]
 
+    # ------------------------------------------------------------ videos
+
+    def frame_pixels(self, frames: int) -> int:
+        """The largest area of one frame of a `frames`-frame video (`data.video_max_pixels`, lowered so the
+        video stays within `data.video_total_pixels`)."""
+        return frame_pixels(frames, self.min_pixels, self.video.max_pixels, self.video.total_pixels)
+
+    def tokens_per_video(self, frames: int, width: int, height: int) -> int:
+        """Video tokens of `frames` sampled frames of width x height, without processing them."""
+        assert self.image_processor is not None, "text-only model"
+        factor = int(self.image_processor.patch_size) * self.merge_size
+        t, h, w = video_grid(frames, width, height, factor, self.min_pixels, self.frame_pixels(frames))
+        return t * (h // factor) * (w // factor)
+
+    def process_videos(self, videos: list[Video]) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.image_processor is not None, "text-only model"
+        rows, grids = [], []
+        for video in videos:
+            size = {"shortest_edge": self.min_pixels, "longest_edge": self.frame_pixels(len(video.frames))}
+            pixels, grid = process_video(self.image_processor, video, size)
+            rows.append(pixels)
+            grids.append(grid)
+        return torch.cat(rows), torch.tensor(grids, dtype=torch.long)
+
+    def expand_video_tokens(
+        self, text: str, counts: list[int], times: list[list[float]], sample_id: str
+    ) -> str:
+        """Each `<|video_pad|>` -> the video's tokens (Qwen3-VL: a timestamp and a vision span per pair of
+        frames, replacing the template's own span around the video)."""
+        if self.video_timing != VideoTiming.TEXT:
+            return _expand(text, self.video_token, [self.video_token * n for n in counts], "video", sample_id)
+        start, end = "<|vision_start|>", "<|vision_end|>"
+        text = text.replace(start + self.video_token + end, self.video_token)
+        spans = []
+        for n, pairs in zip(counts, times, strict=True):
+            spans.append(timestamp_placeholders(pairs, n // len(pairs), start, self.video_token, end))
+        return _expand(text, self.video_token, spans, "video", sample_id)
+
     # ------------------------------------------------------------ prompts
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -146,25 +214,26 @@ class ChatEncoder:
         return "probe_tool_x" in text
 
     def expand_image_tokens(self, text: str, tokens_per_image: list[int], sample_id: str = "?") -> str:
-        pieces = text.split(self.image_token)
-        if len(pieces) - 1 != len(tokens_per_image):
-            raise PromptError(
-                f"sample {sample_id}: the prompt has {len(pieces) - 1} image placeholder(s) "
-                f"but {len(tokens_per_image)} image(s)"
-            )
-        out = [pieces[0]]
-        for n, piece in zip(tokens_per_image, pieces[1:], strict=True):
-            out += [self.image_token * n, piece]
-        return "".join(out)
+        return _expand(
+            text, self.image_token, [self.image_token * n for n in tokens_per_image], "image", sample_id
+        )
 
     def prompt_length(
-        self, messages: list[dict], image_sizes: list[tuple[int, int]], sample_id: str = "?"
+        self,
+        messages: list[dict],
+        image_sizes: list[tuple[int, int]],
+        sample_id: str = "?",
+        video_shapes: Sequence[tuple[int, int, int]] = (),
     ) -> int:
-        """Token length of the prompt with image tokens expanded, from (width, height) of each image only."""
-        if image_sizes:
+        """Token length of the prompt with image and video tokens expanded, from (width, height) of each image
+        and (sampled frames, width, height) of each video only."""
+        if image_sizes or video_shapes:
             self._require_images(sample_id)
         counts = [self.tokens_per_image(w, h) for w, h in image_sizes]
         text = self.expand_image_tokens(self.render(messages), counts, sample_id)
+        frames = [self.tokens_per_video(f, w, h) for f, w, h in video_shapes]
+        times = [even_times(f, self.video.fps) for f, _, _ in video_shapes]
+        text = self.expand_video_tokens(text, frames, times, sample_id)
         return len(self.token_ids(text, sample_id))
 
     def token_ids(self, text: str, sample_id: str = "?") -> list[int]:
@@ -199,65 +268,80 @@ class ChatEncoder:
         images: Sequence[Image.Image] = (),
         sample_id: str = "?",
         add_generation_prompt: bool = True,
+        videos: Sequence[Video] = (),
     ) -> EncodedPrompt:
-        images = list(images)
-        pixel_values = grid = None
+        images, videos = list(images), list(videos)
+        pixel_values = grid = video_pixels = video_grid = None
         counts: list[int] = []
-        if images:
+        video_counts: list[int] = []
+        if images or videos:
             self._require_images(sample_id)
-            try:
+        try:
+            if images:
                 pixel_values, grid = self.process_images(images)
-            except Exception as e:  # noqa: BLE001 - PIL and the processor raise many types; name the sample
-                raise PromptError(f"sample {sample_id}: image processing failed: {e}") from e
-            counts = [int(g.prod()) // self.merge_size**2 for g in grid]
+                counts = [int(g.prod()) // self.merge_size**2 for g in grid]
+            if videos:
+                video_pixels, video_grid = self.process_videos(videos)
+                video_counts = [int(g.prod()) // self.merge_size**2 for g in video_grid]
+        except Exception as e:  # noqa: BLE001 - PIL and the processor raise many types; name the sample
+            raise PromptError(f"sample {sample_id}: image processing failed: {e}") from e
         text = self.expand_image_tokens(self.render(messages, add_generation_prompt), counts, sample_id)
+        text = self.expand_video_tokens(text, video_counts, [pair_times(v) for v in videos], sample_id)
         ids = self.token_ids(text, sample_id)
         if self.max_prompt_length is not None and len(ids) > self.max_prompt_length:
-            raise PromptTooLong(
-                f"sample {sample_id}: prompt is {len(ids)} tokens ({sum(counts)} of them image tokens), "
-                f"over max_prompt_length={self.max_prompt_length}; lower max_pixels or raise max_prompt_length"
+            kind, lower = (
+                ("image and video", "data.video_total_pixels") if videos else ("image", "max_pixels")
             )
-        return EncodedPrompt(sample_id, ids, pixel_values, grid, counts)
+            raise PromptTooLong(
+                f"sample {sample_id}: prompt is {len(ids)} tokens ({sum(counts) + sum(video_counts)} of them "
+                f"{kind} tokens), over max_prompt_length={self.max_prompt_length}; lower {lower} or raise "
+                "max_prompt_length"
+            )
+        seconds = [seconds_per_grid(v) for v in videos]
+        return EncodedPrompt(
+            sample_id,
+            ids,
+            pixel_values,
+            grid,
+            counts,
+            pixel_values_videos=video_pixels,
+            video_grid_thw=video_grid,
+            video_tokens=video_counts,
+            second_per_grid=seconds,
+        )
 
     def collate(self, prompts: list[EncodedPrompt], padding_side: str = "left") -> dict[str, torch.Tensor]:
         """Pad to a batch: left padding for generation (the default), right padding for training."""
         batch = self._pad(prompts, padding_side)
-        pixels = [p.pixel_values for p in prompts if p.pixel_values is not None]
-        if pixels:
-            batch["pixel_values"] = torch.cat(pixels)
-            batch["image_grid_thw"] = torch.cat(
-                [p.image_grid_thw for p in prompts if p.image_grid_thw is not None]
-            )
-        return batch
+        for pixels_key, grid_key, _ in VISUALS:
+            pixels = [getattr(p, pixels_key) for p in prompts if getattr(p, pixels_key) is not None]
+            if pixels:
+                batch[pixels_key] = torch.cat(pixels)
+                batch[grid_key] = torch.cat(
+                    [getattr(p, grid_key) for p in prompts if getattr(p, grid_key) is not None]
+                )
+        return batch | self._video_seconds(prompts)
+
+    def _video_seconds(self, rows: list[EncodedPrompt]) -> dict[str, torch.Tensor]:
+        """Qwen2.5-VL's `second_per_grid_ts` of the batch's videos (other families place frames otherwise)."""
+        seconds = [s for p in rows for s in p.second_per_grid]
+        if not seconds or self.video_timing != VideoTiming.GRID:
+            return {}
+        return {"second_per_grid_ts": torch.tensor(seconds, dtype=torch.float32)}
 
     def collate_shared(
         self, prompts: list[EncodedPrompt], owners: list[int], padding_side: str = "left"
     ) -> dict[str, torch.Tensor]:
         """`collate` of `prompts[o] for o in owners`, where several rows answer one prompt (the n responses of
-        a group) and share its images: `pixel_values` holds each distinct prompt's images once,
+        a group) and share its images and videos: `pixel_values` holds each distinct prompt's images once,
         `image_grid_thw_distinct` their grids, and `image_source` says which of them fills each image of the
-        batch, in order (`models.policy.encode_images` encodes them once and hands the features over)."""
+        batch, in order (`models.policy.encode_visuals` encodes them once and hands the features over);
+        videos the same under `pixel_values_videos`, `video_grid_thw_distinct`, `video_source`."""
         rows = [prompts[o] for o in owners]
         batch = self._pad(rows, padding_side)
-        slot: dict[int, int] = {}  # a prompt's place among the distinct ones with images
-        pixels: list[torch.Tensor] = []
-        grids: list[torch.Tensor] = []
-        for o in dict.fromkeys(owners):
-            p = prompts[o]
-            if p.pixel_values is not None and p.image_grid_thw is not None:
-                slot[o] = len(grids)
-                pixels.append(p.pixel_values)
-                grids.append(p.image_grid_thw)
-        if not grids:
-            return batch
-        start = [0, *accumulate(len(g) for g in grids)]
-        batch["image_grid_thw"] = torch.cat([grids[slot[o]] for o in owners if o in slot])
-        batch["pixel_values"] = torch.cat(pixels)
-        batch["image_grid_thw_distinct"] = torch.cat(grids)
-        batch["image_source"] = torch.tensor(
-            [start[slot[o]] + k for o in owners if o in slot for k in range(len(grids[slot[o]]))]
-        )
-        return batch
+        for pixels_key, grid_key, kind in VISUALS:
+            batch |= _shared(prompts, owners, pixels_key, grid_key, kind)
+        return batch | self._video_seconds(rows)
 
     def _pad(self, prompts: list[EncodedPrompt], padding_side: str) -> dict[str, torch.Tensor]:
         width = max(len(p.input_ids) for p in prompts)
@@ -273,13 +357,61 @@ class ChatEncoder:
             mask[i, span] = 1
         batch = {"input_ids": ids, "attention_mask": mask}
         if self.image_processor is not None:
-            # Which tokens are image tokens: without it transformers 5 gives image tokens 1D text positions
-            # instead of Qwen-VL's 3D (time, row, column) RoPE positions, silently (its processor adds it).
-            batch["mm_token_type_ids"] = (ids == self.image_token_id).long()
+            # Which tokens are image (1) and video (2) tokens: without it transformers 5 gives them 1D text
+            # positions instead of Qwen-VL's 3D (time, row, column) RoPE positions, silently (its processor
+            # adds it).
+            batch["mm_token_type_ids"] = self.token_types(ids)
         return batch
+
+    def token_types(self, ids: torch.Tensor) -> torch.Tensor:
+        """0 text, 1 image, 2 video, per token (`mm_token_type_ids`)."""
+        return (ids == self.image_token_id).long() + 2 * (ids == self.video_token_id).long()
 
     def decode(self, ids: torch.Tensor | list[list[int]], skip_special_tokens: bool = True) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+VISUALS = (("pixel_values", "image_grid_thw", "image"), ("pixel_values_videos", "video_grid_thw", "video"))
+
+
+def _shared(
+    prompts: list[EncodedPrompt], owners: list[int], pixels_key: str, grid_key: str, kind: str
+) -> dict[str, torch.Tensor]:
+    """One modality of `collate_shared`: each distinct prompt's pixels once, the grid of every row's items,
+    the distinct grids and which distinct item fills each item of the batch."""
+    slot: dict[int, int] = {}  # a prompt's place among the distinct ones with this modality
+    pixels: list[torch.Tensor] = []
+    grids: list[torch.Tensor] = []
+    for o in dict.fromkeys(owners):
+        p = prompts[o]
+        if getattr(p, pixels_key) is not None and getattr(p, grid_key) is not None:
+            slot[o] = len(grids)
+            pixels.append(getattr(p, pixels_key))
+            grids.append(getattr(p, grid_key))
+    if not grids:
+        return {}
+    start = [0, *accumulate(len(g) for g in grids)]
+    return {
+        grid_key: torch.cat([grids[slot[o]] for o in owners if o in slot]),
+        pixels_key: torch.cat(pixels),
+        f"{grid_key}_distinct": torch.cat(grids),
+        f"{kind}_source": torch.tensor(
+            [start[slot[o]] + k for o in owners if o in slot for k in range(len(grids[slot[o]]))]
+        ),
+    }
+
+
+def _expand(text: str, token: str, spans: list[str], kind: str, sample_id: str) -> str:
+    """Each `token` placeholder of `text` replaced by its span, in order; the counts must agree."""
+    pieces = text.split(token)
+    if len(pieces) - 1 != len(spans):
+        raise PromptError(
+            f"sample {sample_id}: the prompt has {len(pieces) - 1} {kind} placeholder(s) but {len(spans)} {kind}(s)"
+        )
+    out = [pieces[0]]
+    for span, piece in zip(spans, pieces[1:], strict=True):
+        out += [span, piece]
+    return "".join(out)
 
 
 TOOL_LIST = """
@@ -358,10 +490,15 @@ def remote_code(path: str | Path, trust: bool) -> Iterator[None]:
         ) from None
 
 
-def recorded_system_prompt(checkpoint: str | Path) -> str | None:
-    """The system prompt a checkpoint was trained with, from its observe_r1.json (None if not recorded)."""
+def recorded(checkpoint: str | Path) -> dict[str, Any]:
+    """What a checkpoint's observe_r1.json records: the system prompt it was trained with, its video sampling."""
     meta = Path(checkpoint) / META
-    return json.loads(meta.read_text()).get("system_prompt") if meta.is_file() else None
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def recorded_system_prompt(checkpoint: str | Path) -> str | None:
+    """The system prompt a checkpoint was trained with (None if not recorded)."""
+    return recorded(checkpoint).get("system_prompt")
 
 
 def _read_chat_template(path: Path) -> str | None:

@@ -85,12 +85,13 @@ def pack(
         k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")
     }
     packed["input_ids"] = inputs["input_ids"][mask][None]
-    if "mm_token_type_ids" in inputs and inputs.get("image_grid_thw") is not None:
+    grids = {k: inputs[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in inputs}
+    if "mm_token_type_ids" in inputs and ("image_grid_thw" in grids or "video_grid_thw" in grids):
         vision_positions, _ = model.model.get_rope_index(
             inputs["input_ids"],
             mm_token_type_ids=inputs["mm_token_type_ids"],
-            image_grid_thw=inputs["image_grid_thw"],
             attention_mask=inputs["attention_mask"],
+            **grids,
         )
         positions = torch.cat([text_positions[None], vision_positions.to(text_positions)])  # [4, b, T]
         packed["position_ids"] = positions[:, mask][:, None]  # [4, 1, N]: text, then temporal/height/width

@@ -6,6 +6,7 @@ Python code never runs unless asked (`models.inputs.remote_code`)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +14,11 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-from observe_r1.models.inputs import remote_code
+from observe_r1.models.inputs import VISUALS, remote_code
 from observe_r1.models.packing import PACKED_SDPA, can_pack, pack, takes_encoded_images
 
 
@@ -129,18 +131,59 @@ def reference_of(policy: torch.nn.Module, reference: torch.nn.Module | None) -> 
         yield policy
 
 
-def encode_images(model: Any, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+def encode_visuals(model: Any, inputs: dict[str, torch.Tensor], blanks: bool = True) -> dict[str, Any]:
     """The vision part of the forward pass, from `ChatEncoder.collate_shared`'s inputs (its keys are popped):
-    the encoder runs once per distinct image and its features are handed to the model (`mm_encoder_outputs`,
-    transformers >= 5.20); older versions get each row's own copy of its pixels instead."""
-    pixels, grid = inputs.pop("pixel_values"), inputs.pop("image_grid_thw_distinct")
-    source = inputs.pop("image_source").tolist()
-    if takes_encoded_images(_base(model)):
-        features = _base(model).get_image_features(pixels, grid, return_dict=True)
-        features.pooler_output = tuple(features.pooler_output[j] for j in source)
-        return {"mm_encoder_outputs": {"image": features}}
-    chunks = torch.split(pixels, grid.prod(-1).tolist())
-    return {"pixel_values": torch.cat([chunks[j] for j in source])}
+    the vision tower runs once, on every distinct image and video of the batch together, and the features are
+    handed to the model (`mm_encoder_outputs`, transformers >= 5.20); older versions get each row's own copy of
+    its pixels. (Images and videos are the same patch rows to the tower: Qwen2-VL's and Qwen2.5-VL's
+    `get_video_features` is `get_image_features`.)
+
+    A sharded (FSDP) vision-language model runs its tower in every forward pass, on a 4-patch blank appended
+    to the batch's visuals (all there is when the micro-batch has none), and always hands features to the
+    model (an empty slice of the blank's when it has none): every process must gather and reduce the same
+    units in the same order whatever its prompts hold, and FSDP reduces the root's gradients as soon as those
+    of the model's inputs are ready (with features among them: before the tower's backward; without: after).
+    `blanks=False`: not (generation, where the parameters are gathered and no collective runs)."""
+    base = _base(model)
+    kinds = [(pk, gk, kind) for pk, gk, kind in VISUALS if f"{kind}_source" in inputs]
+    pixels = [inputs.pop(pk) for pk, _, _ in kinds]
+    grids = [inputs.pop(f"{gk}_distinct") for _, gk, _ in kinds]
+    sources = [inputs.pop(f"{kind}_source").tolist() for _, _, kind in kinds]
+    if not takes_encoded_images(base):
+        chunks = [torch.split(p, g.prod(-1).tolist()) for p, g in zip(pixels, grids, strict=True)]
+        return {
+            pk: torch.cat([c[j] for j in s]) for (pk, _, _), c, s in zip(kinds, chunks, sources, strict=True)
+        }
+    blank = blanks and isinstance(base, FSDPModule) and hasattr(base, "get_image_features")
+    if blank:
+        blank_pixels, blank_grid = blank_visual(base)
+        pixels, grids = [*pixels, blank_pixels], [*grids, blank_grid]
+    if not pixels:
+        return {}
+    features = base.get_image_features(torch.cat(pixels), torch.cat(grids), return_dict=True)
+    items, start, encoded = features.pooler_output, 0, {}
+    for (_, _, kind), grid, source in zip(kinds, grids, sources, strict=False):
+        mine = items[start : start + len(grid)]
+        start += len(grid)
+        encoded[kind] = copy.copy(features)
+        encoded[kind].pooler_output = tuple(mine[j] for j in source)
+    if not encoded:  # a blank only: none of its features fill a placeholder
+        encoded["image"] = copy.copy(features)
+        encoded["image"].pooler_output = (items[-1][:0],)
+    return {"mm_encoder_outputs": encoded}
+
+
+def blank_visual(model: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest input of the vision tower: one frame pair of 2 x 2 patches (one merged token), zeros."""
+    vision = model.config.vision_config
+    merge = getattr(vision, "spatial_merge_size", 2)
+    width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    device = next(model.parameters()).device
+    return torch.zeros(merge * merge, width, device=device), torch.tensor([[1, merge, merge]], device=device)
+
+
+def has_visuals(inputs: dict[str, Any]) -> bool:
+    return any(f"{kind}_source" in inputs for _, _, kind in VISUALS)
 
 
 def _base(model: Any) -> Any:
@@ -169,8 +212,7 @@ def completion_logprobs(
     model_inputs: dict[str, Any] = {
         k: v.to(device) for k, v in inputs.items() if k not in ("completion_ids", "completion_mask")
     }
-    if "image_source" in model_inputs:
-        model_inputs |= encode_images(model, model_inputs)
+    model_inputs |= encode_visuals(model, model_inputs)
     base = _base(model)
     keep: torch.Tensor | int
     if packed and can_pack(base):

@@ -14,6 +14,9 @@ The settings are observe_r1/assets/demo.yaml; the flags change the sizes.
 `--model smollm2` runs the same pipeline on a real pretrained model: SmolLM2-135M-Instruct (imported from its
 PyPI wheel, `models.gguf`) after a short format cold start (`smollm2_cold_start`), on arithmetic word problems
 (`toy.arith`), without the image parts of the recipe (think/answer format; observe_r1/assets/demo_smollm2.yaml).
+`--model video` runs it on the synthetic video task (`toy.video`: clips of moving, blinking and appearing
+shapes) from a `small` tiny Qwen2.5-VL after a video cold start made once in its cache (`video_cold_start`;
+observe_r1/assets/demo_video.yaml; bench/video_demo.py measures it).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from observe_r1.recipes.grpo import train
 from observe_r1.recipes.ladder import build
 from observe_r1.recipes.options import DemoOptions
 from observe_r1.recipes.sft import sft
-from observe_r1.toy import arith, synth
+from observe_r1.toy import arith, synth, video
 from observe_r1.training.checkpoint import best_record, latest_checkpoint
 from observe_r1.training.report import GRPO_PANELS, training_plot
 from observe_r1.training.setup import cold_start_path
@@ -73,11 +76,17 @@ TASKS = {
         "SmolLM2-135M-Instruct (its 4-bit Q4_1 GGUF weights, dequantised) after a 6-step format cold start",
         "acde",
     ),
+    "video": Task(
+        "demo_video.yaml",
+        video.write_dataset,
+        (1, 2, 3),
+        "A 4.5M-parameter Qwen2.5-VL after a cold start on the video task (video_cold_start.yaml)",
+    ),
 }
 
 
 def task_of(opts: DemoOptions) -> Task:
-    return TASKS["smollm2" if opts.model == "smollm2" else "synth"]
+    return TASKS[opts.model if opts.model in ("smollm2", "video") else "synth"]
 
 
 def demo_config(opts: DemoOptions, overrides: Sequence[str] = ()) -> Config:
@@ -102,6 +111,16 @@ def smollm2_cold_start(cache: Path, wheel: str = "", max_prompt_length: int = 25
             f"data.max_prompt_length={max_prompt_length}",
         ]
         sft(load_config(Path(str(ASSETS / "smollm2_cold_start.yaml")), overrides), export=cold)
+    return cold
+
+
+def video_cold_start(cache: Path) -> Path:
+    """A random `small` tiny Qwen2.5-VL after SFT on the video task's reference responses, in CACHE/cold_start,
+    made once and reused (video_cold_start.yaml)."""
+    cold = cache / "cold_start"
+    if not (cold / "model.safetensors").is_file():
+        config = Path(str(ASSETS / "video_cold_start.yaml"))
+        sft(load_config(config, [f"logging.output_dir={cache / 'cold_start_run'}"]), export=cold)
     return cold
 
 
@@ -150,6 +169,8 @@ def run_demo(opts: DemoOptions, overrides: Sequence[str] = (), console: Any = No
     )
     if opts.model == "smollm2":
         model = smollm2_cold_start(Path(opts.cache), opts.wheel, cfg.data.max_prompt_length)
+    elif opts.model == "video":
+        model = video_cold_start(Path(opts.cache))
     else:
         model = Path(opts.model) if opts.model else cold_start_path()
     system, new_tokens = cfg.data.system_prompt, cfg.rollout.max_new_tokens

@@ -124,7 +124,7 @@ def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
 
     policy = setup.build_policy(cfg)
     reference = setup.build_reference(cfg, acc.device)
-    policy = runtime.prepare_model(acc, cfg, policy, any(not s.images for s in samples))
+    policy = runtime.prepare_model(acc, cfg, policy, any(not s.images and not s.videos for s in samples))
     reference = runtime.prepare_reference(acc, cfg, reference)
     optimizer, scheduler = runtime.build_optimizer(cfg, policy, plan.steps * plan.updates_per_step)
     optimizer = runtime.prepare_optimizer(acc, policy, optimizer)
@@ -349,11 +349,12 @@ def write_unmastered(out: Path, samples: list[Sample], sampler: OnlineSampler) -
 
 def advantages(cfg: Config, traj: Trajectory):
     """Observe-R1's sequence advantages of this step (algos.observe_advantages), groups as rows; with
-    `reward.combine: per_objective` each reward term is an objective, normalised on its own."""
+    `reward.combine: per_objective` each reward term is an objective, normalised on its own (`pareto`: ranked by
+    Pareto non-domination)."""
     n, rc, a = cfg.rollout.n, cfg.reward, cfg.algorithm
     objectives = weights = None
     bonus_objective = 0
-    if rc.combine == "per_objective":
+    if rc.combine in ("per_objective", "pareto"):
         names = list(traj.rewards.terms)  # the reward terms, in the config's order
         objectives = torch.stack([traj.rewards.terms[k] for k in names], -1).view(-1, n, len(names))
         weights = torch.tensor([t.weight for t in rc.terms])
@@ -377,6 +378,7 @@ def advantages(cfg: Config, traj: Trajectory):
         weights,
         bonus_objective,
         penalty,
+        rc.combine == "pareto",
     )
 
 

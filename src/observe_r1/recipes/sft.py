@@ -148,7 +148,7 @@ def reference_rollout(samples: list[Sample], encoder: ChatEncoder, system: str, 
     """The reference responses as a Rollout: one 'response' per prompt, ending with the end token. With
     `observations`, its `<output>` blocks are tool observations: in the sequence, out of the loss."""
     samples = list(samples)  # a prompt that fails to encode is replaced by the previous good one, here too
-    prompts, _, _ = encode_prompts(
+    prompts, _, _, _ = encode_prompts(
         samples, [with_system_prompt(s.messages, system) for s in samples], encoder
     )
     eos = encoder.tokenizer.eos_token_id

@@ -29,6 +29,7 @@ class PromptBatch:
     group_ids: list[int]  # explicit, globally unique group ids (never batch positions)
     seed: int = 0  # with the group id and the response index, fixes every sampled token
     images: list[list[Any]] | None = None  # PIL images of each prompt (an engine takes images, not pixels)
+    videos: list[list[Any]] | None = None  # decoded videos of each prompt (`data.video.Video`)
     # one int64 seed per prompt instead of (seed, group id, response index), with n = 1: a multi-turn
     # response's later turns
     response_seeds: torch.Tensor | None = None

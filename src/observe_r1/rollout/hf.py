@@ -29,7 +29,7 @@ from transformers.generation.logits_process import (
 )
 
 from observe_r1.models.inputs import ChatEncoder
-from observe_r1.models.policy import encode_images
+from observe_r1.models.policy import encode_visuals, has_visuals
 from observe_r1.rollout.base import PromptBatch, Rollout, SamplingParams
 
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
@@ -178,12 +178,12 @@ class HFRollout:
         return rollout
 
     def _generate(self, batch: PromptBatch, index: list[int], seeds: torch.Tensor, sampling: SamplingParams):
-        # the n responses to a prompt share its images: each distinct image is encoded once
+        # the n responses to a prompt share its images and videos: each distinct one is encoded once
         inputs = self.encoder.collate_shared(batch.prompts, index, padding_side="left")
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) for k, v in inputs.items()}
-        if "image_source" in inputs:
-            inputs |= encode_images(self.model, inputs)
+        if has_visuals(inputs):
+            inputs |= encode_visuals(self.model, inputs, blanks=False)
         width = inputs["input_ids"].shape[1]
         recorder = (
             LogprobRecorder(width, sampling.temperature)

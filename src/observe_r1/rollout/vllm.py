@@ -28,9 +28,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.distributed.tensor import DTensor
 
+from observe_r1.data.video import Video
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.rollout.base import PromptBatch, Rollout, SamplingParams
 from observe_r1.rollout.hf import VISION_TOKENS, mix64, sequence_seeds
@@ -113,6 +116,17 @@ class VLLMRollout:
                 "min_pixels": self.encoder.min_pixels,
                 "max_pixels": self.encoder.max_pixels,
             }
+        videos = batch.videos[i] if batch.videos else []
+        if (
+            videos
+        ):  # frames resized here to the prompt's grid, so the engine's processor counts the same tokens
+            grids = batch.prompts[i].video_grid_thw
+            assert grids is not None and self.encoder.image_processor is not None
+            patch = int(self.encoder.image_processor.patch_size)
+            request.setdefault("multi_modal_data", {})["video"] = [
+                engine_video(v, int(g[1]) * patch, int(g[2]) * patch)
+                for v, g in zip(videos, grids, strict=True)
+            ]
         return request
 
     def _request_seeds(self, batch: PromptBatch, n: int) -> list[int | None]:
@@ -161,3 +175,18 @@ class VLLMRollout:
 def _eos(llm: Any) -> list[int]:
     eos = getattr(llm.llm_engine.model_config.hf_config, "eos_token_id", None)
     return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+
+
+def engine_video(video: Video, height: int, width: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """A video as vLLM takes one: [frames, height, width, 3] uint8 at the prompt's frame size, with the
+    metadata that stops it from sampling frames again (they are sampled: `data.video`)."""
+    frames = np.stack([np.asarray(f.resize((width, height), Image.Resampling.BICUBIC)) for f in video.frames])
+    n = len(video.frames)
+    meta = {
+        "fps": video.fps,
+        "duration": n / video.fps,
+        "total_num_frames": n,
+        "frames_indices": list(range(n)),
+        "do_sample_frames": False,
+    }
+    return frames, meta

@@ -46,14 +46,15 @@ SPECIAL_TOKENS = [
 ]
 TAG_TOKENS = ["<observe>", "</observe>", "<think>", "</think>", "<answer>", "</answer>"]
 
-# Qwen2-VL's chat layout: each image part becomes <|vision_start|><|image_pad|><|vision_end|>; the
-# adapter (observe_r1.models.inputs) expands <|image_pad|> to the image's number of tokens.
+# Qwen2-VL's chat layout: each image part becomes <|vision_start|><|image_pad|><|vision_end|> (a video part
+# the same with <|video_pad|>); the adapter (observe_r1.models.inputs) expands the pad to the item's tokens.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n"
     "{% endfor %}"

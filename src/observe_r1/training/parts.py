@@ -86,7 +86,9 @@ def trainee(
     if cfg.data.sampler == "online":
         raise ConfigError("data.sampler=online follows rollout pass rates; a supervised recipe has none: use "
                           "shuffled or sequential")  # fmt: skip
-    policy = runtime.prepare_model(acc, cfg, setup.build_policy(cfg), any(not s.images for s in samples))
+    policy = runtime.prepare_model(
+        acc, cfg, setup.build_policy(cfg), any(not s.images and not s.videos for s in samples)
+    )
     optimizer, scheduler = runtime.build_optimizer(cfg, policy, steps)
     optimizer = runtime.prepare_optimizer(acc, policy, optimizer)
     sampler = make_sampler(cfg.data.sampler, len(samples), cfg.seed)

@@ -72,18 +72,14 @@ def prepare_model(
     """`parallel.strategy`: DDP-wrap the model (accelerate), or shard it with FSDP2. Build the optimiser
     after this (`prepare_optimizer`): FSDP replaces the parameters by their shards.
     A text-only prompt leaves the vision tower without gradients, which DDP must be told about (it costs an
-    extra graph traversal, so only then); under FSDP every process must run the same units in the same order,
-    so a vision-language model needs an image in every prompt."""
+    extra graph traversal, so only then); under FSDP every process runs the same units in the same order: the
+    vision tower runs on a blank where a micro-batch has no image or video (`models.policy.encode_visuals`)."""
     if cfg.parallel.offload and acc.device.type != "cuda":
         raise ConfigError("parallel.offload needs GPUs: it keeps the shards in CPU memory between their uses on "
                           "the GPU (on CPU they are there already); remove it")  # fmt: skip
     if cfg.parallel.strategy == "fsdp" and acc.num_processes == 1:
         log.info("parallel.strategy=fsdp with one process: nothing to shard, the model stays whole")
     elif cfg.parallel.strategy == "fsdp":
-        if text_only_prompts and getattr(model.config, "vision_config", None) is not None:
-            raise ConfigError("parallel.strategy=fsdp: every prompt needs an image for a vision-language model "
-                              "(a process without one would skip the vision tower's collectives); the data has "
-                              "text-only prompts: use parallel.strategy=ddp")  # fmt: skip
         # sharded first, then moved: each GPU receives its shards, never the whole fp32 model
         return sharding.shard(model, cfg, fsdp_compute_dtype(cfg, acc.device)).to(acc.device)
     if acc.ddp_handler is not None:

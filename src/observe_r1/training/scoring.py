@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from observe_r1.data.dataset import Sample
 from observe_r1.data.prompts import with_system_prompt
+from observe_r1.data.video import Video
 from observe_r1.models.inputs import ChatEncoder, EncodedPrompt
 from observe_r1.rewards import RewardBatch, Rewarder, RewardResult
 from observe_r1.rollout.base import PromptBatch, Rollout, RolloutBackend, SamplingParams
@@ -76,9 +77,10 @@ def generate(
     stage = timer or (lambda name: contextlib.nullcontext())
     samples = list(samples)
     messages = [with_system_prompt(s.messages, system) for s in samples]
-    prompts, images, bad = encode_prompts(samples, messages, encoder)
+    prompts, images, bad, videos = encode_prompts(samples, messages, encoder)
     with stage("rollout"):
-        rollout = backend.generate(PromptBatch(prompts, group_ids, seed, images), sampling)
+        batch = PromptBatch(prompts, group_ids, seed, images, videos=videos if any(videos) else None)
+        rollout = backend.generate(batch, sampling)
     return Generated(samples, messages, images, rollout, bad)
 
 
@@ -90,24 +92,27 @@ def score(rewarder: Rewarder, got: Generated, timer: Timer = None) -> ScoredRoll
 
 def encode_prompts(
     samples: list[Sample], messages: list[list[dict]], encoder: ChatEncoder
-) -> tuple[list[EncodedPrompt], list[list], int]:
-    """Encode each sample's prompt. One that fails now (an image deleted since validation, or rewritten into a
-    decompression bomb, say) is replaced (in `samples` and `messages` too) by the previous good prompt of the
+) -> tuple[list[EncodedPrompt], list[list], int, list[list[Video]]]:
+    """Encode each sample's prompt (its videos decoded now, in the bounded pool of `data.video`). One that fails
+    now (an image deleted since validation, or rewritten into a decompression bomb, a video too slow to decode) is replaced (in `samples` and `messages` too) by the previous good prompt of the
     batch and counted, so batch shapes and processes stay in step."""
     prompts: list[EncodedPrompt | None] = []
     images: list[list] = []
+    videos: list[list[Video]] = []
     bad = 0
     for s, m in zip(samples, messages, strict=True):
         try:
-            imgs = s.load_images()
-            prompts.append(encoder.encode(m, imgs, s.id))
+            imgs, clips = s.load_images(), s.load_videos(encoder.video)
+            prompts.append(encoder.encode(m, imgs, s.id, videos=clips))
             images.append(imgs)
+            videos.append(clips)
         except Exception as e:  # noqa: BLE001 - PIL raises many types (a decompression bomb is no OSError)
             log.warning(
                 "prompt %s (%s) skipped at training time: %s: %s", s.id, s.source, type(e).__name__, e
             )
             prompts.append(None)
             images.append([])
+            videos.append([])
             bad += 1
     good = [i for i, p in enumerate(prompts) if p is not None]
     if not good:
@@ -115,8 +120,9 @@ def encode_prompts(
     for i, p in enumerate(prompts):
         if p is None:
             j = max([g for g in good if g < i], default=good[0])
-            prompts[i], images[i], samples[i], messages[i] = prompts[j], images[j], samples[j], messages[j]
-    return prompts, images, bad  # type: ignore[return-value]
+            prompts[i], images[i], videos[i] = prompts[j], images[j], videos[j]
+            samples[i], messages[i] = samples[j], messages[j]
+    return prompts, images, bad, videos  # type: ignore[return-value]
 
 
 def reward_batch(

@@ -23,6 +23,7 @@ from observe_r1.config import Config, ConfigError, dump_config, to_dict
 from observe_r1.data.dataset import Columns, Sample, load_samples
 from observe_r1.data.prompts import system_prompt
 from observe_r1.data.sources import resolve
+from observe_r1.data.video import VideoSampling
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import fresh_init, frozen, load_model, prepare_policy
 from observe_r1.rollout.base import RolloutBackend
@@ -31,7 +32,7 @@ from observe_r1.rollout.multiturn import with_tools
 from observe_r1.rollout.vllm import VLLMRollout
 from observe_r1.tools.base import schema_of
 from observe_r1.tools.builtin import make_tools
-from observe_r1.toy import logic, synth, tiny, toolcalc, zoom
+from observe_r1.toy import logic, synth, tiny, toolcalc, video, zoom
 from observe_r1.training import rundir
 from observe_r1.training.checkpoint import RunState
 from observe_r1.training.loop import Callback
@@ -44,7 +45,14 @@ SYNTH = "synth"  # data.train / data.test entry that renders the synthetic ladde
 LOGIC = "logic"  # ... that renders Knights-and-Knaves puzzles (text only) into OUTPUT/data/logic
 TOOLCALC = "toolcalc"  # ... large multiplications, where a tool helps (text) into OUTPUT/data/toolcalc
 ZOOM = "zoom"  # ... digits legible only after a `crop` into OUTPUT/data/zoom
-BUILT = {SYNTH: "", LOGIC: "logic", TOOLCALC: "toolcalc", ZOOM: "zoom"}  # built into OUTPUT/data/<folder>
+VIDEO = "video"  # ... clips of moving, blinking, appearing shapes (toy.video) into OUTPUT/data/video
+BUILT = {
+    SYNTH: "",
+    LOGIC: "logic",
+    TOOLCALC: "toolcalc",
+    ZOOM: "zoom",
+    VIDEO: "video",
+}  # OUTPUT/data/<folder>
 
 
 @dataclass
@@ -102,7 +110,7 @@ def prepare_inputs(cfg: Config, acc: Accelerator, given: Inputs | None = None) -
             build_atomically(data, lambda tmp: synth.write_dataset(tmp, cfg.data.synth_train, cfg.data.synth_test,
                                                                    seed=cfg.seed))  # fmt: skip
         for name, write in ((LOGIC, logic.write_dataset), (TOOLCALC, toolcalc.write_dataset),
-                            (ZOOM, zoom.write_dataset)):  # fmt: skip
+                            (ZOOM, zoom.write_dataset), (VIDEO, video.write_dataset)):  # fmt: skip
             if name in cfg.data.train + cfg.data.test and not (data / name / "train.jsonl").is_file():
                 data.mkdir(parents=True, exist_ok=True)
                 build_atomically(data / name, functools.partial(write, train=cfg.data.synth_train,
@@ -177,6 +185,7 @@ def load_encoder(cfg: Config, path: str | None = None) -> ChatEncoder:
         max_prompt_length=cfg.data.max_prompt_length,
         min_pixels=cfg.data.min_pixels,
         max_pixels=cfg.data.max_pixels,
+        video=VideoSampling.of(cfg.data),
     )
     encoder.system_prompt = cfg.data.system_prompt  # recorded in every checkpoint (observe_r1.json)
     mt = cfg.rollout.multi_turn

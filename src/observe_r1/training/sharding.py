@@ -52,8 +52,9 @@ def shard(model: torch.nn.Module, cfg: Config, compute_dtype: torch.dtype | None
             fully_shard(module, **options)
     root = _inner(model)  # inside a peft wrapper: the image encoder is called on it directly
     fully_shard(root, **options)
-    if hasattr(root, "get_image_features"):  # images are encoded before the forward pass (once per image)
-        register_fsdp_forward_method(root, "get_image_features")
+    for method in ("get_image_features", "get_video_features"):  # encoded before the forward pass, once each
+        if hasattr(root, method):
+            register_fsdp_forward_method(root, method)
     return model
 
 
