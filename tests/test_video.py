@@ -373,14 +373,14 @@ def test_the_synthetic_video_task(tmp_path):
             clip = generator(random.Random(seed))
             assert clip.level == level and f"<answer>{clip.answer}</answer>" in clip.reference()
             frames = toy_video.render(clip)
-            visible = [sum(f[:, :, :].min(-1).min() < 200 for f in [frame]) for frame in frames]
+            visible = [bool((frame.min(-1) < 200).any()) for frame in frames]  # a coloured pixel
             if clip.skill == "blink":  # the shape is gone for exactly `answer` pairs of frames
                 assert (len(frames) - sum(visible)) // 2 == int(clip.answer)
             if clip.skill == "direction":
                 assert clip.answer in toy_video.DIRECTIONS
     sample = result.samples[0]
     video = sample.load_videos(VideoSampling(fps=4.0, max_frames=12))[0]
-    assert len(video.frames) == 12 and video.size == (56, 56)
+    assert len(video.frames) == 12 and video.size == (toy_video.SIZE, toy_video.SIZE)
     assert isinstance(video, Video)
 
 
@@ -401,8 +401,10 @@ def mixed_data(tmp_path) -> Path:
         row["messages"][0]["content"][0]["image"] = str(
             tmp_path / "i" / row["messages"][0]["content"][0]["image"]
         )
-    both = [{**a, "id": f"both-{k}", "messages": [{"role": "user", "content": [b["messages"][0]["content"][0],
-             *a["messages"][0]["content"]]}]} for k, (a, b) in enumerate(zip(v[4:], i[4:], strict=True))]  # fmt: skip
+    both = []
+    for k, (a, b) in enumerate(zip(v[4:], i[4:], strict=True)):
+        content = [b["messages"][0]["content"][0], *a["messages"][0]["content"]]  # an image, then the video
+        both.append({**a, "id": f"both-{k}", "messages": [{"role": "user", "content": content}]})
     text = [
         {"id": f"text-{k}", "messages": [{"role": "user", "content": "What is 2+2?"}], "answer": "4"}
         for k in range(4)
@@ -452,3 +454,33 @@ def test_the_vllm_request_carries_the_videos_at_the_prompts_frame_size(encoder, 
     assert frames.shape == (8, h * 14, w * 14, 3) and frames.dtype == np.uint8
     assert meta["do_sample_frames"] is False and meta["total_num_frames"] == 8
     assert meta["fps"] == pytest.approx(clips[9].fps) and request["prompt_token_ids"] == prompt.input_ids
+
+
+def test_a_tool_image_after_a_video_prompt_keeps_the_video(encoder, clips):
+    """A multi-turn response whose tool returned an image continues from its prompt's video and images, then
+    the tool's image (`rollout.base.with_trace_images`)."""
+    from observe_r1.rollout.base import Trace, with_trace_images
+
+    image = Image.fromarray(ramp(1, 56, 56)[0])
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "q"}]}]
+    prompt = encoder.encode(messages, [], "s", videos=[clips[6]])
+    pixels, grid = encoder.process_images([image])
+    trace = Trace(images=[image], pixel_values=pixels, image_grid_thw=grid, image_tokens=[4])
+    merged = with_trace_images(prompt, trace, [7, 8])
+    assert merged.input_ids == prompt.input_ids + [7, 8] and merged.image_tokens == [4]
+    assert torch.equal(merged.pixel_values_videos, prompt.pixel_values_videos)
+    assert merged.video_tokens == prompt.video_tokens and merged.second_per_grid == prompt.second_per_grid
+
+
+def test_a_video_too_slow_to_decode_is_an_error_after_the_timeout(monkeypatch, tmp_path):
+    """A decode that does not end (a pathological file) costs `timeout_s`, then the prompt is skipped."""
+    import observe_r1.data.video as video_module
+
+    def stuck(ref, sampling):
+        time.sleep(3)
+
+    monkeypatch.setattr(video_module, "decode", stuck)
+    started = time.perf_counter()
+    with pytest.raises(VideoError, match="video_timeout_s=0.2"):
+        video_module.load_videos(["slow.mp4"], VideoSampling(timeout_s=0.2))
+    assert time.perf_counter() - started < 1.5

@@ -312,7 +312,8 @@ def _part_ref(part: dict, kind: str) -> Any:
     return url.get("url") if isinstance(url, dict) else url
 
 
-def _image_ref(ref: Any, base_dir: Path) -> ImageRef:
+def _image_ref(ref: Any, base_dir: Path, kind: str = "image") -> ImageRef:
+    """An image's reference (a video file's: `kind="video"`, named so in the errors)."""
     if isinstance(ref, ParquetImage):
         return ref
     if isinstance(ref, Image.Image):  # rows built in Python
@@ -326,7 +327,8 @@ def _image_ref(ref: Any, base_dir: Path) -> ImageRef:
     if isinstance(ref, bytes):
         return ref
     if not isinstance(ref, str) or not ref:
-        raise RowError(WRONG_TYPE, f"an image must be a path string, got {type(ref).__name__}")
+        article = "an" if kind == "image" else "a"
+        raise RowError(WRONG_TYPE, f"{article} {kind} must be a path string, got {type(ref).__name__}")
     if ref.startswith("data:"):
         header, comma, data = ref.partition(",")
         try:
@@ -334,9 +336,10 @@ def _image_ref(ref: Any, base_dir: Path) -> ImageRef:
                 raise ValueError("expected data:<type>;base64,<data>")
             return base64.b64decode(data, validate=True)
         except (ValueError, binascii.Error) as e:
-            raise RowError(UNREADABLE_IMAGE, f"malformed data: URI ({e})") from None
+            unreadable = UNREADABLE_IMAGE if kind == "image" else UNREADABLE_VIDEO
+            raise RowError(unreadable, f"malformed data: URI ({e})") from None
     if ref.startswith(("http://", "https://")):
-        raise RowError(REMOTE_IMAGE, f"remote image {ref} is not fetched; download it and use a local path")
+        raise RowError(REMOTE_IMAGE, f"remote {kind} {ref} is not fetched; download it and use a local path")
     path = Path(ref.removeprefix("file://"))
     return str(path if path.is_absolute() else base_dir / path)
 
@@ -348,10 +351,7 @@ def _video_ref(ref: Any, base_dir: Path) -> VideoRef:
         if not ref:
             raise RowError(UNREADABLE_VIDEO, "a video's frame list is empty")
         return [_image_ref(frame, base_dir) for frame in ref]
-    try:
-        return _image_ref(ref, base_dir)
-    except RowError as e:
-        raise RowError(e.kind, str(e).replace("an image", "a video").replace("image", "video")) from None
+    return _image_ref(ref, base_dir, "video")
 
 
 def _answer(row: dict, fmt: str) -> str:

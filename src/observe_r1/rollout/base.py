@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -102,12 +104,8 @@ class Rollout:
             if not t.images:
                 owners.append(self.prompt_index[i])
                 continue
-            p = self.prompts[self.prompt_index[i]]
-            pixels = [x for x in (p.pixel_values, t.pixel_values) if x is not None]
-            grids = [x for x in (p.image_grid_thw, t.image_grid_thw) if x is not None]
             owners.append(len(prompts))
-            prompts.append(EncodedPrompt(p.sample_id, p.input_ids, torch.cat(pixels), torch.cat(grids),
-                                         p.image_tokens + t.image_tokens))  # fmt: skip
+            prompts.append(with_trace_images(self.prompts[self.prompt_index[i]], t))
         return prompts, owners
 
     @classmethod
@@ -137,6 +135,20 @@ class Rollout:
             texts=texts,
             logprobs=logprobs,
         )
+
+
+def with_trace_images(prompt: EncodedPrompt, trace: Trace, tokens: Sequence[int] = ()) -> EncodedPrompt:
+    """The prompt with the images a response's tools returned after its own (the order of the placeholders in
+    the response), its videos kept, and `tokens` (the response so far) appended."""
+    pixels = [x for x in (prompt.pixel_values, trace.pixel_values) if x is not None]
+    grids = [x for x in (prompt.image_grid_thw, trace.image_grid_thw) if x is not None]
+    return dataclasses.replace(
+        prompt,
+        input_ids=prompt.input_ids + list(tokens),
+        pixel_values=torch.cat(pixels) if pixels else None,
+        image_grid_thw=torch.cat(grids) if grids else None,
+        image_tokens=prompt.image_tokens + trace.image_tokens,
+    )
 
 
 class RolloutBackend(Protocol):

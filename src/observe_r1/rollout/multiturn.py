@@ -34,7 +34,14 @@ from PIL import Image
 
 from observe_r1.config import Config, MultiTurnConfig, ToolsConfig
 from observe_r1.models.inputs import ChatEncoder, EncodedPrompt
-from observe_r1.rollout.base import PromptBatch, Rollout, RolloutBackend, SamplingParams, Trace
+from observe_r1.rollout.base import (
+    PromptBatch,
+    Rollout,
+    RolloutBackend,
+    SamplingParams,
+    Trace,
+    with_trace_images,
+)
 from observe_r1.rollout.hf import _GOLDEN, mix64, sequence_seeds
 from observe_r1.tools.base import CallRecord, Tool, ToolCall, ToolContext, parse_json_call, run_call
 from observe_r1.tools.builtin import make_tools
@@ -130,6 +137,7 @@ class MultiTurnRollout:
                     [self._continuation(states[i]) for i in group], [states[i].group_id for i in group], batch.seed,
                     [states[i].images for i in group],
                     response_seeds=torch.stack([mix64(states[i].seed + torch.tensor(turn) * _GOLDEN) for i in group]),
+                    videos=[batch.videos[i // n] for i in group] if batch.videos else None,
                 )  # fmt: skip
                 left = max(budget - min(len(states[i].tokens) for i in group), 1)
                 got = self.backend.generate(cont, replace(sampling, n=1, max_new_tokens=left, stop=stop))
@@ -156,11 +164,7 @@ class MultiTurnRollout:
 
     def _continuation(self, s: _Response) -> EncodedPrompt:
         """The prompt a response continues from: the prompt, every token so far, every image so far."""
-        p, t = s.prompt, s.trace
-        pixels = [x for x in (p.pixel_values, t.pixel_values) if x is not None]
-        grids = [x for x in (p.image_grid_thw, t.image_grid_thw) if x is not None]
-        return EncodedPrompt(p.sample_id, p.input_ids + s.tokens, torch.cat(pixels) if pixels else None,
-                             torch.cat(grids) if grids else None, p.image_tokens + t.image_tokens)  # fmt: skip
+        return with_trace_images(s.prompt, s.trace, s.tokens)
 
     def _take_turn(self, states: list[_Response], got: Rollout, rows: list[int], budget: int) -> None:
         """Append each row's new tokens to its response, then run the calls the turn made, all at once."""

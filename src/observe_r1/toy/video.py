@@ -29,7 +29,7 @@ from observe_r1.toy.synth import COLOURS
 
 FRAMES = 12  # 6 pairs of frames
 FPS = 4.0
-SIZE = 56  # pixels: 2 x 2 video tokens per pair of frames
+SIZE = 112  # pixels: 4 x 4 video tokens per pair of frames (2 x 2 at 56 px taught nothing: docs/results.md)
 SHAPES = ("circle", "square", "triangle")
 COLOUR_NAMES = ("red", "green", "blue")
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
