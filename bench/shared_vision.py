@@ -68,7 +68,7 @@ def main() -> None:
         encoder = ChatEncoder.from_pretrained(model_dir, max_pixels=args.image * args.image)
         model = load_model(str(model_dir))
         samples = load_samples(data["train"])[: args.prompts]
-        prompts, _, _ = encode_prompts(samples, [s.messages for s in samples], encoder)
+        prompts, _, _, _ = encode_prompts(samples, [s.messages for s in samples], encoder)
         batch = PromptBatch(prompts=prompts, group_ids=list(range(len(prompts))))
         rollout = HFRollout(model, encoder).generate(
             batch, SamplingParams(n=args.n, max_new_tokens=args.tokens)

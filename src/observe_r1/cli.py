@@ -41,8 +41,14 @@ def progress_bar() -> Progress:
 
 
 def synth_levels(text: str) -> tuple[int, ...]:
-    """`--levels 1,2,3` -> (1, 2, 3); empty = all levels (checked against the task in `cmd_synth`)."""
-    return tuple(int(x) for x in text.split(",")) if text else ()
+    """`--levels 1,2,3` -> (1, 2, 3); empty = the task's levels (the video task's are 1-3, checked in `cmd_synth`)."""
+    from observe_r1.toy.synth import LEVELS
+
+    levels = tuple(int(x) for x in text.split(",")) if text else ()
+    unknown = [lv for lv in levels if lv not in LEVELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown level(s) {unknown}; levels are {sorted(LEVELS)}")
+    return levels
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

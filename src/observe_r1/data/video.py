@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image
 
 from observe_r1.data.sources import ParquetImage, open_image
+from observe_r1.models.video import FRAME_FACTOR, Video, VideoSampling
 
-FRAME_FACTOR = 2  # Qwen-VL's temporal patch: frames go in pairs
 SEEK_GAP_S = (
     4.0  # a sampled frame this far past the last decoded one is reached by a seek, not by decoding on
 )
@@ -41,26 +41,6 @@ _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="video-decode")  # 
 
 class VideoError(ValueError):
     """A video cannot be used: missing, corrupt, no frames, an unknown codec, too long, too slow to decode."""
-
-
-@dataclass(frozen=True)
-class VideoSampling:
-    """`data.video_*`: how frames are taken from a video."""
-
-    fps: float = 2.0  # frames sampled per second of video
-    min_frames: int = 4
-    max_frames: int = 16
-    max_seconds: float = 600.0  # a longer video is refused by `data check` and skipped in training; 0 = any
-    max_pixels: int = 602_112  # of one frame (Qwen's 768 x 28 x 28), lowered to fit total_pixels
-    total_pixels: int = (
-        3_211_264  # of all frames: about 4,096 video tokens at Qwen's 28 x 28 per token and pair
-    )
-    timeout_s: float = 60.0  # decoding one video in a step; past it the prompt is skipped (counted)
-
-    @classmethod
-    def of(cls, data_cfg: Any) -> VideoSampling:
-        """From `data.video_*` (config.DataConfig)."""
-        return cls(**{f: getattr(data_cfg, f"video_{f}") for f in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -75,17 +55,6 @@ class VideoInfo:
     @property
     def seconds(self) -> float:
         return self.frames / self.fps
-
-
-@dataclass
-class Video:
-    frames: list[Image.Image]  # RGB, an even count
-    timestamps: list[float]  # seconds of each frame in the source video
-    fps: float  # frames per second of the sample (Qwen's `sample_fps`): a grid of 2 frames is 2/fps seconds
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.frames[0].size
 
 
 VideoRef = str | bytes | ParquetImage | list  # a video file (path, bytes) or a list of frame image references

@@ -31,8 +31,9 @@ from PIL import Image, ImageOps
 from transformers import AutoImageProcessor, AutoTokenizer
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 
-from observe_r1.data.video import Video, VideoSampling
 from observe_r1.models.video import (
+    Video,
+    VideoSampling,
     VideoTiming,
     even_times,
     frame_pixels,

@@ -12,14 +12,47 @@ How a model learns where in time a pair sits differs by family (`VideoTiming`):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from observe_r1.data.video import FRAME_FACTOR, Video
+FRAME_FACTOR = 2  # Qwen-VL's temporal patch: frames go in pairs
+
+
+@dataclass(frozen=True)
+class VideoSampling:
+    """`data.video_*`: how frames are taken from a video."""
+
+    fps: float = 2.0  # frames sampled per second of video
+    min_frames: int = 4
+    max_frames: int = 16
+    max_seconds: float = 600.0  # a longer video is refused by `data check` and skipped in training; 0 = any
+    max_pixels: int = 602_112  # of one frame (Qwen's 768 x 28 x 28), lowered to fit total_pixels
+    total_pixels: int = (
+        3_211_264  # of all frames: about 4,096 video tokens at Qwen's 28 x 28 per token and pair
+    )
+    timeout_s: float = 60.0  # decoding one video in a step; past it the prompt is skipped (counted)
+
+    @classmethod
+    def of(cls, data_cfg: Any) -> VideoSampling:
+        """From `data.video_*` (config.DataConfig)."""
+        return cls(**{f: getattr(data_cfg, f"video_{f}") for f in cls.__dataclass_fields__})
+
+
+@dataclass
+class Video:
+    frames: list[Image.Image]  # RGB, an even count
+    timestamps: list[float]  # seconds of each frame in the source video
+    fps: float  # frames per second of the sample (Qwen's `sample_fps`): a grid of 2 frames is 2/fps seconds
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.frames[0].size
 
 
 class VideoTiming(str, Enum):

@@ -33,8 +33,8 @@ import torch
 from PIL import Image
 from torch.distributed.tensor import DTensor
 
-from observe_r1.data.video import Video
 from observe_r1.models.inputs import ChatEncoder
+from observe_r1.models.video import Video
 from observe_r1.rollout.base import PromptBatch, Rollout, SamplingParams
 from observe_r1.rollout.hf import VISION_TOKENS, mix64, sequence_seeds
 
