@@ -422,9 +422,14 @@ def decoded_size(ref: ImageRef, what: str) -> tuple[int, int]:
             im.load()
             return oriented_size(im)
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-        where = ref if isinstance(ref, str) else f"({ref.path} row {ref.row + 1})" if isinstance(
-            ref, ParquetImage) else f"({len(ref)} bytes)"  # fmt: skip
-        raise RowError(UNREADABLE_IMAGE, f"{what} {where} cannot be decoded: {e}") from None
+        raise RowError(UNREADABLE_IMAGE, f"{what} {_where(ref)} cannot be decoded: {e}") from None
+
+
+def _where(ref: ImageRef) -> str:
+    """An image reference as an error names it: its path, its parquet row, or its size in bytes."""
+    if isinstance(ref, str):
+        return ref
+    return f"({ref.path} row {ref.row + 1})" if isinstance(ref, ParquetImage) else f"({len(ref)} bytes)"
 
 
 def check_videos(sample: Sample, sampling: VideoSampling) -> None:

@@ -53,6 +53,12 @@ BUILT = {
     ZOOM: "zoom",
     VIDEO: "video",
 }  # OUTPUT/data/<folder>
+TOY_WRITERS: dict[str, Callable[..., Any]] = {  # the built entries but SYNTH, into OUTPUT/data/<name>
+    LOGIC: logic.write_dataset,
+    TOOLCALC: toolcalc.write_dataset,
+    ZOOM: zoom.write_dataset,
+    VIDEO: video.write_dataset,
+}
 
 
 @dataclass
@@ -109,8 +115,7 @@ def prepare_inputs(cfg: Config, acc: Accelerator, given: Inputs | None = None) -
         if SYNTH in cfg.data.train + cfg.data.test and not (data / "train.jsonl").is_file():
             build_atomically(data, lambda tmp: synth.write_dataset(tmp, cfg.data.synth_train, cfg.data.synth_test,
                                                                    seed=cfg.seed))  # fmt: skip
-        for name, write in ((LOGIC, logic.write_dataset), (TOOLCALC, toolcalc.write_dataset),
-                            (ZOOM, zoom.write_dataset), (VIDEO, video.write_dataset)):  # fmt: skip
+        for name, write in TOY_WRITERS.items():
             if name in cfg.data.train + cfg.data.test and not (data / name / "train.jsonl").is_file():
                 data.mkdir(parents=True, exist_ok=True)
                 build_atomically(data / name, functools.partial(write, train=cfg.data.synth_train,
