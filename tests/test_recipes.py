@@ -115,6 +115,18 @@ def check_factum(out):
     assert config(rl)["reward"]["combine"] == "pareto" and "reward/factum_format/mean" in steps(rl)[0]
 
 
+def check_sketchthinker(out):
+    sketch, judge, rl = (stage(out, k) for k in range(3))
+    assert config(sketch)["sft"]["sketch"] == "rules" and config(sketch)["sft"]["response_column"] == "long"
+    assert (
+        config(judge)["model"]["path"] == str(sketch / "model")
+        and "eval/pair_accuracy" in rows(judge / "metrics.jsonl")[-1]
+    )
+    assert config(rl)["model"]["path"] == str(sketch / "model")  # the policy; the reward model scores
+    assert config(rl)["reward"]["reward_model"]["path"] == str(judge / "model")
+    assert "reward/reward_model/mean" in steps(rl)[0]
+
+
 def check_multi_objective(out):
     assert (
         config(out)["reward"]["combine"] == "per_objective"

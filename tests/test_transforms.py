@@ -56,3 +56,19 @@ def test_transform_responses_on_samples():
     bare = [Sample("x", [{"role": "user", "content": "q"}], [], "2", {"solution": RESPONSE})]
     with pytest.raises(ValueError, match="difficulty"):
         transform_responses(bare, "solution", cue=True)
+
+
+def test_sketch_by_rules_recovers_the_concise_reference_from_its_long_form():
+    import random
+
+    from observe_r1.data.transforms import sketch_thought
+    from observe_r1.toy.sketch import long_form
+    from observe_r1.toy.synth import make_sample
+
+    for seed in range(100):
+        reference = make_sample(random.Random(seed), (1, 2, 3, 4, 5, 6)).reference()
+        assert sketch_thought(long_form(reference, random.Random(seed))) == reference
+        assert sketch_thought(reference) == reference  # a sketch stays as it is
+    assert sketch_thought("<answer>3</answer>") == "<answer>3</answer>"
+    only_talk = "<think>\nHmm, let me think. Wait.\n</think><answer>3</answer>"
+    assert sketch_thought(only_talk) == only_talk  # nothing would be left: kept whole

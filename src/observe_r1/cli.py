@@ -233,14 +233,22 @@ def cmd_sft(args: argparse.Namespace) -> int:
 def cmd_dpo_rft(args: argparse.Namespace) -> int:
     from observe_r1.recipes.dpo import dpo
     from observe_r1.recipes.rft import rft
+    from observe_r1.recipes.rm import rm
 
     cfg = resolved_config(args)
     if cfg is None:
         return 0
-    model = (dpo if args.recipe == "dpo" else rft)(cfg)
+    model = {"dpo": dpo, "rft": rft, "rm": rm}[args.recipe](cfg)
     console.print(
         f"done: the model is in {model}; checkpoints, metrics and report in {cfg.logging.output_dir}"
     )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from observe_r1.recipes.serve import serve
+
+    serve(args.model, args.host, args.port, args.name, args.max_tokens, args.dtype)
     return 0
 
 
@@ -546,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sft)
 
     for name, what in (("dpo", "preference cold start on the model's own responses (Metis-SPECS)"),
-                       ("rft", "rejection-sampling fine-tuning in rounds")):  # fmt: skip
+                       ("rft", "rejection-sampling fine-tuning in rounds"),
+                       ("rm", "a Bradley-Terry reward model on preference pairs (the reward_model term)")):  # fmt: skip
         p = sub.add_parser(name, help=what)
         p.add_argument("config", help="YAML config (see configs/recipes/)")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
@@ -555,6 +564,19 @@ def build_parser() -> argparse.ArgumentParser:
             "--print-config", action="store_true", help="print the resolved config (YAML) and exit"
         )
         p.set_defaults(fn=cmd_dpo_rft, recipe=name)
+
+    p = sub.add_parser("serve", help="a model behind an OpenAI-compatible chat route (a judge's endpoint)")
+    p.add_argument("model", help="model folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument(
+        "--port", type=int, default=8000, help="port (0: any free one; the line it prints says which)"
+    )
+    p.add_argument(
+        "--name", default="", help="the model's name in replies and /v1/models (default: the folder)"
+    )
+    p.add_argument("--max-tokens", type=int, default=1024, help="the most tokens a reply may have")
+    p.add_argument("--dtype", default="bfloat16", help="generation dtype under autocast (bfloat16, float32)")
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser(
         "eval", help="evaluate a checkpoint: greedy accuracy per level/skill, format rate, pass@k"

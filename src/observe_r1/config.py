@@ -200,6 +200,48 @@ class RewardTerm:
 
 
 @dataclass
+class RewardModelConfig:
+    """The `reward_model` reward term (docs/rewards.md): a trained reward model scores every response of a
+    step in the trainer process, in batches, with the prompt's images when it is a VLM."""
+
+    path: str = ""  # its folder: OUTPUT/model of `observe-r1 rm`, or any checkpoint with a score head
+    batch_size: int = 16  # sequences per forward pass
+    scores: Literal["raw", "standardized"] = "raw"  # standardized: z-scores over the step's responses
+
+
+JUDGE_TEMPLATE = """Grade the response to a question. Reply with one line: Score: N, where N is 0 (wrong) to 10 (right).
+Question: {{ prompt }}
+Reference answer: {{ answer }}
+Response: {{ response }}"""
+
+
+@dataclass
+class JudgeConfig:
+    """The `judge` reward term (LLM-as-judge, docs/rewards.md): a model reads a Jinja prompt about each response
+    and its score is parsed from the answer."""
+
+    model: str = ""  # a local model's folder: it judges in the trainer process (HF generate, greedy)
+    # or an OpenAI-compatible endpoint (`observe-r1 serve`, `vllm serve`, a provider), e.g. http://127.0.0.1:8000/v1
+    url: str = ""
+    served_model: str = ""  # the endpoint's name for its model (the request's `model` field)
+    api_key_env: str = ""  # the environment variable holding the endpoint's API key (never logged); "" = none
+    # over `prompt` (the question's text), `response`, `answer` (the gold), `messages` and every dataset column
+    template: str = JUDGE_TEMPLATE
+    score_regex: str = r"(?i)score\W*(-?\d+(?:\.\d+)?)"  # the score is its first group, at its last match
+    score_field: str = ""  # or this field of the JSON object in the answer (then score_regex is unused)
+    max_score: float = (
+        10.0  # a parsed score is divided by this; one outside [0, max_score] counts as unparsed
+    )
+    failure_score: float = (
+        0.0  # a response whose judgement failed (unparsed, timed out, HTTP error) scores this
+    )
+    max_new_tokens: int = 64
+    batch_size: int = 8  # a local judge's sequences per generate call; an endpoint's requests in flight
+    timeout_s: float = 60.0  # per request to an endpoint
+    max_retries: int = 3  # per request, on HTTP 429 and 5xx and dropped connections, with exponential backoff
+
+
+@dataclass
 class RewardConfig:
     terms: list[RewardTerm] = field(
         default_factory=lambda: [RewardTerm("accuracy", 1.0), RewardTerm("observe_format", 0.5)]
@@ -221,6 +263,8 @@ class RewardConfig:
     combine: Literal["sum", "per_objective", "pareto"] = "sum"
     timeout_s: float = 5.0  # seconds each response may take in each term (math-verify's grading included)
     workers: int = 2  # processes that score rewards (in parallel, with the time bound); 0 = in this process
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass
@@ -330,6 +374,11 @@ class ParallelConfig:
     offload: bool = False  # fsdp: parameters, gradients and optimiser state in CPU memory between uses
 
 
+SKETCH_TEMPLATE = """Rewrite the reasoning inside <think> as a short sketch: keep every step that leads to the answer, drop \
+restatements, hedges and re-checks. Keep the other tags and the answer exactly as they are. Reply with the rewritten response only.
+{{ response }}"""
+
+
 @dataclass
 class SFTConfig:
     response_column: str = "solution"  # the dataset column holding the reference response
@@ -338,6 +387,13 @@ class SFTConfig:
     # Metis-SPECS (`observe-r1 dpo` / a dpo stage): DPO's beta and the weight of the SFT loss on the chosen
     dpo_beta: float = 0.1
     dpo_sft_weight: float = 1.0
+    # SketchThinker-R1: the reference responses' thoughts made sketches before training: by rules (self-talk,
+    # restatements and repeats dropped), or rewritten by the judge model (`reward.judge`, with sketch_template)
+    sketch: Literal["off", "rules", "judge"] = "off"
+    sketch_template: str = SKETCH_TEMPLATE  # Jinja over `response` (and the row's columns), for sketch: judge
+    # `observe-r1 rm`: the weight of the mean squared sum of each pair's scores, which keeps them centred on 0
+    # (TRL's center_rewards_coefficient; Eisenstein et al. 2023 suggest 0.01); 0 = off
+    rm_center_coef: float = 0.0
 
 
 @dataclass
@@ -355,7 +411,7 @@ class StageConfig:
     """One stage of a staged run (docs/recipes.md): a recipe, its length, and what changes for it."""
 
     name: str = ""  # names the stage's folder, OUTPUT/stage-K-NAME ("" = the recipe)
-    recipe: Literal["grpo", "sft", "dpo", "rft"] = "grpo"
+    recipe: Literal["grpo", "sft", "dpo", "rft", "rm"] = "grpo"
     steps: int = 0  # this stage's optim.max_steps (rollout steps for grpo); 0 = its own count
     overrides: list[str] = field(default_factory=list)  # `a.b=c` on top of the run's config, for this stage
     # QwenLong-L1's retrospective sampling: the previous stage's unmastered items (online sampler pass rate below
@@ -425,6 +481,28 @@ class Config:
                 not self.reward.gate or self.reward.gate in [t.key for t in self.reward.terms],
                 "reward.gate",
                 f"{self.reward.gate!r} must name one of reward.terms",
+            ),
+            (
+                bool(self.reward.reward_model.path)
+                or "reward_model" not in [t.key for t in self.reward.terms],
+                "reward.reward_model.path",
+                "the reward_model term needs the folder of a reward model (`observe-r1 rm` writes OUTPUT/model)",
+            ),
+            (
+                bool(self.reward.judge.model) != bool(self.reward.judge.url)
+                or "judge" not in [t.key for t in self.reward.terms],
+                "reward.judge",
+                "the judge term needs one of reward.judge.model (a local folder) or reward.judge.url (an endpoint)",
+            ),
+            (
+                self.sft.sketch != "judge" or bool(self.reward.judge.model) != bool(self.reward.judge.url),
+                "sft.sketch",
+                "judge rewrites with the judge model: set one of reward.judge.model or reward.judge.url",
+            ),
+            (
+                not self.reward.judge.url or self.reward.judge.url.startswith(("http://", "https://")),
+                "reward.judge.url",
+                "must be an http:// or https:// URL (an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1)",
             ),
             (
                 not (self.reward.gate and self.reward.combine != "sum"),
@@ -503,8 +581,11 @@ class Config:
         for k, stage in enumerate(self.stages):  # each stage's config is checked now, not when it starts
             if stage.steps < 0:
                 raise ConfigError(f"stages[{k}].steps: must be >= 0, got {stage.steps}")
+            # after an rm stage, the run sets reward.reward_model.path to its model
+            earlier_rm = any(s.recipe == "rm" for s in self.stages[:k])
+            scored = ["reward.reward_model.path=(an earlier rm stage)"] if earlier_rm else []
             try:
-                with_overrides(dataclasses.replace(self, stages=[]), stage.overrides)
+                with_overrides(dataclasses.replace(self, stages=[]), [*stage.overrides, *scored])
             except ConfigError as e:
                 raise ConfigError(f"stages[{k}] ({stage.name or stage.recipe}): {e}") from None
         return self
@@ -551,6 +632,13 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("tools.max_output_chars", _in(1, 1 << 24), "must be in [1, 2^24]"),
     ("tools.workers", _in(1, 256), "must be in [1, 256]"),
     ("reward.bonus_coef", _at_least(0), "must be >= 0"),
+    ("reward.reward_model.batch_size", _in(1, 1 << 16), "must be in [1, 65536]"),
+    ("reward.judge.batch_size", _in(1, 1024), "must be in [1, 1024]"),
+    ("reward.judge.timeout_s", _in(0.01, 3600), "must be in [0.01, 3600] seconds"),
+    ("reward.judge.max_retries", _in(0, 20), "must be in [0, 20]"),
+    ("reward.judge.max_new_tokens", _in(1, 1 << 16), "must be in [1, 65536]"),
+    ("reward.judge.max_score", lambda v: v > 0, "must be > 0"),
+    ("sft.rm_center_coef", _at_least(0), "must be >= 0"),
     ("reward.bonus_min_length", _at_least(0), "must be >= 0"),
     ("seed", _in(0, 2**32 - 1), "must be in [0, 2^32 - 1]"),
     ("reward.timeout_s", _in(0.01, 3600), "must be in [0.01, 3600] seconds"),

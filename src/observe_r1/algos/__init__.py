@@ -22,7 +22,7 @@ from observe_r1.algos.loss import (
     tis_weights,
 )
 from observe_r1.algos.observe import Advantages, observe_advantages, token_advantages
-from observe_r1.algos.preference import dpo_loss, shrink_perturb
+from observe_r1.algos.preference import bradley_terry_loss, dpo_loss, shrink_perturb
 
 __all__ = [
     "Advantages",
@@ -33,6 +33,7 @@ __all__ = [
     "PolicyLoss",
     "aggregate",
     "apply_length_bonus",
+    "bradley_terry_loss",
     "difficulty_weights",
     "dpo_loss",
     "group_advantages",

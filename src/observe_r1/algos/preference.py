@@ -1,5 +1,5 @@
-"""Preference and warm-start math: the DPO loss (Metis-SPECS's preference cold start) and shrink-and-perturb.
-Pure tensor functions."""
+"""Preference and warm-start math: the DPO loss (Metis-SPECS's preference cold start), the Bradley-Terry loss
+of a reward model, and shrink-and-perturb. Pure tensor functions."""
 
 from __future__ import annotations
 
@@ -18,6 +18,18 @@ def dpo_loss(
     and the implicit reward margin beta * (...), both [P]; the caller averages."""
     margin = beta * ((policy_chosen - reference_chosen) - (policy_rejected - reference_rejected))
     return -F.logsigmoid(margin), margin.detach()
+
+
+def bradley_terry_loss(
+    chosen: torch.Tensor,  # [P] the reward model's score of each pair's chosen response
+    rejected: torch.Tensor,  # [P] ... and of its rejected one
+    center_coef: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair reward-model loss -log sigmoid(r_c - r_r) (Bradley & Terry 1952; InstructGPT, Ouyang et al.
+    2022, eq. 1) + center_coef * (r_c + r_r)^2 (which keeps the scores centred on 0: Eisenstein et al. 2023,
+    TRL's center_rewards_coefficient), and the margin r_c - r_r, both [P]; the caller averages."""
+    margin = chosen - rejected
+    return -F.logsigmoid(margin) + center_coef * (chosen + rejected) ** 2, margin.detach()
 
 
 @torch.no_grad()

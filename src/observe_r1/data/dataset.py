@@ -36,6 +36,7 @@ from typing import Any
 
 from PIL import Image
 
+from observe_r1.data.preference import explicit, is_preference
 from observe_r1.data.prompts import with_system_prompt
 from observe_r1.data.sources import MALFORMED, ParquetImage, RowError, open_image, resolve
 from observe_r1.data.video import (
@@ -139,6 +140,9 @@ class LoadResult:
 
 
 def parse_row(row: dict, base_dir: Path, default_id: str) -> Sample:
+    preference = is_preference(row)  # a reward model's training pair: no gold needed
+    if preference:
+        row = explicit(row)
     fmt, messages = _messages(row)
     sid = row.get("id", default_id)
     if not isinstance(sid, str | int) or isinstance(sid, bool):
@@ -154,7 +158,7 @@ def parse_row(row: dict, base_dir: Path, default_id: str) -> Sample:
         messages=messages,
         images=images,
         videos=videos,
-        answer=_answer(row, fmt),
+        answer="" if preference and not _has_gold(row, fmt) else _answer(row, fmt),
         metadata={k: v for k, v in row.items() if k not in CONSUMED},
         format=fmt,
     )
@@ -352,6 +356,10 @@ def _video_ref(ref: Any, base_dir: Path) -> VideoRef:
             raise RowError(UNREADABLE_VIDEO, "a video's frame list is empty")
         return [_image_ref(frame, base_dir) for frame in ref]
     return _image_ref(ref, base_dir, "video")
+
+
+def _has_gold(row: dict, fmt: str) -> bool:
+    return (fmt == "verl" and "reward_model" in row) or any(row.get(c) is not None for c in GOLD_COLUMNS)
 
 
 def _answer(row: dict, fmt: str) -> str:

@@ -8,6 +8,9 @@ functions of text; `transform_responses` applies them to samples, deterministica
   difficulty cue (Think-How-to-Think): the response starts with `<difficulty>easy|medium|hard</difficulty>`
       from the row's ladder difficulty, so the model learns to state how hard an item is before thinking
       (short traces for easy items and long ones for hard come from the data; the `cued` layout checks it).
+  sketch (SketchThinker-R1, by rules): the thought keeps its reasoning and loses its self-talk (hedges,
+      re-checks, "let me ..."), its restatements of what the `<observe>` block already says, and repeats.
+      (The other path, a model that rewrites, is `sft.sketch: judge`: observe_r1.recipes.sft.)
 """
 
 from __future__ import annotations
@@ -40,6 +43,36 @@ def corrupt_format(response: str, rename: bool) -> str:
     return " ".join(TAG_RE.sub(" ", response).split())
 
 
+SENTENCE_RE = re.compile(r"(?<=[.!?])\s+|\n+")
+SELF_TALK_RE = re.compile(
+    r"^(wait|hmm+|okay|ok|alright|let me|let's|so after|hold on|actually,? let me|i am (fairly |quite )?"
+    r"(sure|confident)|i think i|is that right|to be (sure|safe)|double-check|(yes|right|correct)[.!]?$)",
+    re.I,
+)
+SEEN_RE = re.compile(r"^(i can see|i see|there is|there's)\s+", re.I)
+OBSERVE_BLOCK_RE = re.compile(r"<observe>(.*?)</observe>", re.S)
+
+
+def sketch_thought(response: str) -> str:
+    """The response with its (first) thought sketched by rules (see the module docstring); a thought that
+    would lose every sentence is kept as it was."""
+    found = re.search(r"<think>(.*?)</think>", response, re.S)
+    if found is None:
+        return response
+    observed = OBSERVE_BLOCK_RE.search(response)
+    facts = {
+        line.strip().rstrip(".").lower() for line in (observed.group(1) if observed else "").splitlines()
+    }
+    kept: list[str] = []
+    for sentence in (x.strip() for x in SENTENCE_RE.split(found.group(1))):
+        plain = SEEN_RE.sub("", sentence).rstrip(".,").lower()
+        if sentence and not SELF_TALK_RE.match(sentence) and plain not in facts and sentence not in kept:
+            kept.append(sentence)
+    if not kept:
+        return response
+    return response[: found.start(1)] + "\n" + " ".join(kept) + "\n" + response[found.end(1) :]
+
+
 def difficulty_cue(difficulty: float) -> str:
     return next(name for bound, name in CUES if difficulty < bound)
 
@@ -55,7 +88,7 @@ def stable_coin(seed: int, key: str, p: float) -> bool:
 
 
 def transform_responses(samples: Sequence[Sample], column: str, thought_dropout: float = 0.0,
-                        cue: bool = False, seed: int = 0) -> list[Sample]:  # fmt: skip
+                        cue: bool = False, seed: int = 0, sketch: bool = False) -> list[Sample]:  # fmt: skip
     """The samples with their reference responses (`column`) transformed; rows without a ladder difficulty
     get no cue (a ValueError when `cue` is on and none has one)."""
     if cue and not any(isinstance(s.metadata.get("difficulty"), int | float) for s in samples):
@@ -65,6 +98,8 @@ def transform_responses(samples: Sequence[Sample], column: str, thought_dropout:
     out = []
     for s in samples:
         response = s.metadata[column]
+        if sketch:
+            response = sketch_thought(response)
         if thought_dropout and stable_coin(seed, s.id, thought_dropout):
             response = drop_thought(response)
         difficulty = s.metadata.get("difficulty")

@@ -8,18 +8,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-from collections.abc import Iterator
+import logging
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError, safe_open
 from torch.distributed.fsdp import FSDPModule
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from observe_r1.models.inputs import VISUALS, remote_code
 from observe_r1.models.packing import PACKED_SDPA, can_pack, pack, takes_encoded_images
+
+SCORE_HEAD = "observe_r1_score_head"  # a config key: the model is a reward model with a `score` head
 
 
 def load_model(
@@ -49,9 +54,79 @@ def load_model(
     with remote_code(path, trust_remote_code):
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) else AutoModelForCausalLM
-        return auto.from_pretrained(
-            path, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, **kwargs
+        scored = bool(getattr(config, SCORE_HEAD, False))
+        with quiet_score_report() if scored else contextlib.nullcontext():
+            model = auto.from_pretrained(
+                path, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, **kwargs
+            )
+    return add_score_head(model, read_score_head(path)) if scored else model
+
+
+class _ScoreOnlyReport(logging.Filter):
+    """Drops transformers' load report when the only key it lists is `score.weight`: the causal-LM class
+    does not know the head that `load_model` adds back. A report that lists anything else is kept whole."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        keys = set(re.findall(r"^(\S+)\s+\|", message, re.M)) - {"Key"}
+        return keys != {"score.weight"}
+
+
+@contextlib.contextmanager
+def quiet_score_report() -> Iterator[None]:
+    report = logging.getLogger("transformers.modeling_utils")
+    only = _ScoreOnlyReport()
+    report.addFilter(only)
+    try:
+        yield
+    finally:
+        report.removeFilter(only)
+
+
+def add_score_head(model: Any, weight: torch.Tensor | None = None, seed: int = 0) -> Any:
+    """A reward model from a causal LM or VLM, in place: a `score` Linear(hidden, 1, bias=False) beside its
+    output head, initialised as transformers initialises one (normal, `initializer_range`) or to `weight`. The
+    weights are laid out as transformers' `*ForSequenceClassification` (`model.*`, `score.weight`), so a text
+    model's folder also loads with `AutoModelForSequenceClassification`; the config says `num_labels: 1` and
+    carries SCORE_HEAD for `load_model`. The output head stays, unused and frozen (unless tied to the input
+    embeddings, which are trained)."""
+    head = model.get_output_embeddings()
+    score = torch.nn.Linear(
+        head.in_features, 1, bias=False, device=head.weight.device, dtype=head.weight.dtype
+    )
+    with torch.no_grad(), torch.random.fork_rng():
+        if weight is None:
+            torch.manual_seed(seed)
+            std = getattr(model.config.get_text_config(), "initializer_range", 0.02)
+            score.weight.normal_(0.0, std)
+        else:
+            score.weight.copy_(weight.reshape(score.weight.shape))
+    model.add_module("score", score)
+    if head.weight is not model.get_input_embeddings().weight:
+        head.requires_grad_(False)
+    model.config.num_labels = 1
+    setattr(model.config, SCORE_HEAD, True)
+    return model
+
+
+def read_score_head(path: str | Path) -> torch.Tensor:
+    """The `score.weight` tensor of a reward model's folder (one safetensors file or a sharded index)."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    try:
+        name = (
+            json.loads(index.read_text())["weight_map"]["score.weight"]
+            if index.is_file()
+            else "model.safetensors"
         )
+        with safe_open(str(path / name), "pt") as f:
+            return f.get_tensor("score.weight").float()
+    except (KeyError, OSError, SafetensorError) as e:
+        raise ValueError(
+            f"{path}: its config says it is a reward model, but it has no readable score.weight ({e})"
+        ) from e
 
 
 def is_lora_checkpoint(path: str | Path) -> bool:
@@ -88,15 +163,18 @@ def prepare_policy(model: Any, cfg: Any) -> Any:
         tower.requires_grad_(False)
     if cfg.lora_rank > 0:
         # Adapters go on the language model only (the vision tower has modules of the same names). A trained
-        # tower is a peft `modules_to_save`: trained in full, saved with the adapters, merged on export, and
-        # still the base tower when the adapters are disabled for the reference.
+        # tower, and a reward model's score head, are peft `modules_to_save`: trained in full, saved with the
+        # adapters, merged on export, and still the base ones when the adapters are disabled for the reference.
         names = "|".join(cfg.lora_target_modules)
+        whole = ([] if cfg.freeze_vision or tower is None else ["visual"]) + (
+            ["score"] if hasattr(model, "score") else []
+        )
         lora = LoraConfig(
             r=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
             target_modules=rf"^(?!.*\bvisual\b).*\.({names})$",
-            modules_to_save=None if cfg.freeze_vision or tower is None else ["visual"],
+            modules_to_save=whole or None,
         )
         model = get_peft_model(model, lora)
     if cfg.gradient_checkpointing:
@@ -206,6 +284,47 @@ def completion_logprobs(
     output head runs on `chunk_rows` positions at a time (`TokenScores`; default `head_chunk_rows`).
     `packed`: the sequences run end to end in one row without padding, where the model's attention allows
     it (`models.packing.can_pack`)."""
+
+    def scorer(head: Any, targets: torch.Tensor) -> torch.nn.Module:
+        return TokenScores(
+            head, targets, temperature, entropy_grad, chunk_rows or head_chunk_rows(head.out_features)
+        )
+
+    scores, completion_mask, was_packed = forward_with_head(model, inputs, scorer, packed)  # [b, K, 2]
+    logp, ent = scores[..., 0], None
+    if entropy or entropy_grad:
+        ent = scores[..., 1] if entropy_grad else scores[..., 1].detach()
+    if was_packed:  # back to [b, T]
+        logp = logp.new_zeros(completion_mask.shape).masked_scatter(completion_mask, logp[0])
+        if ent is not None:
+            ent = ent.new_zeros(completion_mask.shape).masked_scatter(completion_mask, ent[0])
+    else:
+        logp = logp[:, :-1].masked_fill(~completion_mask, 0.0)
+        ent = None if ent is None else ent[:, :-1].masked_fill(~completion_mask, 0.0)
+    return logp, ent
+
+
+def sequence_scores(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[b] a reward model's score of each sequence: its `score` head on the hidden state of the last
+    completion token (the end token), as transformers' `*ForSequenceClassification` pools (the last
+    non-padding token). Padded, not packed: a packed pass keeps only the positions that predict a token."""
+    score = _base(model).score
+    out, completion_mask, _ = forward_with_head(model, inputs, lambda head, targets: score, packed=False)
+    last = completion_mask.sum(1)  # output 0 is the prompt's last position, output j completion token j - 1
+    return out[torch.arange(len(out), device=out.device), last, 0].float()  # [b]
+
+
+def forward_with_head(
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    head_for: Callable[[torch.nn.Module, torch.Tensor], torch.nn.Module],
+    packed: bool,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The model's forward pass over [prompt | completion] (inputs from `sequence_inputs`, visuals encoded
+    once by `encode_visuals`) with its output head replaced, for this pass only, by `head_for(head,
+    targets)`. Returns the head's outputs at the kept positions, the completion mask, and whether the pass
+    was packed: padded, [b, T + 1, ...] for the prompt's last position and every completion token; packed
+    (`models.packing`), [1, K, ...] for the K positions that predict a completion token."""
     device = next(model.parameters()).device
     completion = inputs["completion_ids"].to(device)
     completion_mask = inputs["completion_mask"].to(device).bool()
@@ -215,31 +334,20 @@ def completion_logprobs(
     model_inputs |= encode_visuals(model, model_inputs)
     base = _base(model)
     keep: torch.Tensor | int
-    if packed and can_pack(base):
+    was_packed = packed and can_pack(base)
+    if was_packed:
         model_inputs, keep = pack(base, model_inputs, completion_mask)
         targets = completion[completion_mask][None]  # [1, K]: the kept positions predict these
     else:
         keep = completion.shape[1] + 1  # the last prompt position and the completion's
         targets = torch.nn.functional.pad(completion, (0, 1))  # the last position's target: dropped below
     head = base.get_output_embeddings()
-    rows = chunk_rows or head_chunk_rows(head.out_features)
-    scorer = TokenScores(head, targets, temperature, entropy_grad, rows)
-    base.set_output_embeddings(scorer)
+    base.set_output_embeddings(head_for(head, targets))
     try:
-        scores = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits  # [b, K, 2]
+        out = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits
     finally:
         base.set_output_embeddings(head)
-    logp, ent = scores[..., 0], None
-    if entropy or entropy_grad:
-        ent = scores[..., 1] if entropy_grad else scores[..., 1].detach()
-    if packed and can_pack(base):  # back to [b, T]
-        logp = logp.new_zeros(completion_mask.shape).masked_scatter(completion_mask, logp[0])
-        if ent is not None:
-            ent = ent.new_zeros(completion_mask.shape).masked_scatter(completion_mask, ent[0])
-    else:
-        logp = logp[:, :-1].masked_fill(~completion_mask, 0.0)
-        ent = None if ent is None else ent[:, :-1].masked_fill(~completion_mask, 0.0)
-    return logp, ent
+    return out, completion_mask, was_packed
 
 
 HEAD_CHUNK_BYTES = 256 << 20  # fp32 logits of one chunk of positions: 256 MiB (about 3x that in flight)

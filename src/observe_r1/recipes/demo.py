@@ -133,17 +133,18 @@ def grpo_config(
     test: Sequence[str] = (),
     eval_every: int = 0,
     best_metric: str = "",
+    resume: str = "none",
 ) -> Config:
-    """`cfg` with one GRPO run filled in: from `model` on `ladder` for `steps`, into `out`, always from the
-    start (never resuming an earlier run found there), evaluated on `test` every `eval_every` steps, the
-    best checkpoint by `best_metric` kept."""
+    """`cfg` with one GRPO run filled in: from `model` on `ladder` for `steps`, into `out`, evaluated on `test`
+    every `eval_every` steps, the best checkpoint by `best_metric` kept; from the start (never resuming an
+    earlier run found there) unless `resume` is "auto"."""
     return dataclasses.replace(
         cfg,
         model=dataclasses.replace(cfg.model, path=str(model)),
         data=dataclasses.replace(cfg.data, train=[str(ladder)], test=list(test)),
         optim=dataclasses.replace(cfg.optim, max_steps=steps),
         logging=dataclasses.replace(cfg.logging, output_dir=str(out), eval_every=eval_every),
-        checkpoint=dataclasses.replace(cfg.checkpoint, resume="none", best_metric=best_metric),
+        checkpoint=dataclasses.replace(cfg.checkpoint, resume=resume, best_metric=best_metric),
     ).validate()
 
 

@@ -31,14 +31,14 @@ from observe_r1.data.dataset import Sample
 from observe_r1.data.prompts import system_prompt
 from observe_r1.data.transforms import corrupt_format, stable_coin
 from observe_r1.models.policy import completion_logprobs, frozen, load_model, reference_of
-from observe_r1.recipes.sft import export_trained, reference_rollout
+from observe_r1.recipes.sft import export_trained
 from observe_r1.rewards import Rewarder
 from observe_r1.rollout.batch import chunks, sequence_inputs
 from observe_r1.training import loop, runtime, setup
 from observe_r1.training.evaluation import evaluate_on_main
 from observe_r1.training.parts import sample_responses, start_sampling, trainee
 from observe_r1.training.report import SFT_PANELS, Panel
-from observe_r1.training.scoring import ScoredRollout
+from observe_r1.training.scoring import ScoredRollout, reference_rollout
 
 log = logging.getLogger(__name__)
 

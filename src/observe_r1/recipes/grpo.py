@@ -12,7 +12,7 @@ process's k-th mini-batch is its part of the k-th global one (`process_share`); 
 processes; rewards and advantages are per group, hence local; the loss is normalised by mini-batch totals
 summed over processes and DDP averages gradients, so N processes compute the update of 1.
 
-Left out on purpose: value models (GRPO needs none), reward models (rewards are verifiable here).
+Left out on purpose: value models (GRPO needs none). Reward models and judges are reward terms (training.reward_models).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from observe_r1.training.checkpoint import Checkpointer, RunState
 from observe_r1.training.engine import ASYNC_TIS_CAP, Request, make_source
 from observe_r1.training.evaluation import evaluate_on_main
 from observe_r1.training.report import GRPO_PANELS
+from observe_r1.training.reward_models import with_model_terms
 from observe_r1.training.tracking import StageTimer, Tracker
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def process_share(prompts: int, per_mini: int, world: int, rank: int) -> list[in
 def train(cfg: Config, given: setup.Inputs | None = None) -> Path:
     """Run GRPO as configured (with datasets, reward callables and callbacks `given` from Python: the
     Python API, observe_r1.recipes.api); returns the output directory."""
-    given = given or setup.Inputs()
+    given = with_model_terms(cfg, given or setup.Inputs())
     # reward plug-ins are imported and checked before anything is written
     rewarder = Rewarder.from_config(cfg.reward, given.rewards)
     acc = runtime.make_accelerator()

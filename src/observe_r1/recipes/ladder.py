@@ -35,6 +35,7 @@ from observe_r1.rewards import Rewarder
 from observe_r1.rollout.base import SamplingParams
 from observe_r1.rollout.hf import HFRollout
 from observe_r1.rollout.multiturn import with_tools
+from observe_r1.training.reward_models import model_terms
 from observe_r1.training.runtime import autocast
 from observe_r1.training.scoring import generate_and_score
 from observe_r1.training.setup import load_encoder
@@ -61,7 +62,7 @@ def build(
     encoder = load_encoder(cfg, model)  # with the tools listed when multi-turn rollouts use the chat layout
     samples = load_samples(data, encoder, system, cfg.data.max_bad_row_fraction, Columns.of(cfg.data))
     easy = set()
-    with Rewarder.from_config(cfg.reward) as rewarder:
+    with Rewarder.from_config(cfg.reward, model_terms(cfg)) as rewarder:
         if lc.easy_model:
             easy = easy_filter(
                 cfg, lc.easy_model, samples, rewarder, out.with_suffix(".easy.jsonl"), on_batch

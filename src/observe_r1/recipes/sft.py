@@ -19,23 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 
 from observe_r1.algos import aggregate
 from observe_r1.config import Config
 from observe_r1.data.dataset import Sample
-from observe_r1.data.prompts import system_prompt, with_system_prompt
+from observe_r1.data.prompts import system_prompt
 from observe_r1.data.transforms import transform_responses
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.policy import completion_logprobs
 from observe_r1.rewards import Rewarder
-from observe_r1.rollout.base import Rollout
 from observe_r1.rollout.batch import chunks, sequence_inputs
-from observe_r1.rollout.multiturn import reference_tokens
 from observe_r1.training import loop, runtime, setup, sharding
 from observe_r1.training.evaluation import evaluate_on_main
+from observe_r1.training.judges import sketches_by_judge
 from observe_r1.training.parts import trainee
 from observe_r1.training.report import SFT_PANELS
-from observe_r1.training.scoring import encode_prompts
+from observe_r1.training.reward_models import with_model_terms
+from observe_r1.training.scoring import reference_rollout
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 def sft(cfg: Config, export: str | Path | None = None, given: setup.Inputs | None = None) -> Path:
     """Run SFT as configured (datasets and callbacks `given` from Python: observe_r1.recipes.api); with `export`,
     also write the final model there (bf16, HF format)."""
-    given = given or setup.Inputs()
+    given = with_model_terms(cfg, given or setup.Inputs())
     # the evaluation's reward terms: plug-ins are checked before anything is written
     Rewarder.from_config(cfg.reward, given.rewards)
     acc = runtime.make_accelerator()
@@ -52,8 +53,11 @@ def sft(cfg: Config, export: str | Path | None = None, given: setup.Inputs | Non
     encoder = setup.load_encoder(cfg)
     samples, test = setup.load_data(cfg, encoder, given)
     samples = with_responses(samples, cfg.sft.response_column)
+    if cfg.sft.sketch == "judge":  # SketchThinker's rewriting by a model, once (OUTPUT/sketches.jsonl)
+        out = Path(cfg.logging.output_dir)
+        samples = sketches_by_judge(cfg, acc, samples, cfg.sft.response_column, out / "sketches.jsonl")
     samples = transform_responses(samples, cfg.sft.response_column, cfg.sft.thought_dropout, cfg.sft.difficulty_cue,
-                                  cfg.seed)  # fmt: skip
+                                  cfg.seed, sketch=cfg.sft.sketch == "rules")  # fmt: skip
     o, world = cfg.optim, acc.num_processes
     if o.mini_batch_size % world or (o.mini_batch_size // world) % o.micro_batch_size:
         raise ValueError(
@@ -143,37 +147,6 @@ def observations(cfg: Config) -> bool:
     return cfg.rollout.multi_turn.enabled and cfg.rollout.multi_turn.layout == "code"
 
 
-def reference_rollout(samples: list[Sample], encoder: ChatEncoder, system: str, column: str,
-                      observations: bool = False) -> Rollout:  # fmt: skip
-    """The reference responses as a Rollout: one 'response' per prompt, ending with the end token. With
-    `observations`, its `<output>` blocks are tool observations: in the sequence, out of the loss."""
-    samples = list(samples)  # a prompt that fails to encode is replaced by the previous good one, here too
-    prompts, _, _, _ = encode_prompts(
-        samples, [with_system_prompt(s.messages, system) for s in samples], encoder
-    )
-    eos = encoder.tokenizer.eos_token_id
-    pieces = [reference_tokens(s.metadata[column], encoder, observations) for s in samples]
-    width = max(len(x) for x, _ in pieces) + 1
-    completion = torch.full((len(pieces), width), encoder.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(pieces), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(pieces), width), dtype=torch.long)
-    for i, (x, m) in enumerate(pieces):
-        completion[i, : len(x) + 1] = torch.tensor(x + [eos])
-        mask[i, : len(x) + 1] = 1
-        loss_mask[i, : len(x) + 1] = torch.tensor(m + [1])
-    return Rollout(
-        prompts=prompts,
-        prompt_index=list(range(len(samples))),
-        group_ids=list(range(len(samples))),
-        completion_ids=completion,
-        completion_mask=mask,
-        lengths=mask.sum(1),
-        truncated=torch.zeros(len(pieces), dtype=torch.bool),
-        texts=[s.metadata[column] for s in samples],
-        loss_mask=loss_mask if observations else None,
-    )
-
-
 def export_model(
     model: Any,
     encoder: ChatEncoder,
@@ -185,7 +158,9 @@ def export_model(
     image processor; `from_pretrained(..., dtype=torch.float32)` reads it back for training. `weights`: the
     full state dict of a sharded model."""
     if weights is None:
-        copy.deepcopy(model).to(dtype).save_pretrained(out, safe_serialization=True)
+        whole = copy.deepcopy(model)
+        whole = whole.merge_and_unload() if isinstance(whole, PeftModel) else whole  # LoRA: merged
+        whole.to(dtype).save_pretrained(out, safe_serialization=True)
     else:
         weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()}
         model.save_pretrained(out, safe_serialization=True, state_dict=weights)

@@ -1,7 +1,8 @@
 """Reward terms combined with weights, scored group by group in worker processes with a time bound.
 
 Each term (observe_r1.rewards.terms) is called once per group (the n responses of one prompt), in
-`reward.workers` worker processes (0: in this process, unbounded: for debugging). A call on a group of n
+`reward.workers` worker processes (0: in this process, unbounded: for debugging); a whole-batch term (a
+reward model, a judge: `terms.whole_batch`) once per step on all its responses, in this process. A call on a group of n
 responses may take n x `reward.timeout_s` seconds; past that its worker is killed and the responses are
 tried one by one, each bounded by `timeout_s`; a response that still takes longer scores 0 for that term
 and is counted in `reward/timeouts`. The bound holds whichever thread asks for the rewards (math-verify's own
@@ -16,6 +17,7 @@ NaN, fails at once with a message naming it (`RewardFunctionError`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import multiprocessing
@@ -43,6 +45,7 @@ from observe_r1.rewards.terms import (
     make_term,
     score_key,
     wants_images,
+    whole_batch,
     worker_call,
 )
 
@@ -143,13 +146,14 @@ class Rewarder:
         # built here too, so a bad reference fails before anything runs, and for workers=0
         self.fns = [make_term(t, self.ctx) for t in self.terms]
         self.send_images = [wants_images(fn) for fn in self.fns]
+        self.batched = frozenset(t for t, fn in enumerate(self.fns) if whole_batch(fn))
         if correct_term not in self.names:
             raise ValueError(f"reward.correct_term {correct_term!r} is not one of the reward terms")
         self.correct_term, self.correct_threshold = correct_term, correct_threshold
         if gate and gate not in self.names:
             raise ValueError(f"reward.gate {gate!r} is not one of the reward terms")
         self.gate = gate
-        stuck = [name for name, fn in self.functions.items() if not importable(fn)]
+        stuck = [name for name, fn in self.functions.items() if not whole_batch(fn) and not importable(fn)]
         # workers that fork this process: they inherit functions a forkserver's workers could not import
         self.forked = bool(workers and stuck)
         if self.forked:
@@ -225,6 +229,9 @@ class Rewarder:
         metrics["reward/pool_rebuilds"] = float(self.rebuilds - rebuilds)
         if "unparsed_gold" in counts:
             metrics["reward/unparsed_gold"] = counts["unparsed_gold"] / n
+        for key, count in counts.items():  # a term's own counters (a judge's failures, ...)
+            if key not in ("errors", "timeouts", "unparsed_gold"):
+                metrics[f"reward/{key}"] = float(count)
         correct = values[self.correct_term] >= self.correct_threshold  # NaN compares False
         return RewardResult(total, values, correct, metrics)
 
@@ -248,18 +255,23 @@ class Rewarder:
     # ------------------------------------------------------------ calls
 
     def _score(self, batch: RewardBatch) -> list[TermOutcome]:
-        groups = batch.groups()
-        calls = {(t, g): batch.kwargs(rows, self.send_images[t]) for t in range(len(self.refs))
-                 for g, rows in enumerate(groups)}  # fmt: skip
-        if self.workers == 0:
-            done = {key: call_term(self.fns[key[0]], kwargs) for key, kwargs in calls.items()}
-            timed_out: dict[tuple[int, int], list[int]] = {}
-        else:
-            done, timed_out = self._in_workers(calls)
+        everything = [list(range(len(batch)))]  # a whole-batch term's one "group"
+        groups = {t: everything if t in self.batched else batch.groups() for t in range(len(self.refs))}
+        calls = {
+            (t, g): batch.kwargs(rows, self.send_images[t])
+            for t in groups
+            for g, rows in enumerate(groups[t])
+        }
+        here = {key: kw for key, kw in calls.items() if self.workers == 0 or key[0] in self.batched}
+        done = {key: call_term(self.fns[key[0]], kwargs) for key, kwargs in here.items()}
+        timed_out: dict[tuple[int, int], list[int]] = {}
+        if len(here) < len(calls):
+            got, timed_out = self._in_workers({key: kw for key, kw in calls.items() if key not in here})
+            done |= got
         outcomes = []
         for t in range(len(self.refs)):
             out = TermOutcome([None] * len(batch))
-            for g, rows in enumerate(groups):
+            for g, rows in enumerate(groups[t]):
                 call = done[(t, g)]
                 for i, v in zip(rows, call.values, strict=True):
                     out.raw[i] = v
@@ -349,8 +361,12 @@ class Rewarder:
             else:
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(["observe_r1.rewards.terms"])
-            self._pool = ProcessPool(self.workers, initializer=init_worker, context=context,
-                                     initargs=(self.terms, self.ctx))  # fmt: skip
+            # whole-batch terms are neither built nor sent there (a reward model would be loaded in each)
+            ctx = dataclasses.replace(
+                self.ctx, functions={k: f for k, f in self.functions.items() if not whole_batch(f)}
+            )
+            args = (self.terms, ctx, self.batched)
+            self._pool = ProcessPool(self.workers, initializer=init_worker, context=context, initargs=args)
             weakref.finalize(self, self._pool.stop)
         return self._pool
 

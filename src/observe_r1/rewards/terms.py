@@ -265,9 +265,20 @@ def check_values(fn: RewardFn, out: Any, n: int) -> list:
 _WORKER_TERMS: list[RewardFn] = []
 
 
-def init_worker(terms: list[RewardTerm], ctx: TermContext) -> None:
-    """Build the terms once per worker process."""
-    _WORKER_TERMS[:] = [make_term(term, ctx) for term in terms]
+def init_worker(terms: list[RewardTerm], ctx: TermContext, skipped: frozenset[int] = frozenset()) -> None:
+    """Build the terms once per worker process (not those `skipped`: whole-batch terms, scored elsewhere)."""
+    _WORKER_TERMS[:] = [_skipped if t in skipped else make_term(term, ctx) for t, term in enumerate(terms)]
+
+
+def _skipped(**_: Any) -> list:
+    raise RuntimeError("a whole-batch reward term is scored in the trainer process, not in a worker")
+
+
+def whole_batch(fn: RewardFn) -> bool:
+    """Whether a term scores all the responses of a step in one call in the trainer process, instead of group
+    by group in the workers: a reward model or a judge (training.reward_models), which batch their work on
+    a device or a server and bound their own time."""
+    return bool(getattr(fn, "whole_batch", False))
 
 
 def worker_call(term: int, kwargs: dict[str, list]) -> Call:

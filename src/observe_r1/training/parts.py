@@ -19,6 +19,7 @@ from observe_r1.rollout.hf import HFRollout
 from observe_r1.rollout.multiturn import with_tools
 from observe_r1.training import runtime, setup
 from observe_r1.training.checkpoint import Checkpointer, RunState
+from observe_r1.training.reward_models import with_model_terms
 from observe_r1.training.scoring import ScoredRollout, generate_and_score
 from observe_r1.training.tracking import Tracker
 
@@ -34,7 +35,7 @@ class SamplingStart(NamedTuple):
 
 def start_sampling(cfg: Config, given: setup.Inputs, name: str) -> SamplingStart:
     """Reward plug-ins checked first, one process only, inputs built, encoder and data loaded."""
-    rewarder = Rewarder.from_config(cfg.reward, given.rewards)
+    rewarder = Rewarder.from_config(cfg.reward, with_model_terms(cfg, given).rewards)
     acc = runtime.make_accelerator()
     if acc.num_processes > 1:
         raise ConfigError(f"{name} samples on one process: run it without torchrun / accelerate launch")
@@ -79,15 +80,21 @@ def sample_responses(
 
 
 def trainee(
-    cfg: Config, acc: Accelerator, encoder: ChatEncoder, samples: list[Sample], steps: int
+    cfg: Config,
+    acc: Accelerator,
+    encoder: ChatEncoder,
+    samples: list[Sample],
+    steps: int,
+    score_head: bool = False,
 ) -> Trainee:
     """Policy (prepared for the processes), optimiser and schedule over `steps`, a fixed-order sampler over
-    `samples` (`data.sampler`; online has no pass rates to follow here), checkpointer, resumed state, tracker."""
+    `samples` (`data.sampler`; online has no pass rates to follow here), checkpointer, resumed state, tracker.
+    `score_head`: the policy is a reward model (`setup.build_policy`)."""
     if cfg.data.sampler == "online":
         raise ConfigError("data.sampler=online follows rollout pass rates; a supervised recipe has none: use "
                           "shuffled or sequential")  # fmt: skip
     policy = runtime.prepare_model(
-        acc, cfg, setup.build_policy(cfg), any(not s.images and not s.videos for s in samples)
+        acc, cfg, setup.build_policy(cfg, score_head), any(not s.images and not s.videos for s in samples)
     )
     optimizer, scheduler = runtime.build_optimizer(cfg, policy, steps)
     optimizer = runtime.prepare_optimizer(acc, policy, optimizer)

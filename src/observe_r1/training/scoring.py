@@ -9,12 +9,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from observe_r1.data.dataset import Sample
 from observe_r1.data.prompts import with_system_prompt
 from observe_r1.data.video import Video
 from observe_r1.models.inputs import ChatEncoder, EncodedPrompt
 from observe_r1.rewards import RewardBatch, Rewarder, RewardResult
 from observe_r1.rollout.base import PromptBatch, Rollout, RolloutBackend, SamplingParams
+from observe_r1.rollout.multiturn import reference_tokens
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,46 @@ def encode_prompts(
             prompts[i], images[i], videos[i] = prompts[j], images[j], videos[j]
             samples[i], messages[i] = samples[j], messages[j]
     return prompts, images, bad, videos  # type: ignore[return-value]
+
+
+def reference_rollout(samples: list[Sample], encoder: ChatEncoder, system: str, column: str,
+                      observations: bool = False) -> Rollout:  # fmt: skip
+    """The reference responses (`sample.metadata[column]`) as a Rollout: one 'response' per prompt, ending
+    with the end token. With `observations`, its `<output>` blocks are tool observations: in the sequence,
+    out of the loss."""
+    samples = list(samples)  # a prompt that fails to encode is replaced by the previous good one, here too
+    prompts, _, _, _ = encode_prompts(
+        samples, [with_system_prompt(s.messages, system) for s in samples], encoder
+    )
+    texts = [s.metadata[column] for s in samples]
+    return responses_rollout(prompts, list(range(len(samples))), texts, encoder, observations)
+
+
+def responses_rollout(prompts: list[EncodedPrompt], prompt_index: list[int], texts: list[str],
+                      encoder: ChatEncoder, observations: bool = False) -> Rollout:  # fmt: skip
+    """Given responses as a Rollout: response i answers `prompts[prompt_index[i]]`, tokenised after the
+    prompt's generation header (the tokens the policy would generate) and ending with the end token."""
+    eos = encoder.tokenizer.eos_token_id
+    pieces = [reference_tokens(text, encoder, observations) for text in texts]
+    width = max(len(x) for x, _ in pieces) + 1
+    completion = torch.full((len(pieces), width), encoder.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(pieces), width), dtype=torch.long)
+    loss_mask = torch.zeros((len(pieces), width), dtype=torch.long)
+    for i, (x, m) in enumerate(pieces):
+        completion[i, : len(x) + 1] = torch.tensor(x + [eos])
+        mask[i, : len(x) + 1] = 1
+        loss_mask[i, : len(x) + 1] = torch.tensor(m + [1])
+    return Rollout(
+        prompts=prompts,
+        prompt_index=list(prompt_index),
+        group_ids=list(prompt_index),
+        completion_ids=completion,
+        completion_mask=mask,
+        lengths=mask.sum(1),
+        truncated=torch.zeros(len(pieces), dtype=torch.bool),
+        texts=list(texts),
+        loss_mask=loss_mask if observations else None,
+    )
 
 
 def reward_batch(

@@ -25,14 +25,14 @@ from observe_r1.data.prompts import system_prompt
 from observe_r1.data.sources import resolve
 from observe_r1.data.video import VideoSampling
 from observe_r1.models.inputs import ChatEncoder
-from observe_r1.models.policy import fresh_init, frozen, load_model, prepare_policy
+from observe_r1.models.policy import add_score_head, fresh_init, frozen, load_model, prepare_policy
 from observe_r1.rollout.base import RolloutBackend
 from observe_r1.rollout.hf import HFRollout
 from observe_r1.rollout.multiturn import with_tools
 from observe_r1.rollout.vllm import VLLMRollout
 from observe_r1.tools.base import schema_of
 from observe_r1.tools.builtin import make_tools
-from observe_r1.toy import logic, synth, tiny, toolcalc, video, zoom
+from observe_r1.toy import logic, sketch, synth, tiny, toolcalc, video, zoom
 from observe_r1.training import rundir
 from observe_r1.training.checkpoint import RunState
 from observe_r1.training.loop import Callback
@@ -46,18 +46,23 @@ LOGIC = "logic"  # ... that renders Knights-and-Knaves puzzles (text only) into 
 TOOLCALC = "toolcalc"  # ... large multiplications, where a tool helps (text) into OUTPUT/data/toolcalc
 ZOOM = "zoom"  # ... digits legible only after a `crop` into OUTPUT/data/zoom
 VIDEO = "video"  # ... clips of moving, blinking, appearing shapes (toy.video) into OUTPUT/data/video
+SKETCH = (
+    "sketch"  # ... the synthetic ladder as preference pairs: the reference `chosen`, its long form `rejected`
+)
 BUILT = {
     SYNTH: "",
     LOGIC: "logic",
     TOOLCALC: "toolcalc",
     ZOOM: "zoom",
     VIDEO: "video",
+    SKETCH: "sketch",
 }  # OUTPUT/data/<folder>
 TOY_WRITERS: dict[str, Callable[..., Any]] = {  # the built entries but SYNTH, into OUTPUT/data/<name>
     LOGIC: logic.write_dataset,
     TOOLCALC: toolcalc.write_dataset,
     ZOOM: zoom.write_dataset,
     VIDEO: video.write_dataset,
+    SKETCH: sketch.write_pairs,
 }
 
 
@@ -218,11 +223,14 @@ def load_data(
     return train, test
 
 
-def build_policy(cfg: Config) -> torch.nn.Module:
-    """The policy from `model.path`, warm-started by shrink-and-perturb when asked, then prepared (LoRA, ...)."""
+def build_policy(cfg: Config, score_head: bool = False) -> torch.nn.Module:
+    """The policy from `model.path`, warm-started by shrink-and-perturb when asked, then prepared (LoRA, ...).
+    `score_head`: a reward model (`add_score_head`; a checkpoint that is one already keeps its head)."""
     model = load_model(
         cfg.model.path, cfg.model.attn_implementation, trust_remote_code=cfg.model.trust_remote_code
     )
+    if score_head and not hasattr(model, "score"):
+        add_score_head(model, seed=cfg.seed)
     if cfg.model.warm_start == "shrink_perturb":
         fresh = fresh_init(model, cfg.seed).state_dict()
         model.load_state_dict(shrink_perturb(model.state_dict(), fresh, cfg.model.shrink, cfg.model.perturb))
