@@ -87,6 +87,15 @@ def main() -> None:
     p.add_argument("--rm-steps", type=int, default=40)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--rm-weight", type=float, default=0.5)
+    p.add_argument("--lr", type=float, default=1e-4, help="GRPO's learning rate")
+    p.add_argument(
+        "--gate",
+        action="store_true",
+        help="the run with the reward model: reward.gate=accuracy (style pays only when right)",
+    )
+    p.add_argument(
+        "--tag", default="", help="a suffix for the GRPO runs' folders (another --lr or --rm-weight)"
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     out = Path(args.out) / f"seed{args.seed}"
@@ -131,7 +140,7 @@ def main() -> None:
         rows = [json.loads(x) for x in (out / "rm" / "metrics.jsonl").read_text().splitlines()]
         return {"pair_accuracy": rows[-1]["eval/pair_accuracy"], "margin": rows[-1]["eval/margin"]}
 
-    def grpo(name: str, terms: str) -> dict[str, Any]:
+    def grpo(name: str, terms: str, gated: bool = False) -> dict[str, Any]:
         cfg = load_config(
             None,
             [
@@ -140,12 +149,14 @@ def main() -> None:
                 f"model.path={out / 'verbose' / 'model'}",
                 f"optim.max_steps={args.steps}",
                 "optim.mini_batch_size=64",
+                f"optim.lr={args.lr}",
                 "optim.micro_batch_size=16",
                 "reward.bonus_coef=0",
                 f"reward.terms={terms}",
                 f"reward.reward_model.path={out / 'rm' / 'model'}",
                 "reward.reward_model.scores=standardized",
                 f"logging.output_dir={out / name}",
+                *(["reward.gate=accuracy"] if gated else []),
             ],
         )
         train(cfg)
@@ -154,14 +165,13 @@ def main() -> None:
         return evaluation(last, test)
 
     rules = "[{name: accuracy, weight: 1.0}, {name: observe_format, weight: 0.5}"
+    with_rm = rules + f", {{name: reward_model, weight: {args.rm_weight}}}]"
+    plain, scored = f"grpo{args.tag}", f"grpo_rm{args.rm_weight:g}{'_gated' if args.gate else ''}{args.tag}"
     results = {
         "verbose": measured(out / "verbose", verbose),
         "sketchjudge": measured(out / "rm", judge),
-        "grpo": measured(out / "grpo", lambda: grpo("grpo", rules + "]")),
-        "grpo_rm": measured(
-            out / "grpo_rm",
-            lambda: grpo("grpo_rm", rules + f", {{name: reward_model, weight: {args.rm_weight}}}]"),
-        ),
+        "grpo": measured(out / plain, lambda: grpo(plain, rules + "]")),
+        "grpo_rm": measured(out / scored, lambda: grpo(scored, with_rm, args.gate)),
     }
     print(f"SketchJudge held-out pair accuracy {results['sketchjudge']['pair_accuracy']:.3f}")
     print("| policy | accuracy | format rate | thinking tokens | response tokens | seconds |")

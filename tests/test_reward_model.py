@@ -291,7 +291,8 @@ def test_long_form_keeps_the_answer_and_observation():
 
     ref = make_sample(random.Random(0), (2,)).reference()
     long = long_form(ref, random.Random(0))
-    assert len(long) > 2 * len(ref) and long.split("</think>")[1] == ref.split("</think>")[1]
+    think = lambda text: text.split("<think>")[1].split("</think>")[0]  # noqa: E731
+    assert len(think(long)) > 2 * len(think(ref)) and long.split("</think>")[1] == ref.split("</think>")[1]
     assert long.split("<think>")[0] == ref.split("<think>")[0]
     assert load_config("configs/tiny_cpu.yaml").sft.rm_center_coef == 0.0
 

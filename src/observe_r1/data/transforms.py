@@ -87,8 +87,14 @@ def stable_coin(seed: int, key: str, p: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < p
 
 
-def transform_responses(samples: Sequence[Sample], column: str, thought_dropout: float = 0.0,
-                        cue: bool = False, seed: int = 0, sketch: bool = False) -> list[Sample]:  # fmt: skip
+def transform_responses(
+    samples: Sequence[Sample],
+    column: str,
+    thought_dropout: float = 0.0,
+    cue: bool = False,
+    seed: int = 0,
+    sketch: bool = False,
+) -> list[Sample]:
     """The samples with their reference responses (`column`) transformed; rows without a ladder difficulty
     get no cue (a ValueError when `cue` is on and none has one)."""
     if cue and not any(isinstance(s.metadata.get("difficulty"), int | float) for s in samples):

@@ -32,7 +32,7 @@ from observe_r1.models.policy import sequence_scores
 from observe_r1.recipes.sft import export_trained
 from observe_r1.rollout.batch import chunks, sequence_inputs
 from observe_r1.training import loop, runtime, setup, sharding
-from observe_r1.training.parts import trainee
+from observe_r1.training.parts import supervised_batches, trainee
 from observe_r1.training.report import Panel
 from observe_r1.training.reward_models import score_responses
 from observe_r1.training.scoring import encode_prompts, reference_rollout
@@ -80,12 +80,7 @@ def rm(cfg: Config, given: setup.Inputs | None = None) -> Path:
             "`chosen` / `rejected` responses (TRL's preference layouts, docs/data.md)"
         )
     o, world = cfg.optim, acc.num_processes
-    if o.mini_batch_size % world or (o.mini_batch_size // world) % o.micro_batch_size:
-        raise ValueError(
-            f"optim.mini_batch_size={o.mini_batch_size} must split into {world} process(es) x micro-batches"
-        )
-    mini = o.mini_batch_size // world
-    steps = o.max_steps or max(1, o.epochs * len(pairs) // o.mini_batch_size)
+    mini, steps = supervised_batches(cfg, world, len(pairs))
     policy, optimizer, scheduler, sampler, checkpointer, run, tracker, params = trainee(
         cfg, acc, encoder, pairs, steps, score_head=True
     )
@@ -108,13 +103,7 @@ def rm(cfg: Config, given: setup.Inputs | None = None) -> Path:
             good = reference_rollout(batch, encoder, system, "chosen")
             bad = reference_rollout(batch, encoder, system, "rejected")
             micros = chunks(range(mini), o.micro_batch_size)
-            stats = {
-                "rm/loss": 0.0,
-                "rm/accuracy": 0.0,
-                "rm/margin": 0.0,
-                "rm/chosen": 0.0,
-                "rm/rejected": 0.0,
-            }
+            stats = dict.fromkeys(("rm/loss", "rm/accuracy", "rm/margin", "rm/chosen", "rm/rejected"), 0.0)
             for k, idx in enumerate(micros):
                 with acc.no_sync(policy) if k < len(micros) - 1 else contextlib.nullcontext(), amp:
                     chosen = sequence_scores(policy, sequence_inputs(good, idx, encoder))

@@ -33,7 +33,7 @@ from observe_r1.rollout.batch import chunks, sequence_inputs
 from observe_r1.training import loop, runtime, setup, sharding
 from observe_r1.training.evaluation import evaluate_on_main
 from observe_r1.training.judges import sketches_by_judge
-from observe_r1.training.parts import trainee
+from observe_r1.training.parts import supervised_batches, trainee
 from observe_r1.training.report import SFT_PANELS
 from observe_r1.training.reward_models import with_model_terms
 from observe_r1.training.scoring import reference_rollout
@@ -56,15 +56,16 @@ def sft(cfg: Config, export: str | Path | None = None, given: setup.Inputs | Non
     if cfg.sft.sketch == "judge":  # SketchThinker's rewriting by a model, once (OUTPUT/sketches.jsonl)
         out = Path(cfg.logging.output_dir)
         samples = sketches_by_judge(cfg, acc, samples, cfg.sft.response_column, out / "sketches.jsonl")
-    samples = transform_responses(samples, cfg.sft.response_column, cfg.sft.thought_dropout, cfg.sft.difficulty_cue,
-                                  cfg.seed, sketch=cfg.sft.sketch == "rules")  # fmt: skip
+    samples = transform_responses(
+        samples,
+        cfg.sft.response_column,
+        cfg.sft.thought_dropout,
+        cfg.sft.difficulty_cue,
+        cfg.seed,
+        sketch=cfg.sft.sketch == "rules",
+    )
     o, world = cfg.optim, acc.num_processes
-    if o.mini_batch_size % world or (o.mini_batch_size // world) % o.micro_batch_size:
-        raise ValueError(
-            f"optim.mini_batch_size={o.mini_batch_size} must split into {world} process(es) x micro-batches"
-        )
-    mini = o.mini_batch_size // world
-    steps = o.max_steps or max(1, o.epochs * len(samples) // o.mini_batch_size)
+    mini, steps = supervised_batches(cfg, world, len(samples))
 
     policy, optimizer, scheduler, sampler, checkpointer, run, tracker, params = trainee(cfg, acc, encoder, samples,
                                                                                        steps)  # fmt: skip

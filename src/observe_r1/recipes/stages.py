@@ -96,8 +96,9 @@ def run_stages(cfg: Config, given: Inputs | None = None) -> Path:
     return out
 
 
-def stage_config(cfg: Config, stage: StageConfig, folder: Path, model: str, previous: Path | None,
-                 scorer: str = "") -> Config:  # fmt: skip
+def stage_config(
+    cfg: Config, stage: StageConfig, folder: Path, model: str, previous: Path | None, scorer: str = ""
+) -> Config:
     """The run's config with the stage's overrides, its own output folder, the previous stage's model, the
     reward model an earlier `rm` stage trained (`scorer`), and (with `carry_hard`) the previous stage's
     unmastered items added to its training data."""

@@ -1,7 +1,7 @@
 """Long and sketched reasoning on the synthetic task (SketchThinker-R1's contrast), with gold by construction.
 
 `long_form` pads a reference response's thinking with what long chains of thought do: restating each
-observation, re-checking, hedging. `write_pairs` writes the synthetic splits as preference rows for
+observation and re-checking (repeating) the reasoning. `write_pairs` writes the synthetic splits as preference rows for
 `observe-r1 rm`: the reference (concise) response `chosen`, its long form `rejected`; so a reward model
 learns to prefer the sketch (SketchJudge's job), and the `long` column holds the long form for SFT.
 """
@@ -17,32 +17,19 @@ from observe_r1.toy.synth import LEVELS, write_dataset
 
 THINK_RE = re.compile(r"<think>\n(.*?)\n</think>", re.S)
 OBSERVE_RE = re.compile(r"<observe>\n(.*?)\n</observe>", re.S)
-OPENERS = (
-    "Let me look at the image carefully.",
-    "Okay, let me think about this step by step.",
-    "Hmm, let me start by going over what I see.",
-)
-CHECKS = ("Wait, let me double-check that.", "Let me verify this once more.", "Hmm, is that right? Yes.")
-CLOSERS = (
-    "I am fairly confident now.",
-    "So after checking everything again,",
-    "Let me make sure I did not miss anything.",
-)
 
 
 def long_form(reference: str, rng: random.Random) -> str:
-    """The reference with verbose thinking: an opener, every observed object restated with a re-check, the
-    original reasoning, and a closing re-check; the observation and the answer unchanged."""
+    """The reference with verbose thinking: every observed object restated as a sentence (in a shuffled order
+    half of the time), then the original reasoning, checked again by repeating it; the observation and the
+    answer unchanged. In the words of the task, which the tiny models' tokenizer knows (hedges in English
+    that it cannot spell would teach a 4.5M-parameter policy garbled text, not verbosity)."""
     observed = OBSERVE_RE.search(reference)
-    lines = observed.group(1).splitlines() if observed else []
-    restated = " ".join(f"I can see {line.rstrip('.')}. {rng.choice(CHECKS)}" for line in lines)
+    lines = [line.rstrip(".") + "." for line in (observed.group(1).splitlines() if observed else [])]
+    if rng.random() < 0.5:
+        rng.shuffle(lines)
     return THINK_RE.sub(
-        lambda m: (
-            f"<think>\n{rng.choice(OPENERS)} {restated}\n{m.group(1)}\n{rng.choice(CLOSERS)} "
-            f"{rng.choice(CHECKS)}\n</think>"
-        ),
-        reference,
-        count=1,
+        lambda m: f"<think>\n{' '.join(lines)}\n{m.group(1)}\n{m.group(1)}\n</think>", reference, count=1
     )
 
 

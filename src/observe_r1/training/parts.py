@@ -106,3 +106,15 @@ def trainee(
     return Trainee(
         policy, optimizer, scheduler, sampler, checkpointer, run, setup.make_tracker(cfg, run, acc), params
     )
+
+
+def supervised_batches(cfg: Config, world: int, rows: int) -> tuple[int, int]:
+    """(rows per process per optimiser step, optimiser steps) of a supervised recipe over `rows` rows:
+    `optim.mini_batch_size` split evenly into `world` processes x micro-batches; `optim.max_steps`, else
+    `optim.epochs` passes."""
+    o = cfg.optim
+    if o.mini_batch_size % world or (o.mini_batch_size // world) % o.micro_batch_size:
+        raise ValueError(
+            f"optim.mini_batch_size={o.mini_batch_size} must split into {world} process(es) x micro-batches"
+        )
+    return o.mini_batch_size // world, o.max_steps or max(1, o.epochs * rows // o.mini_batch_size)

@@ -128,8 +128,9 @@ def encode_prompts(
     return prompts, images, bad, videos  # type: ignore[return-value]
 
 
-def reference_rollout(samples: list[Sample], encoder: ChatEncoder, system: str, column: str,
-                      observations: bool = False) -> Rollout:  # fmt: skip
+def reference_rollout(
+    samples: list[Sample], encoder: ChatEncoder, system: str, column: str, observations: bool = False
+) -> Rollout:
     """The reference responses (`sample.metadata[column]`) as a Rollout: one 'response' per prompt, ending
     with the end token. With `observations`, its `<output>` blocks are tool observations: in the sequence,
     out of the loss."""
@@ -141,8 +142,13 @@ def reference_rollout(samples: list[Sample], encoder: ChatEncoder, system: str, 
     return responses_rollout(prompts, list(range(len(samples))), texts, encoder, observations)
 
 
-def responses_rollout(prompts: list[EncodedPrompt], prompt_index: list[int], texts: list[str],
-                      encoder: ChatEncoder, observations: bool = False) -> Rollout:  # fmt: skip
+def responses_rollout(
+    prompts: list[EncodedPrompt],
+    prompt_index: list[int],
+    texts: list[str],
+    encoder: ChatEncoder,
+    observations: bool = False,
+) -> Rollout:
     """Given responses as a Rollout: response i answers `prompts[prompt_index[i]]`, tokenised after the
     prompt's generation header (the tokens the policy would generate) and ending with the end token."""
     eos = encoder.tokenizer.eos_token_id
