@@ -40,8 +40,6 @@ COMMON = [
     "data.system_prompt=none",
     "data.max_prompt_length=256",
     "rollout.n=8",
-    "rollout.prompts_per_step=8",
-    "rollout.max_new_tokens=320",
     "optim.schedule=constant",
     "optim.warmup_ratio=0",
     "optim.lr=1e-4",
@@ -63,8 +61,8 @@ def measured(out: Path, make: Any) -> dict[str, Any]:
     return result
 
 
-def evaluation(model: Path, test: Path) -> dict[str, Any]:
-    metrics, records = evaluate_checkpoint(model, [str(test)], "none", 320, 50)
+def evaluation(model: Path, test: Path, tokens: int) -> dict[str, Any]:
+    metrics, records = evaluate_checkpoint(model, [str(test)], "none", tokens, 50)
     tokenizer = ChatEncoder.from_pretrained(model).tokenizer
     thinks = [THINK_RE.search(r["response"]) for r in records]
     think_tokens = [len(tokenizer(t.group(1))["input_ids"]) if t else 0 for t in thinks]
@@ -96,6 +94,10 @@ def main() -> None:
     p.add_argument(
         "--tag", default="", help="a suffix for the GRPO runs' folders (another --lr or --rm-weight)"
     )
+    p.add_argument("--prompts", type=int, default=8, help="GRPO prompts per step (x 8 responses)")
+    p.add_argument(
+        "--tokens", type=int, default=320, help="new tokens per response (rollouts and evaluation)"
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     out = Path(args.out) / f"seed{args.seed}"
@@ -103,7 +105,12 @@ def main() -> None:
     if not data["test"].is_file():
         data = write_pairs(out / "data", args.train, args.test, seed=10_000 + args.seed, levels=(1, 2))
     train_data, test = str(data["train"]), data["test"]
-    seed = [f"seed={args.seed}", f"data.train=[{train_data}]"]
+    seed = [
+        f"seed={args.seed}",
+        f"data.train=[{train_data}]",
+        f"rollout.max_new_tokens={args.tokens}",
+        f"rollout.prompts_per_step={args.prompts}",
+    ]
 
     def verbose() -> dict[str, Any]:
         cfg = load_config(
@@ -120,7 +127,7 @@ def main() -> None:
             ],
         )
         sft(cfg, export=out / "verbose" / "model")
-        return evaluation(out / "verbose" / "model", test)
+        return evaluation(out / "verbose" / "model", test, args.tokens)
 
     def judge() -> dict[str, Any]:
         cfg = load_config(
@@ -148,9 +155,9 @@ def main() -> None:
                 *seed,
                 f"model.path={out / 'verbose' / 'model'}",
                 f"optim.max_steps={args.steps}",
-                "optim.mini_batch_size=64",
+                f"optim.mini_batch_size={8 * args.prompts}",
                 f"optim.lr={args.lr}",
-                "optim.micro_batch_size=16",
+                f"optim.micro_batch_size={min(16, 8 * args.prompts)}",
                 "reward.bonus_coef=0",
                 f"reward.terms={terms}",
                 f"reward.reward_model.path={out / 'rm' / 'model'}",
@@ -162,7 +169,7 @@ def main() -> None:
         train(cfg)
         last = latest_checkpoint(out / name)
         assert last is not None
-        return evaluation(last, test)
+        return evaluation(last, test, args.tokens)
 
     rules = "[{name: accuracy, weight: 1.0}, {name: observe_format, weight: 0.5}"
     with_rm = rules + f", {{name: reward_model, weight: {args.rm_weight}}}]"

@@ -169,3 +169,29 @@ def test_async_bench_smoke_run(tmp_path):
     )
     assert r["sync-1t"]["tokens_per_s"] > 0 and "speedup_vs_sync-1t" in r["async-k1"]
     assert r["async-k1"]["per_seed"]["0"]["async/staleness"] <= 1
+
+
+def test_sketchthinker_bench_smoke_run(tmp_path):
+    r = run_json(
+        str(BENCH / "sketchthinker.py"),
+        "--train",
+        "16",
+        "--test",
+        "4",
+        "--sft-steps",
+        "1",
+        "--rm-steps",
+        "1",
+        "--steps",
+        "1",
+        "--prompts",
+        "2",
+        "--tokens",
+        "24",
+        "--out",
+        str(tmp_path),
+    )
+    assert {"verbose", "sketchjudge", "grpo", "grpo_rm"} <= r.keys() and 0 <= r["sketchjudge"][
+        "pair_accuracy"
+    ] <= 1
+    assert all(r[k]["think_tokens"] >= 0 and r[k]["seconds"] > 0 for k in ("verbose", "grpo", "grpo_rm"))
