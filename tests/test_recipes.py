@@ -127,6 +127,19 @@ def check_sketchthinker(out):
     assert "reward/reward_model/mean" in steps(rl)[0]
 
 
+def check_avar(out):
+    text, multimodal, rl = (stage(out, k) for k in range(3))
+    assert config(text)["data"]["train"][0].endswith("logic/train.jsonl")  # text only first
+    assert config(multimodal)["model"]["path"] == str(text / "model")
+    for folder in (multimodal, rl):  # the VAS at every evaluation of the stages with images
+        scores = [
+            r["eval/vision/attention_score"]
+            for r in rows(folder / "metrics.jsonl")
+            if "eval/vision/attention_score" in r
+        ]
+        assert scores and all(0 < v < 1 for v in scores)
+
+
 def check_multi_objective(out):
     assert (
         config(out)["reward"]["combine"] == "per_objective"

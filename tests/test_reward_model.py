@@ -315,3 +315,26 @@ def test_loading_a_reward_model_reports_only_what_is_wrong(tmp_path):
         assert [m for m in seen if "LOAD REPORT" in m and "extra.weight" in m]  # anything else still is
     finally:
         logger.removeHandler(handler)
+
+
+def test_rm_resumes_exactly(tmp_path, tiny_model_dir, pairs):
+    from safetensors.torch import load_file
+
+    args = [
+        *rm_args(tmp_path / "whole", pairs, tiny_model_dir),
+        "optim.schedule=constant",
+        "logging.eval_every=0",
+    ]
+    assert main([*args, "optim.max_steps=4"]) == 0
+    parted = [
+        *rm_args(tmp_path / "parts", pairs, tiny_model_dir),
+        "optim.schedule=constant",
+        "logging.eval_every=0",
+    ]
+    assert main([*parted, "optim.max_steps=2"]) == 0
+    assert main([*parted, "optim.max_steps=4"]) == 0  # resumes at step 2 (checkpoint.resume: auto)
+    whole = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    parts = load_file(tmp_path / "parts" / "model" / "model.safetensors")
+    assert whole.keys() == parts.keys() and "score.weight" in whole
+    for key in whole:
+        torch.testing.assert_close(parts[key], whole[key], rtol=0, atol=0)

@@ -261,6 +261,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             args.model, args.data, args.system_prompt, args.max_new_tokens, args.batch_size, args.pass_k, args.limit,
             on_batch=lambda n: bar.advance(task, n), base_model=args.base_model,
             trust_remote_code=args.trust_remote_code, tools=tuple(args.tools), tool_layout=args.tool_layout,
+            vas=args.vas,
         )  # fmt: skip
     out = Path(args.out) if args.out else Path(args.model) / "eval"
     write_report(out, metrics, records, f"Evaluation of {args.model}")
@@ -592,6 +593,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--pass-k", type=int, default=0, help="also sample k responses per item and report pass@k")
+    p.add_argument(
+        "--vas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also the Visual Attention Score of the responses to the first N items (eager attention)",
+    )
     p.add_argument("--limit", type=int, default=0, help="only the first N samples")
     p.add_argument(
         "--trust-remote-code", action="store_true", help="run the Python code the model folder ships"

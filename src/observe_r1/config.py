@@ -333,6 +333,9 @@ class LoggingConfig:
     log_completions_every: int = 10
     log_completions: int = 8  # how many completions each time (spread over the step's groups)
     eval_every: int = 0  # rollout steps; 0 = only at the end
+    # at each evaluation, the Visual Attention Score (eval/vision/attention_score, per layer too: the share of
+    # attention the responses pay to the image; AVAR) on the first this-many evaluation samples; 0 = off
+    vas_probe: int = 0
 
 
 @dataclass
@@ -681,6 +684,7 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.lora_alpha", lambda v: v > 0, "must be > 0"),
     ("model.lora_dropout", _in(0, 1, high_open=True), "must be in [0, 1)"),
     ("logging.eval_every", _at_least(0), "must be >= 0 (0 = only at the end)"),
+    ("logging.vas_probe", _at_least(0), "must be >= 0 (0 = off)"),
     ("logging.dump_rollouts_every", _at_least(0), "must be >= 0 (0 = never)"),
     ("logging.log_completions_every", _at_least(0), "must be >= 0 (0 = never)"),
     ("logging.log_completions", _at_least(1), "must be >= 1"),

@@ -222,7 +222,7 @@ def encode_visuals(model: Any, inputs: dict[str, torch.Tensor], blanks: bool = T
     units in the same order whatever its prompts hold, and FSDP reduces the root's gradients as soon as those
     of the model's inputs are ready (with features among them: before the tower's backward; without: after).
     `blanks=False`: not (generation, where the parameters are gathered and no collective runs)."""
-    base = _base(model)
+    base = unwrapped(model)
     kinds = [(pk, gk, kind) for pk, gk, kind in VISUALS if f"{kind}_source" in inputs]
     pixels = [inputs.pop(pk) for pk, _, _ in kinds]
     grids = [inputs.pop(f"{gk}_distinct") for _, gk, _ in kinds]
@@ -264,7 +264,7 @@ def has_visuals(inputs: dict[str, Any]) -> bool:
     return any(f"{kind}_source" in inputs for _, _, kind in VISUALS)
 
 
-def _base(model: Any) -> Any:
+def unwrapped(model: Any) -> Any:
     """The transformers model inside DDP and peft wrappers."""
     model = getattr(model, "module", model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -308,7 +308,7 @@ def sequence_scores(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> 
     """[b] a reward model's score of each sequence: its `score` head on the hidden state of the last
     completion token (the end token), as transformers' `*ForSequenceClassification` pools (the last
     non-padding token). Padded, not packed: a packed pass keeps only the positions that predict a token."""
-    score = _base(model).score
+    score = unwrapped(model).score
     out, completion_mask, _ = forward_with_head(model, inputs, lambda head, targets: score, packed=False)
     last = completion_mask.sum(1)  # output 0 is the prompt's last position, output j completion token j - 1
     return out[torch.arange(len(out), device=out.device), last, 0].float()  # [b]
@@ -332,7 +332,7 @@ def forward_with_head(
         k: v.to(device) for k, v in inputs.items() if k not in ("completion_ids", "completion_mask")
     }
     model_inputs |= encode_visuals(model, model_inputs)
-    base = _base(model)
+    base = unwrapped(model)
     keep: torch.Tensor | int
     was_packed = packed and can_pack(base)
     if was_packed:

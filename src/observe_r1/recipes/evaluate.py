@@ -59,13 +59,15 @@ def evaluate_checkpoint(
     format_term: str = "",
     tools: tuple[str, ...] = (),
     tool_layout: str = "code",
+    vas: int = 0,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Load a checkpoint and evaluate it on data files with the default rewards (accuracy + observe format).
     `system` None: the system prompt the checkpoint was trained with (its observe_r1.json), else "observe".
     A checkpoint of a training run (it has a manifest) is checked against its manifest first. The format
     rate is `format_term`'s ("" = think_format under the think preset, else observe_format); the metrics
     include accuracy_lenient (`evaluate`). With `tools`, responses are multi-turn and call them
-    (`tool_layout`, default settings of `tools.*`: docs/tools.md)."""
+    (`tool_layout`, default settings of `tools.*`: docs/tools.md). `vas`: the Visual Attention Score on the first
+    `vas` items (training.evaluation)."""
     if (Path(model_dir) / MANIFEST).is_file():
         problem = verify(Path(model_dir))
         if problem:
@@ -98,4 +100,5 @@ def evaluate_checkpoint(
             pass_k,
             on_batch=on_batch,
             lenient=True,
+            vas=vas,
         )
