@@ -554,9 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", help="also write the final model here in bf16 (HF format)")
     p.set_defaults(fn=cmd_sft)
 
-    for name, what in (("dpo", "preference cold start on the model's own responses (Metis-SPECS)"),
-                       ("rft", "rejection-sampling fine-tuning in rounds"),
-                       ("rm", "a Bradley-Terry reward model on preference pairs (the reward_model term)")):  # fmt: skip
+    for name, what in (
+        ("dpo", "preference cold start on the model's own responses (Metis-SPECS)"),
+        ("rft", "rejection-sampling fine-tuning in rounds"),
+        ("rm", "a Bradley-Terry reward model on preference pairs (the reward_model term)"),
+    ):
         p = sub.add_parser(name, help=what)
         p.add_argument("config", help="YAML config (see configs/recipes/)")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides")

@@ -166,9 +166,8 @@ def prepare_policy(model: Any, cfg: Any) -> Any:
         # tower, and a reward model's score head, are peft `modules_to_save`: trained in full, saved with the
         # adapters, merged on export, and still the base ones when the adapters are disabled for the reference.
         names = "|".join(cfg.lora_target_modules)
-        whole = ([] if cfg.freeze_vision or tower is None else ["visual"]) + (
-            ["score"] if hasattr(model, "score") else []
-        )
+        whole = [] if cfg.freeze_vision or tower is None else ["visual"]
+        whole += ["score"] if hasattr(model, "score") else []
         lora = LoraConfig(
             r=cfg.lora_rank,
             lora_alpha=cfg.lora_alpha,

@@ -84,9 +84,8 @@ def rm(cfg: Config, given: setup.Inputs | None = None) -> Path:
     policy, optimizer, scheduler, sampler, checkpointer, run, tracker, params = trainee(
         cfg, acc, encoder, pairs, steps, score_head=True
     )
-    acc.unwrap_model(
-        policy
-    ).config.pad_token_id = encoder.pad_token_id  # *ForSequenceClassification pools by it
+    model_config = acc.unwrap_model(policy).config
+    model_config.pad_token_id = encoder.pad_token_id  # *ForSequenceClassification pools by it
     system = system_prompt(cfg.data.system_prompt)
     amp = runtime.autocast(acc.device, cfg.model.dtype)
 

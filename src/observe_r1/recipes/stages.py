@@ -1,8 +1,8 @@
 """A staged run (`stages:` in the config, docs/recipes.md): each stage is a recipe (grpo, sft, dpo, rft, rm)
 run with the run's config plus the stage's overrides, in OUTPUT/stage-K-NAME, starting from the model the
 previous stage ended with. An `rm` stage trains a reward model from that model and leaves the policy as it
-was: the stages after it score with it (`reward.reward_model.path`; SketchThinker-R1's SketchJudge). Stages are data: this runner only chains the recipes, each of which keeps its own
-loop, checkpoints and report.
+was: the stages after it score with it (`reward.reward_model.path`; SketchThinker-R1's SketchJudge). Stages
+are data: this runner only chains the recipes, each of which keeps its own loop, checkpoints and report.
 
 Resume: a finished stage writes OUTPUT/stage-K-NAME/stage.json (the model it ended with), last. A restarted
 run skips the stages that have one and resumes the first that has not from its own checkpoints, at the step

@@ -41,7 +41,6 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from observe_r1.config import Config, JudgeConfig
 from observe_r1.data.dataset import Sample, question_text
 from observe_r1.data.transforms import sketch_thought
-from observe_r1.models.policy import frozen, load_model
 from observe_r1.rewards.terms import RewardFunctionError
 from observe_r1.rollout.base import PromptBatch, SamplingParams
 from observe_r1.rollout.hf import HFRollout
@@ -162,11 +161,7 @@ class Judge:
 
     def local(self) -> HFRollout:
         if self._local is None:
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            path = self.cfg.reward.judge.model
-            model = frozen(load_model(path, trust_remote_code=self.cfg.model.trust_remote_code)).to(device)
-            self._local = HFRollout(model, setup.load_encoder(self.cfg, path))
-            log.info("judge %s loaded on %s", path, device)
+            self._local = HFRollout(*setup.load_frozen(self.cfg, self.cfg.reward.judge.model))
         return self._local
 
 

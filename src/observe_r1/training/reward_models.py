@@ -11,7 +11,6 @@ Left out: a reward model sharded (FSDP) across the training processes, or served
 
 from __future__ import annotations
 
-import logging
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,13 +19,11 @@ import torch
 
 from observe_r1.config import Config
 from observe_r1.models.inputs import ChatEncoder, EncodedPrompt
-from observe_r1.models.policy import frozen, load_model, sequence_scores
+from observe_r1.models.policy import sequence_scores
 from observe_r1.rollout.batch import chunks, sequence_inputs
 from observe_r1.training import runtime, setup
 from observe_r1.training.judges import Judge
 from observe_r1.training.scoring import responses_rollout
-
-log = logging.getLogger(__name__)
 
 
 def score_responses(
@@ -65,17 +62,13 @@ class RewardModelTerm:
 
     def loaded(self) -> tuple[torch.nn.Module, ChatEncoder]:
         if self._loaded is None:
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            model = load_model(self.path, trust_remote_code=self.cfg.model.trust_remote_code)
+            model, encoder = setup.load_frozen(self.cfg, self.path)
             if not hasattr(model, "score"):
                 raise ValueError(
                     f"reward.reward_model.path: {self.path} has no score head: train one with `observe-r1 rm` "
                     "(its OUTPUT/model), or give a checkpoint it wrote"
                 )
-            model = frozen(model).to(device)
-            encoder = setup.load_encoder(self.cfg, self.path)
             self._loaded = (model, encoder)
-            log.info("reward model %s loaded on %s", self.path, device)
         return self._loaded
 
     def __call__(

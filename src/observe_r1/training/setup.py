@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from observe_r1.training.loop import Callback
 from observe_r1.training.runtime import reference_dtype
 from observe_r1.training.tracking import Tracker
 
+log = logging.getLogger(__name__)
+
 TINY = "tiny"  # model.path that builds a random tiny Qwen2.5-VL into OUTPUT/base-model
 COLD_START = "cold_start"  # model.path of the shipped cold-start checkpoint (the demo's; observe_r1/assets)
 SYNTH = "synth"  # data.train / data.test entry that renders the synthetic ladder into OUTPUT/data
@@ -46,9 +49,7 @@ LOGIC = "logic"  # ... that renders Knights-and-Knaves puzzles (text only) into 
 TOOLCALC = "toolcalc"  # ... large multiplications, where a tool helps (text) into OUTPUT/data/toolcalc
 ZOOM = "zoom"  # ... digits legible only after a `crop` into OUTPUT/data/zoom
 VIDEO = "video"  # ... clips of moving, blinking, appearing shapes (toy.video) into OUTPUT/data/video
-SKETCH = (
-    "sketch"  # ... the synthetic ladder as preference pairs: the reference `chosen`, its long form `rejected`
-)
+SKETCH = "sketch"  # ... the ladder as preference pairs (reference `chosen`, long form `rejected`): OUTPUT/data/sketch
 BUILT = {
     SYNTH: "",
     LOGIC: "logic",
@@ -229,12 +230,21 @@ def build_policy(cfg: Config, score_head: bool = False) -> torch.nn.Module:
     model = load_model(
         cfg.model.path, cfg.model.attn_implementation, trust_remote_code=cfg.model.trust_remote_code
     )
-    if score_head and not hasattr(model, "score"):
-        add_score_head(model, seed=cfg.seed)
     if cfg.model.warm_start == "shrink_perturb":
         fresh = fresh_init(model, cfg.seed).state_dict()
         model.load_state_dict(shrink_perturb(model.state_dict(), fresh, cfg.model.shrink, cfg.model.perturb))
+    if score_head and not hasattr(model, "score"):  # after the warm start: a fresh model has no head
+        add_score_head(model, seed=cfg.seed)
     return prepare_policy(model, cfg.model)
+
+
+def load_frozen(cfg: Config, path: str) -> tuple[torch.nn.Module, ChatEncoder]:
+    """A model that scores or judges beside the policy (a reward model, a judge): frozen, on this process's
+    device, with its own encoder (`data.*`'s prompt limits)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = frozen(load_model(path, trust_remote_code=cfg.model.trust_remote_code)).to(device)
+    log.info("%s loaded on %s", path, device)
+    return model, load_encoder(cfg, path)
 
 
 def build_reference(cfg: Config, device: torch.device) -> torch.nn.Module | None:
