@@ -5,7 +5,8 @@
 2. SketchJudge: a reward model (`observe-r1 rm`'s recipe) trained from the verbose policy on (sketch, long)
    pairs of the training items; its held-out pairwise accuracy.
 3. GRPO from the verbose policy for `--steps` steps, twice on the same items and seed: (a) accuracy + format,
-   (b) the same + the reward model (standardized scores, weight `--rm-weight`). The length bonus is off in
+   (b) the same + the reward model (`--scores`: standardized by default, weight `--rm-weight`; `--gate`: it
+   pays only for a right answer). The length bonus is off in
    both, so a shorter thinking comes from the reward model alone.
 Held-out greedy evaluation of the verbose policy and of both runs' last checkpoints: accuracy, the mean
 number of tokens inside <think>, the mean response length.
@@ -27,6 +28,7 @@ from typing import Any
 
 from observe_r1.config import load_config
 from observe_r1.models.inputs import ChatEncoder
+from observe_r1.recipes.ablate import bootstrap_interval
 from observe_r1.recipes.demo import cold_start_path
 from observe_r1.recipes.evaluate import evaluate_checkpoint
 from observe_r1.recipes.grpo import train
@@ -72,7 +74,20 @@ def evaluation(model: Path, test: Path, tokens: int) -> dict[str, Any]:
         "think_tokens": statistics.mean(think_tokens),
         "response_tokens": metrics.get("length_mean"),
         "sample": records[0]["response"],
+        "correct": [int(r["correct"]) for r in records],  # per held-out item, for the paired comparison
     }
+
+
+def per_item(out: Path, test: Path, tokens: int) -> list[int]:
+    """The run's per-item correctness (0/1) on the held-out items: from OUT/result.json, or (a result written
+    before it was recorded) by evaluating its checkpoint again, greedy, and adding it there."""
+    result = json.loads((out / "result.json").read_text())
+    if "correct" not in result:
+        last = latest_checkpoint(out)
+        assert last is not None, f"{out} has no checkpoint"
+        result["correct"] = evaluation(last, test, tokens)["correct"]
+        (out / "result.json").write_text(json.dumps(result, indent=1))
+    return result["correct"]
 
 
 def main() -> None:
@@ -90,6 +105,12 @@ def main() -> None:
         "--gate",
         action="store_true",
         help="the run with the reward model: reward.gate=accuracy (style pays only when right)",
+    )
+    p.add_argument(
+        "--scores",
+        default="standardized",
+        choices=("standardized", "sigmoid", "raw"),
+        help="reward.reward_model.scores of the run with the reward model",
     )
     p.add_argument(
         "--tag", default="", help="a suffix for the GRPO runs' folders (another --lr or --rm-weight)"
@@ -161,7 +182,7 @@ def main() -> None:
                 "reward.bonus_coef=0",
                 f"reward.terms={terms}",
                 f"reward.reward_model.path={out / 'rm' / 'model'}",
-                "reward.reward_model.scores=standardized",
+                f"reward.reward_model.scores={args.scores}",
                 f"logging.output_dir={out / name}",
                 *(["reward.gate=accuracy"] if gated else []),
             ],
@@ -173,7 +194,8 @@ def main() -> None:
 
     rules = "[{name: accuracy, weight: 1.0}, {name: observe_format, weight: 0.5}"
     with_rm = rules + f", {{name: reward_model, weight: {args.rm_weight}}}]"
-    plain, scored = f"grpo{args.tag}", f"grpo_rm{args.rm_weight:g}{'_gated' if args.gate else ''}{args.tag}"
+    kind = ("_gated" if args.gate else "") + ("" if args.scores == "standardized" else f"_{args.scores}")
+    plain, scored = f"grpo{args.tag}", f"grpo_rm{args.rm_weight:g}{kind}{args.tag}"
     results = {
         "verbose": measured(out / "verbose", verbose),
         "sketchjudge": measured(out / "rm", judge),
@@ -189,6 +211,15 @@ def main() -> None:
             f"| {name} | {r['accuracy']:.3f} | {r['format_rate']:.3f} | {r['think_tokens']:.1f} | "
             f"{r['response_tokens']:.1f} | {r['seconds']} |"
         )
+    # is the accuracy drop beyond noise? the paired difference over the same held-out items
+    pair = [per_item(out / name, test, args.tokens) for name in (scored, plain)]
+    diffs = [a - b for a, b in zip(*pair, strict=True)]
+    low, high = bootstrap_interval(diffs)
+    results["accuracy_difference"] = {"mean": statistics.fmean(diffs), "interval": [low, high]}
+    print(
+        f"accuracy, with the reward model minus without: {statistics.fmean(diffs):+.3f} "
+        f"(95% paired bootstrap interval over the {len(diffs)} items [{low:+.3f}, {high:+.3f}])"
+    )
     if args.json:
         print(json.dumps(results))
 

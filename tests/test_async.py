@@ -311,3 +311,39 @@ def test_the_python_api_in_async_mode_scores_a_closure_in_the_trainer(tmp_path):
     assert any("eval/accuracy" in r for r in rows) and (tmp_path / "checkpoints" / "best").is_dir()
     assert all(r["async/staleness"] <= 1 for r in rows if "actor/loss" in r)
     assert log.read_text() and str(os.getpid()) not in log.read_text().split()
+
+
+@pytest.mark.parametrize("mode", ["partial", "restart"])
+def test_in_flight_updates_keep_the_version_rule(mode, shaping, tmp_path):
+    """rollout.in_flight: the engine (1 thread, a look for new weights after every token of 64) is slower than
+    the trainer here, so updates arrive while it generates: partial responses record the version of each
+    part, never older than k = 2 at their first token and never going back; restart begins them again."""
+    out = run(
+        shaping,
+        tmp_path / mode,
+        *ASYNC,
+        "rollout.max_staleness=2",
+        f"rollout.in_flight={mode}",
+        "rollout.segment_tokens=1",
+        "rollout.max_new_tokens=64",
+        "rollout.engine_threads=1",
+    )
+    steps = [r for r in metrics(out) if "actor/loss" in r]
+    assert [r["step"] for r in steps] == list(range(5))
+    spans = sum(r["async/partial_responses"] for r in steps)
+    restarts = sum(r["async/restarts"] for r in steps)
+    assert (spans > 0 and restarts == 0) if mode == "partial" else (spans == 0 and restarts > 0)
+    dumped = rows(out)
+    for r in dumped:
+        parts = r["policy_versions"]
+        assert parts[0][0] == 0 and parts[0][1] == r["policy_version"] >= r["step"] - 2
+        assert [v for _, v in parts] == sorted({v for _, v in parts})  # newer parts only, in order
+        assert all(start < r["length"] for start, _ in parts)
+    assert any(len(r["policy_versions"]) > 1 for r in dumped) == (mode == "partial")
+
+
+def test_in_flight_updates_need_async_hf_and_no_tools():
+    with pytest.raises(ConfigError, match="rollout.in_flight"):
+        load_config(None, ["rollout.in_flight=partial"])
+    with pytest.raises(ConfigError, match="rollout.in_flight"):
+        load_config(None, ["rollout.in_flight=partial", "rollout.mode=async", "rollout.backend=vllm"])

@@ -22,6 +22,8 @@ def test_review_and_drop_rules():
     assert {i.key for i in kept} == {"easy-long", "mid"}
     ladder = build_ladder(data, min_complexity=20)
     assert [i.key for i in ladder.review] == ["hard"] and "hard" not in {i.key for i, _ in ladder.rows}
+    kept = build_ladder(data, min_complexity=20, keep_unsolved=True, own_share=1.0)
+    assert not kept.review and kept.rows[-1][0].key == "hard" and kept.stages[-1] == 1.0
 
 
 def test_levels_are_easy_first_and_by_complexity():

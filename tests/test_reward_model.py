@@ -251,6 +251,10 @@ def test_reward_model_term_scores_a_step_with_the_prompts_images(trained_rm, pai
     assert float(z.mean()) == pytest.approx(0.0, abs=1e-4) and float(z.std(unbiased=False)) == pytest.approx(
         1.0, abs=1e-3
     )
+    bounded = term_config(trained_rm, scores="sigmoid")
+    with Rewarder.from_config(bounded.reward, model_terms(bounded)) as rewarder:
+        s = rewarder(batch).terms["reward_model"]
+    assert s.tolist() == pytest.approx(torch.sigmoid(scores.double()).tolist(), abs=1e-5)
 
 
 def test_reward_model_term_needs_a_path_and_a_score_head(tiny_model_dir):

@@ -163,3 +163,66 @@ def test_recorded_logprobs_are_the_trainers(tiny_model_dir, encoder):
     assert (
         got.logprobs is not None and (got.logprobs[:, : trainer.shape[1]] - trainer)[mask].abs().max() < 1e-4
     )
+
+
+def test_partial_rollouts_segment_switch_weights_and_restart(tiny_model_dir, encoder, prompts):
+    """rollout.in_flight: a rollout in segments gives the unsegmented tokens while the weights stay; new weights
+    after a segment sample the rest (each token's version recorded, its log-prob the new policy's); restart
+    generates it all again with them."""
+    from observe_r1.models.policy import completion_logprobs, load_model
+    from observe_r1.rollout.batch import sequence_inputs
+    from observe_r1.rollout.partial import PartialRollout
+
+    old, new = load_model(tiny_model_dir).eval(), load_model(tiny_model_dir).eval()
+    with torch.no_grad():
+        for p in new.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = PromptBatch(prompts[:2], [3, 4], seed=2)
+    sampling = SamplingParams(n=3, temperature=1.0, max_new_tokens=20)
+    whole = HFRollout(old, encoder).generate(batch, sampling)
+    fresh = HFRollout(new, encoder).generate(batch, sampling)
+
+    def segmented(switch_after: int | None, restart: bool = False) -> tuple[PartialRollout, object]:
+        hf = HFRollout(old, encoder)
+        hf.record_logprobs = True
+        calls = []
+
+        def between() -> int:
+            calls.append(1)
+            if switch_after is not None and len(calls) > switch_after:
+                hf.update_weights(new)
+                return 1
+            return 0
+
+        partial = PartialRollout(hf, encoder, 6, between, restart)
+        return partial, partial.generate(batch, sampling)
+
+    _, same = segmented(None)
+    assert same.texts == whole.texts and torch.equal(same.completion_ids, whole.completion_ids)
+    assert same.versions is not None and int(same.versions.max()) == 0
+    _, switched = segmented(1)  # the first segment (6 tokens) by version 0, the rest by version 1
+    mask = switched.completion_mask.bool()
+    assert torch.equal(switched.completion_ids[:, :6], whole.completion_ids[:, :6])
+    assert switched.versions is not None
+    assert (switched.versions[:, :6][mask[:, :6]] == 0).all() and (
+        switched.versions[:, 6:][mask[:, 6:]] == 1
+    ).all()
+    assert not torch.equal(switched.completion_ids, whole.completion_ids)
+    with torch.no_grad():
+        by_old, _ = completion_logprobs(
+            old, sequence_inputs(switched, list(range(len(switched))), encoder), 1.0
+        )
+        by_new, _ = completion_logprobs(
+            new, sequence_inputs(switched, list(range(len(switched))), encoder), 1.0
+        )
+    width = by_old.shape[1]
+    assert switched.logprobs is not None
+    behaviour = switched.logprobs[:, :width]
+    assert (behaviour - by_old)[:, :6][mask[:, :6]].abs().max() < 1e-3
+    later = mask[:, 6:width]
+    assert (behaviour - by_new)[:, 6:][later].abs().max() < 1e-3
+    partial, restarted = segmented(1, restart=True)
+    assert partial.restarts == 1 and restarted.texts == fresh.texts
+    assert (
+        restarted.versions is not None and (restarted.versions[restarted.completion_mask.bool()] == 1).all()
+    )

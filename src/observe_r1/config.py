@@ -180,6 +180,12 @@ class RolloutConfig:
     # 4 trainer processes on an 8-GPU node: 4 training + 4 engine GPUs)
     engine_gpu_offset: int = 0
     engine_timeout_s: float = 1800.0  # async: a step waiting this long for the engine ends the run
+    # async: what a request in progress does when new weights come in. finish: its responses end with the
+    # weights they began with; partial: they go on with the new ones (each token's version recorded); restart:
+    # it begins again with them. partial and restart look for new weights every `segment_tokens` tokens
+    # (rollout/partial.py; HF generate)
+    in_flight: Literal["finish", "partial", "restart"] = "finish"
+    segment_tokens: int = 32
 
 
 @dataclass
@@ -206,7 +212,9 @@ class RewardModelConfig:
 
     path: str = ""  # its folder: OUTPUT/model of `observe-r1 rm`, or any checkpoint with a score head
     batch_size: int = 16  # sequences per forward pass
-    scores: Literal["raw", "standardized"] = "raw"  # standardized: z-scores over the step's responses
+    # standardized: z-scores over the step's responses; sigmoid: sigmoid(raw), in (0, 1), so that under
+    # `reward.gate` a right answer never scores below a wrong one (a z-score is negative for half the responses)
+    scores: Literal["raw", "standardized", "sigmoid"] = "raw"
 
 
 JUDGE_TEMPLATE = """Grade the response to a question. Reply with one line: Score: N, where N is 0 (wrong) to 10 (right).
@@ -366,6 +374,9 @@ class LadderConfig:
     own_share: float = 0.6  # share of each stage drawn from its own difficulty level
     proportions: list[float] = field(default_factory=list)  # per difficulty level, easy first; [] = keep all
     batch_size: int = 16  # prompts per generate call
+    # difficulty-1 items (never solved in k) make the ladder's hardest level instead of OUT.review.jsonl: for
+    # golds right by construction (the toy tasks), where a review would pass every one of them
+    keep_unsolved: bool = False
 
 
 @dataclass
@@ -530,6 +541,14 @@ class Config:
                 "code runs <code> blocks: tools.names needs python or sandbox_fusion",
             ),
             (
+                r.in_flight == "finish"
+                or r.mode == "async"
+                and r.backend == "hf"
+                and not r.multi_turn.enabled,
+                "rollout.in_flight",
+                "partial and restart are for rollout.mode=async with the hf backend, without multi_turn",
+            ),
+            (
                 not (r.mode == "async" and r.max_staleness and self.algorithm.warmup_rollout_steps),
                 "algorithm.warmup_rollout_steps",
                 "the warm-up runs on the trainer's own rollouts: not with rollout.mode=async",
@@ -619,6 +638,7 @@ RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("rollout.chunk_size", _at_least(0), "must be >= 0 (0 = all at once)"),
     ("rollout.max_staleness", _in(0, 64), "must be in [0, 64]"),
     ("rollout.engine_threads", _in(0, 1024), "must be in [0, 1024] (0 = torch's default)"),
+    ("rollout.segment_tokens", _at_least(1), "must be >= 1"),
     ("rollout.engine_gpu_offset", _in(0, 1024), "must be in [0, 1024]"),
     ("rollout.engine_timeout_s", _in(1, 86400), "must be in [1, 86400] seconds"),
     ("rollout.multi_turn.max_turns", _in(1, 64), "must be in [1, 64]"),

@@ -2,8 +2,10 @@
 
 Input: items with a difficulty (1 - correct/k over k sampled responses) and a complexity (mean response
 length in tokens). Steps, each a small function:
-  clean      difficulty-1 items go to a review list (never silently kept: their gold may be wrong);
-             difficulty-0 items below `min_complexity` are dropped (trivial and short).
+  clean      difficulty-1 items go to a review list (never silently kept: their gold may be wrong), unless
+             `keep_unsolved` says the golds are right by construction (the toy tasks): then they pass the
+             review and make the hardest level; difficulty-0 items below `min_complexity` are dropped
+             (trivial and short).
   levels     items grouped by difficulty, easy first, each level sorted by complexity.
   subsample  optional per-level proportions (the paper's share grows with difficulty, ~1.5% -> ~20%):
              the largest dataset with exactly those shares is kept.
@@ -35,9 +37,11 @@ class Ladder:
     stages: list[float] = field(default_factory=list)  # the difficulty of each stage
 
 
-def clean(items: list[Item], min_complexity: float) -> tuple[list[Item], list[Item], list[Item]]:
+def clean(
+    items: list[Item], min_complexity: float, keep_unsolved: bool = False
+) -> tuple[list[Item], list[Item], list[Item]]:
     """(kept, review, dropped)."""
-    review = [it for it in items if it.difficulty >= 1.0]
+    review = [] if keep_unsolved else [it for it in items if it.difficulty >= 1.0]
     dropped = [it for it in items if it.difficulty <= 0.0 and it.complexity < min_complexity]
     gone = {id(it) for it in review + dropped}
     return [it for it in items if id(it) not in gone], review, dropped
@@ -98,11 +102,12 @@ def build_ladder(
     min_complexity: float = 0.0,
     proportions: Sequence[float] = (),
     seed: int = 0,
+    keep_unsolved: bool = False,
 ) -> Ladder:
     if not 0 < own_share <= 1:
         raise ValueError("own_share must be in (0, 1]")
     rng = random.Random(seed)
-    kept, review, dropped = clean(items, min_complexity)
+    kept, review, dropped = clean(items, min_complexity, keep_unsolved)
     groups = levels(kept)
     groups, subsampled = subsample(groups, list(proportions), rng)
     groups = [g for g in groups if g]  # a level given proportion 0 is gone

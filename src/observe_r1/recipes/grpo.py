@@ -653,6 +653,12 @@ def log_rollouts(cfg: Config, step: int, traj: Trajectory, tracker: Tracker) -> 
         tracker.log_completions(step, shown)
 
 
+def parts(versions: torch.Tensor) -> list[list[int]]:
+    """[[first token, version], ...]: where each policy version's part of a partial rollout begins."""
+    v = versions.tolist()
+    return [[i, x] for i, x in enumerate(v) if i == 0 or x != v[i - 1]]
+
+
 def rollout_rows(step: int, traj: Trajectory) -> list[dict[str, Any]]:
     """One row per response: its prompt, answer, text, length, rewards (shaped and per term) and advantage."""
     assert traj.advantages is not None
@@ -660,7 +666,7 @@ def rollout_rows(step: int, traj: Trajectory) -> list[dict[str, Any]]:
     rows = []
     for i, text in enumerate(r.texts):
         s = traj.samples[r.prompt_index[i]]
-        rows.append({
+        row: dict[str, Any] = {
             "step": step,
             "group_id": r.group_ids[i],
             "id": s.id,
@@ -675,6 +681,11 @@ def rollout_rows(step: int, traj: Trajectory) -> list[dict[str, Any]]:
             "correct": bool(adv.correct.flatten()[i]),
             "advantage": float(adv.sequence[i]),
             "policy_version": traj.versions[r.prompt_index[i]] if traj.versions else step,
-        } | ({} if r.traces is None else {"model_text": r.traces[i].model_text,
-                                          "tool_calls": [c.as_row() for c in r.traces[i].calls]}))  # fmt: skip
+        }
+        if r.versions is not None:  # a partial rollout: the version of each part
+            row["policy_versions"] = parts(r.versions[i, : int(r.lengths[i])])
+        if r.traces is not None:
+            row["model_text"] = r.traces[i].model_text
+            row["tool_calls"] = [c.as_row() for c in r.traces[i].calls]
+        rows.append(row)
     return rows

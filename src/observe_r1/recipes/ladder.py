@@ -73,7 +73,7 @@ def build(
             cfg, model, encoder, todo, rewarder, system, out.with_suffix(".scores.jsonl"), on_batch
         )
     items = [Item(s, scores[s.id]["difficulty"], scores[s.id]["complexity"]) for _, s in todo]
-    ladder = build_ladder(items, lc.own_share, lc.min_complexity, lc.proportions, cfg.seed)
+    ladder = build_ladder(items, lc.own_share, lc.min_complexity, lc.proportions, cfg.seed, lc.keep_unsolved)
     write(ladder, out)
     return LadderResult(ladder, out, len(easy))
 

@@ -23,6 +23,8 @@ class SamplingParams:
     greedy: bool = False  # evaluation: argmax, n must be 1
     chunk_size: int = 0  # sequences per generate call; 0 = all at once
     stop: tuple[str, ...] = ()  # texts that end a response too (kept in it): multi-turn rollouts' `</code>`
+    offset: int = 0  # tokens the responses already have (a partial rollout's next segment): the HF sampling
+    # noise goes on from that position
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Rollout:
     # loss); None = every completion token is the model's
     loss_mask: torch.Tensor | None = None
     traces: list[Trace] | None = None  # [B] multi-turn records
+    versions: torch.Tensor | None = None  # [B, T] partial rollouts (rollout.in_flight): each token's version
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -183,6 +186,9 @@ def select_groups(parts: list[tuple[Rollout, list[int]]], n: int, pad_token_id: 
     engine = [
         r.logprobs[g * n : (g + 1) * n] for r, groups in parts if r.logprobs is not None for g in groups
     ]
+    versions = [
+        r.versions[g * n : (g + 1) * n] for r, groups in parts if r.versions is not None for g in groups
+    ]
     return Rollout(
         prompts=prompts,
         prompt_index=prompt_index,
@@ -193,6 +199,7 @@ def select_groups(parts: list[tuple[Rollout, list[int]]], n: int, pad_token_id: 
         truncated=torch.cat(truncated),
         texts=texts,
         logprobs=pad(engine, 0.0) if len(engine) == len(ids) else None,
+        versions=pad(versions, 0) if len(versions) == len(ids) else None,
         loss_mask=pad(model_masks, 0) if any(r.loss_mask is not None for r, _ in parts) else None,
         traces=[t or Trace() for t in traces] if any(r.traces is not None for r, _ in parts) else None,
     )

@@ -57,6 +57,14 @@ def sequence_seeds(seed: int, group_ids: list[int], n: int) -> torch.Tensor:
     return mix64(mix64(mix64(torch.tensor(seed, dtype=torch.long)) + g * _GOLDEN) + j)
 
 
+def response_seeds(batch: PromptBatch, n: int) -> torch.Tensor:
+    """The seed of each of the n responses to each prompt: the batch's own (a continued response), else from
+    (seed, group id, response index)."""
+    if batch.response_seeds is not None:
+        return batch.response_seeds
+    return sequence_seeds(batch.seed, batch.group_ids, n)
+
+
 def gumbel_noise(seeds: torch.Tensor, position: int, vocab: int, device: torch.device) -> torch.Tensor:
     """[B, vocab] float32 Gumbel(0, 1) noise, a pure function of (seed, position, token id)."""
     base = mix64(seeds.to(device) + torch.tensor(position, device=device) * _GOLDEN)  # [B], wraps
@@ -69,7 +77,7 @@ class GumbelSampler(LogitsProcessor):
     """Temperature, top-k, top-p, then per-row counter-based Gumbel noise; used with greedy decoding."""
 
     def __init__(self, seeds: torch.Tensor, prompt_width: int, sampling: SamplingParams):
-        self.seeds, self.prompt_width = seeds, prompt_width
+        self.seeds, self.prompt_width, self.offset = seeds, prompt_width, sampling.offset
         self.warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(sampling.temperature)]
         if sampling.top_k > 0:
             self.warpers.append(TopKLogitsWarper(sampling.top_k))
@@ -80,7 +88,7 @@ class GumbelSampler(LogitsProcessor):
         scores = scores.float()
         for warp in self.warpers:
             scores = warp(input_ids, scores)
-        position = input_ids.shape[1] - self.prompt_width
+        position = input_ids.shape[1] - self.prompt_width + self.offset
         return scores + gumbel_noise(self.seeds, position, scores.shape[-1], scores.device)
 
 
@@ -153,11 +161,9 @@ class HFRollout:
     def generate(self, batch: PromptBatch, sampling: SamplingParams) -> Rollout:
         n = 1 if sampling.greedy else sampling.n
         prompt_index = [i for i in range(len(batch.prompts)) for _ in range(n)]
-        seeds = sequence_seeds(batch.seed, batch.group_ids, n)
-        if batch.response_seeds is not None:
-            if n != 1:
-                raise ValueError("PromptBatch.response_seeds: one response per prompt (n = 1)")
-            seeds = batch.response_seeds
+        if batch.response_seeds is not None and n != 1:
+            raise ValueError("PromptBatch.response_seeds: one response per prompt (n = 1)")
+        seeds = response_seeds(batch, n)
         chunk = sampling.chunk_size or len(prompt_index)
         was_training = self.model.training
         self.model.eval()

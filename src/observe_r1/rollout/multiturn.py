@@ -42,7 +42,7 @@ from observe_r1.rollout.base import (
     Trace,
     with_trace_images,
 )
-from observe_r1.rollout.hf import _GOLDEN, mix64, sequence_seeds
+from observe_r1.rollout.hf import _GOLDEN, mix64, response_seeds
 from observe_r1.tools.base import CallRecord, Tool, ToolCall, ToolContext, parse_json_call, run_call
 from observe_r1.tools.builtin import make_tools
 
@@ -119,11 +119,7 @@ class MultiTurnRollout:
     def generate(self, batch: PromptBatch, sampling: SamplingParams) -> Rollout:
         n = 1 if sampling.greedy else sampling.n
         budget = self.mt.max_total_tokens or sampling.max_new_tokens
-        seeds = (
-            batch.response_seeds
-            if batch.response_seeds is not None
-            else sequence_seeds(batch.seed, batch.group_ids, n)
-        )
+        seeds = response_seeds(batch, n)
         states = [_Response(batch.prompts[i // n], list(batch.images[i // n]) if batch.images else [],
                             batch.group_ids[i // n], seeds[i]) for i in range(len(batch.prompts) * n)]  # fmt: skip
         first = self.backend.generate(batch, replace(sampling, max_new_tokens=budget, stop=self._stops(True)))

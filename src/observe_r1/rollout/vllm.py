@@ -36,7 +36,7 @@ from torch.distributed.tensor import DTensor
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.video import Video
 from observe_r1.rollout.base import PromptBatch, Rollout, SamplingParams
-from observe_r1.rollout.hf import VISION_TOKENS, mix64, sequence_seeds
+from observe_r1.rollout.hf import VISION_TOKENS, mix64, response_seeds
 
 
 def full_state_dict(model: Any) -> dict[str, torch.Tensor]:
@@ -134,11 +134,7 @@ class VLLMRollout:
         CPU backend refuses per-request seeds, so there the engine's own seeded RNG decides."""
         if not self.cuda:
             return [None] * len(batch.prompts)
-        seeds = (
-            batch.response_seeds
-            if batch.response_seeds is not None
-            else sequence_seeds(batch.seed, batch.group_ids, 1)
-        )
+        seeds = response_seeds(batch, 1)
         return [int(mix64(s).abs() % 2**31) for s in seeds]
 
     def _params(self, sampling: SamplingParams, n: int, seed: int | None) -> Any:

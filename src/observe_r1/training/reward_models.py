@@ -47,8 +47,8 @@ def score_responses(
 
 
 class RewardModelTerm:
-    """The `reward_model` term: `reward.reward_model`'s model scores each response (raw, or standardized over
-    the step's responses). Called with the whole batch (`whole_batch`)."""
+    """The `reward_model` term: `reward.reward_model`'s model scores each response (raw, standardized over the
+    step's responses, or through a sigmoid). Called with the whole batch (`whole_batch`)."""
 
     whole_batch = True
     __name__ = "reward_model"
@@ -88,6 +88,8 @@ class RewardModelTerm:
         if rm.scores == "standardized" and len(scores) > 1:
             mean, std = statistics.fmean(scores), statistics.pstdev(scores)
             scores = [(s - mean) / (std + 1e-6) for s in scores]
+        elif rm.scores == "sigmoid":
+            scores = torch.sigmoid(torch.tensor(scores, dtype=torch.float64)).tolist()
         return scores
 
 
