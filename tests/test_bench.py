@@ -195,3 +195,9 @@ def test_sketchthinker_bench_smoke_run(tmp_path):
         "pair_accuracy"
     ] <= 1
     assert all(r[k]["think_tokens"] >= 0 and r[k]["seconds"] > 0 for k in ("verbose", "grpo", "grpo_rm"))
+
+
+def test_partial_bench_smoke_run():
+    args = ("--prompts", "2", "--n", "2", "--tokens", "12", "--segments", "4", "--repeats", "1")
+    rows = run_json(str(BENCH / "partial.py"), *args)["rows"]
+    assert [x["segment"] for x in rows] == [0, 4] and all(x["seconds"] > 0 for x in rows)

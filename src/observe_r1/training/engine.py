@@ -258,7 +258,8 @@ class AsyncSource:
     # weights
     def publish(self, version: int) -> None:
         """Send the policy's weights (version `version`) to the engine; returns once they are on their way
-        (the previous broadcast must have arrived first: the engine takes them between requests)."""
+        (the previous broadcast must have arrived first: the engine takes them between requests, or between
+        segments with rollout.in_flight)."""
         started = time.perf_counter()
         self._finish_broadcast()
         state = sharding.full_state_dict(self.acc.unwrap_model(self.policy), everywhere=True)
