@@ -50,7 +50,6 @@ class PartialRollout:
             raise ValueError("rollout.segment_tokens must be >= 1")
         self.backend, self.encoder, self.segment = backend, encoder, segment
         self.between, self.restart = between, restart
-        self.eos = set(getattr(backend, "eos_token_ids", [encoder.tokenizer.eos_token_id]))
         self.restarts = 0  # requests begun again because new weights came in (restart)
 
     @property
