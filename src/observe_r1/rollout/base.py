@@ -140,6 +140,14 @@ class Rollout:
         )
 
 
+def padded(rows: Sequence[Sequence[float]], fill: float = 0, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """[len(rows), the longest row's length (at least 1)] the rows, right-padded with `fill`."""
+    out = torch.full((len(rows), max([len(r) for r in rows] + [1])), fill, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=dtype)
+    return out
+
+
 def with_trace_images(prompt: EncodedPrompt, trace: Trace, tokens: Sequence[int] = ()) -> EncodedPrompt:
     """The prompt with the images a response's tools returned after its own (the order of the placeholders in
     the response), its videos kept, and `tokens` (the response so far) appended."""

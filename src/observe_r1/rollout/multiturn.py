@@ -40,6 +40,7 @@ from observe_r1.rollout.base import (
     RolloutBackend,
     SamplingParams,
     Trace,
+    padded,
     with_trace_images,
 )
 from observe_r1.rollout.hf import _GOLDEN, mix64, response_seeds
@@ -328,15 +329,10 @@ class MultiTurnRollout:
     # ------------------------------------------------------------ the result
 
     def _rollout(self, batch: PromptBatch, n: int, states: list[_Response], max_new: int) -> Rollout:
-        width = max([len(s.tokens) for s in states] + [1])
         pad = self.encoder.pad_token_id
-        ids = torch.full((len(states), width), pad, dtype=torch.long)
-        loss_mask = torch.zeros((len(states), width), dtype=torch.long)
-        logprobs = torch.zeros((len(states), width))
-        for row, s in enumerate(states):
-            ids[row, : len(s.tokens)] = torch.tensor(s.tokens, dtype=torch.long)
-            loss_mask[row, : len(s.mask)] = torch.tensor(s.mask, dtype=torch.long)
-            logprobs[row, : len(s.logprobs)] = torch.tensor(s.logprobs)
+        ids, loss_mask = padded([s.tokens for s in states], pad), padded([s.mask for s in states])
+        logprobs = padded([s.logprobs for s in states], dtype=torch.float32)
+        for s in states:
             model_ids = [t for t, m in zip(s.tokens, s.mask, strict=True) if m]
             s.trace.model_text = self.encoder.decode([model_ids])[0]
         lengths = torch.tensor([len(s.tokens) for s in states], dtype=torch.long)

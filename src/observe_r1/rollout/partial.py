@@ -5,7 +5,8 @@ progress reaches it at once instead of after its longest response.
   partial  the responses in progress go on with the new weights (Kimi k1.5's and AReaL's partial rollouts):
            each token's version is recorded (`Rollout.versions`) and the behaviour log-probs are those of
            the weights that sampled it, which the off-policy correction reads
-  restart  the request is generated again from its start with the new weights (`restarts` counts them)
+  restart  the request is generated again from its start with the new weights (`restarts`: how often, for
+           the last request)
 
 A segment continues its rows from the prompt and the tokens so far (`with_trace_images`: images and videos
 kept) with the same response seeds, the sampling noise going on from the position reached
@@ -29,6 +30,7 @@ from observe_r1.rollout.base import (
     RolloutBackend,
     SamplingParams,
     Trace,
+    padded,
     with_trace_images,
 )
 from observe_r1.rollout.hf import response_seeds
@@ -50,7 +52,7 @@ class PartialRollout:
             raise ValueError("rollout.segment_tokens must be >= 1")
         self.backend, self.encoder, self.segment = backend, encoder, segment
         self.between, self.restart = between, restart
-        self.restarts = 0  # requests begun again because new weights came in (restart)
+        self.restarts = 0  # times the last request was begun again because new weights came in (restart)
 
     @property
     def returns_logprobs(self) -> bool:
@@ -63,6 +65,7 @@ class PartialRollout:
         n = 1 if sampling.greedy else sampling.n
         seeds = response_seeds(batch, n)
         rows = len(batch.prompts) * n
+        self.restarts = 0
         while True:
             started = version = self.between()
             tokens: list[list[int]] = [[] for _ in range(rows)]
@@ -121,20 +124,12 @@ class PartialRollout:
         versions: list[list[int]],
         ended: list[bool],
     ) -> Rollout:
-        width = max([len(t) for t in tokens] + [1])
         pad = self.encoder.pad_token_id
-        ids = torch.full((len(tokens), width), pad, dtype=torch.long)
-        by_token = torch.zeros((len(tokens), width), dtype=torch.long)
-        engine = torch.zeros((len(tokens), width))
-        for row, t in enumerate(tokens):
-            ids[row, : len(t)] = torch.tensor(t, dtype=torch.long)
-            by_token[row, : len(t)] = torch.tensor(versions[row], dtype=torch.long)
-            engine[row, : len(logprobs[row])] = torch.tensor(logprobs[row])
         lengths = torch.tensor([len(t) for t in tokens], dtype=torch.long)
         truncated = torch.tensor([not e for e in ended])
         texts = self.encoder.decode(tokens)
-        rollout = Rollout.of(
-            batch, n, ids, lengths, truncated, texts, pad, engine if self.returns_logprobs else None
-        )
-        rollout.versions = by_token * rollout.completion_mask
+        recorded = self.returns_logprobs and all(logprobs)  # HF records none when greedy
+        engine = padded(logprobs, dtype=torch.float32) if recorded else None
+        rollout = Rollout.of(batch, n, padded(tokens, pad), lengths, truncated, texts, pad, engine)
+        rollout.versions = padded(versions)
         return rollout

@@ -35,7 +35,7 @@ from torch.distributed.tensor import DTensor
 
 from observe_r1.models.inputs import ChatEncoder
 from observe_r1.models.video import Video
-from observe_r1.rollout.base import PromptBatch, Rollout, SamplingParams
+from observe_r1.rollout.base import PromptBatch, Rollout, SamplingParams, padded
 from observe_r1.rollout.hf import VISION_TOKENS, mix64, response_seeds
 
 
@@ -146,16 +146,13 @@ class VLLMRollout:
         )  # fmt: skip
 
     def _rollout(self, batch: PromptBatch, n: int, completions: list, max_new: int) -> Rollout:
-        width = max([len(c.token_ids) for c in completions] + [1])
         pad = self.encoder.pad_token_id
-        ids = torch.full((len(completions), width), pad, dtype=torch.long)
-        logprobs = torch.zeros((len(completions), width))
+        ids = padded([c.token_ids for c in completions], pad)
+        logprobs = padded(
+            [[step[t].logprob for step, t in zip(c.logprobs, c.token_ids, strict=True)] for c in completions],
+            dtype=torch.float32,
+        )
         lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.long)
-        for row, c in enumerate(completions):
-            ids[row, : len(c.token_ids)] = torch.tensor(c.token_ids, dtype=torch.long)
-            logprobs[row, : len(c.token_ids)] = torch.tensor(
-                [step[token].logprob for step, token in zip(c.logprobs, c.token_ids, strict=True)]
-            )
         ends = torch.tensor(
             [bool(c.token_ids) and c.token_ids[-1] in self.eos_token_ids for c in completions]
         )

@@ -16,7 +16,7 @@ from observe_r1.data.prompts import with_system_prompt
 from observe_r1.data.video import Video
 from observe_r1.models.inputs import ChatEncoder, EncodedPrompt
 from observe_r1.rewards import RewardBatch, Rewarder, RewardResult
-from observe_r1.rollout.base import PromptBatch, Rollout, RolloutBackend, SamplingParams
+from observe_r1.rollout.base import PromptBatch, Rollout, RolloutBackend, SamplingParams, padded
 from observe_r1.rollout.multiturn import reference_tokens
 
 log = logging.getLogger(__name__)
@@ -153,14 +153,9 @@ def responses_rollout(
     prompt's generation header (the tokens the policy would generate) and ending with the end token."""
     eos = encoder.tokenizer.eos_token_id
     pieces = [reference_tokens(text, encoder, observations) for text in texts]
-    width = max(len(x) for x, _ in pieces) + 1
-    completion = torch.full((len(pieces), width), encoder.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(pieces), width), dtype=torch.long)
-    loss_mask = torch.zeros((len(pieces), width), dtype=torch.long)
-    for i, (x, m) in enumerate(pieces):
-        completion[i, : len(x) + 1] = torch.tensor(x + [eos])
-        mask[i, : len(x) + 1] = 1
-        loss_mask[i, : len(x) + 1] = torch.tensor(m + [1])
+    completion = padded([x + [eos] for x, _ in pieces], encoder.pad_token_id)
+    mask = padded([[1] * (len(x) + 1) for x, _ in pieces])
+    loss_mask = padded([m + [1] for _, m in pieces])
     return Rollout(
         prompts=prompts,
         prompt_index=list(prompt_index),
